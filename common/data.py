@@ -1,0 +1,173 @@
+"""GLUE tasks: the task table, loading (hub or GLUE's own TSV files), tokenising and batching.
+
+Labels follow the hub dataset `nyu-mll/glue` (for example MNLI: entailment 0, neutral 1,
+contradiction 2); STS-B is a regression with one output. Unlabeled test rows get label -1.
+"""
+import csv
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from common.errors import fail
+
+
+@dataclass(frozen=True)
+class Task:
+    text_keys: tuple  # hub column names of the one or two input texts
+    label_names: tuple  # hub order; () for regression
+    metric: str  # the main metric: best checkpoint and the final line
+    tsv_dir: str  # folder in GLUE's download layout
+    tsv_columns: tuple  # TSV header names of the texts, then of the label (CoLA: column numbers)
+    eval_splits: tuple = ("validation",)
+    test_splits: tuple = ("test",)
+
+    @property
+    def num_labels(self):
+        return len(self.label_names) or 1
+
+    @property
+    def is_regression(self):
+        return not self.label_names
+
+
+TASKS = {
+    "cola": Task(("sentence",), ("unacceptable", "acceptable"), "matthews_correlation", "CoLA", (3, 1)),
+    "sst2": Task(("sentence",), ("negative", "positive"), "accuracy", "SST-2", ("sentence", "label")),
+    "mrpc": Task(("sentence1", "sentence2"), ("not_equivalent", "equivalent"), "f1", "MRPC",
+                 ("#1 String", "#2 String", "Quality")),
+    "stsb": Task(("sentence1", "sentence2"), (), "pearson", "STS-B", ("sentence1", "sentence2", "score")),
+    "qqp": Task(("question1", "question2"), ("not_duplicate", "duplicate"), "f1", "QQP",
+                ("question1", "question2", "is_duplicate")),
+    "mnli": Task(("premise", "hypothesis"), ("entailment", "neutral", "contradiction"), "accuracy", "MNLI",
+                 ("sentence1", "sentence2", "gold_label"),
+                 ("validation_matched", "validation_mismatched"), ("test_matched", "test_mismatched")),
+    "qnli": Task(("question", "sentence"), ("entailment", "not_entailment"), "accuracy", "QNLI",
+                 ("question", "sentence", "label")),
+    "rte": Task(("sentence1", "sentence2"), ("entailment", "not_entailment"), "accuracy", "RTE",
+                ("sentence1", "sentence2", "label")),
+    "wnli": Task(("sentence1", "sentence2"), ("not_entailment", "entailment"), "accuracy", "WNLI",
+                 ("sentence1", "sentence2", "label")),
+}
+
+# hub split name -> GLUE TSV file name
+TSV_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv",
+             "validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv",
+             "test_matched": "test_matched.tsv", "test_mismatched": "test_mismatched.tsv"}
+
+
+def get_task(name):
+    if name not in TASKS:
+        fail(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def read_tsv(task_name, path):
+    """One GLUE TSV file as a dict of hub-style columns (texts, label, idx).
+
+    GLUE's files hold bare double quotes, so they are read with quoting off. CoLA's train/dev
+    have no header; MRPC's header starts with a byte-order mark. Test files have no label.
+    """
+    task = TASKS[task_name]
+    csv.field_size_limit(sys.maxsize)
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    header = [h.strip() for h in rows[0]]
+    if isinstance(task.tsv_columns[0], int) and "sentence" not in header:  # CoLA train/dev
+        columns, body = task.tsv_columns, rows
+    else:
+        names = task.tsv_columns if not isinstance(task.tsv_columns[0], int) else ("sentence", "label")
+        columns = [header.index(n) if n in header else None for n in names]
+        body = rows[1:]
+        if None in columns[:-1]:
+            fail(f"{path}: expected columns {names[:-1]} in the header, found {header}")
+    out = {key: [r[c] for r in body] for key, c in zip(task.text_keys, columns)}
+    label_col = columns[-1]
+    raw = [r[label_col] for r in body] if label_col is not None else [None] * len(body)
+    out["label"] = [_label(task, x) for x in raw]
+    idx_col = header.index("index") if "index" in header else None
+    out["idx"] = [int(r[idx_col]) if idx_col is not None else i for i, r in enumerate(body)]
+    return out
+
+
+def _label(task, raw):
+    if raw is None or raw == "":
+        return -1.0 if task.is_regression else -1
+    if task.is_regression:
+        return float(raw)
+    if raw in task.label_names:
+        return task.label_names.index(raw)
+    return int(raw)  # CoLA, SST-2, MRPC, QQP, WNLI store the hub's integer already
+
+
+def load_glue(task_name, data_dir=None):
+    """A dict split -> datasets.Dataset with hub columns: train, the task's eval splits, and
+    its test split(s) when present. From `data_dir` (GLUE's TSV layout) or from the hub."""
+    import datasets
+
+    task = get_task(task_name)
+    splits = ("train",) + task.eval_splits + task.test_splits
+    if data_dir is None:
+        try:
+            hub = datasets.load_dataset("nyu-mll/glue", task_name)
+        except Exception as e:  # offline, no cache, hub down
+            fail(f"cannot load GLUE '{task_name}' from the hub ({type(e).__name__}: {_first_line(e)}); "
+                 f"pass --data_dir DIR holding GLUE's TSV files (DIR/{task.tsv_dir}/train.tsv, ...)")
+        return {s: hub[s] for s in splits if s in hub}
+    out = {}
+    for split in splits:
+        path = os.path.join(data_dir, task.tsv_dir, TSV_FILES[split])
+        if os.path.exists(path):
+            out[split] = datasets.Dataset.from_dict(read_tsv(task_name, path))
+        elif split in ("train", task.eval_splits[0]):
+            fail(f"missing {path}: --data_dir must hold GLUE's TSV layout "
+                 f"({task.tsv_dir}/{TSV_FILES['train']} and {task.tsv_dir}/{TSV_FILES[task.eval_splits[0]]})")
+    return out
+
+
+def _first_line(e):
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def tokenize(dataset, task_name, tokenizer, max_length):
+    """Token ids (truncated to max_length, not padded) plus label and idx."""
+    keys = TASKS[task_name].text_keys
+
+    def encode(batch):
+        enc = tokenizer(*[batch[k] for k in keys], truncation=True, max_length=max_length)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                **({"token_type_ids": enc["token_type_ids"]} if "token_type_ids" in enc else {})}
+
+    keep = ["label", "idx"]
+    return dataset.map(encode, batched=True, remove_columns=[c for c in dataset.column_names if c not in keep])
+
+
+class Collator:
+    """Dynamic padding to the longest row of the batch, on the tokenizer's padding side.
+
+    Position ids are computed from the attention mask, so a row's positions start at 0 at its
+    first real token whatever the padding side; with `positions=False` the model's own are used
+    (for models whose forward takes no position_ids).
+    """
+
+    def __init__(self, pad_token_id, padding_side="right", positions=True):
+        self.pad_token_id, self.padding_side, self.positions = pad_token_id, padding_side, positions
+
+    def __call__(self, rows):
+        width = max(len(r["input_ids"]) for r in rows)
+        batch = {}
+        for key, fill in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
+            if key not in rows[0]:
+                continue
+            padded = []
+            for r in rows:
+                pad = [fill] * (width - len(r[key]))
+                padded.append(r[key] + pad if self.padding_side == "right" else pad + r[key])
+            batch[key] = torch.tensor(padded)
+        if self.positions:
+            batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        label_dtype = torch.float if isinstance(rows[0]["label"], float) else torch.long
+        batch["labels"] = torch.tensor([r["label"] for r in rows], dtype=label_dtype)
+        batch["idx"] = torch.tensor([r["idx"] for r in rows])
+        return batch

@@ -1,0 +1,37 @@
+"""The official GLUE metric of each task, on plain numpy (evaluate.load needs the hub)."""
+import numpy as np
+from scipy import stats
+
+
+def accuracy(preds, labels):
+    return float((preds == labels).mean())
+
+
+def f1(preds, labels):
+    """Binary F1 of the positive class (label 1), as GLUE scores MRPC and QQP."""
+    tp = int(((preds == 1) & (labels == 1)).sum())
+    fp = int(((preds == 1) & (labels != 1)).sum())
+    fn = int(((preds != 1) & (labels == 1)).sum())
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def matthews_correlation(preds, labels):
+    tp = float(((preds == 1) & (labels == 1)).sum())
+    tn = float(((preds == 0) & (labels == 0)).sum())
+    fp = float(((preds == 1) & (labels == 0)).sum())
+    fn = float(((preds == 0) & (labels == 1)).sum())
+    denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return float((tp * tn - fp * fn) / denom) if denom else 0.0
+
+
+def glue_metrics(task_name, preds, labels):
+    """preds: class ids (or scores for STS-B); labels: the gold labels. Returns a dict of floats."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    if task_name == "stsb":
+        return {"pearson": float(stats.pearsonr(preds, labels)[0]),
+                "spearmanr": float(stats.spearmanr(preds, labels)[0])}
+    if task_name == "cola":
+        return {"matthews_correlation": matthews_correlation(preds, labels)}
+    if task_name in ("mrpc", "qqp"):
+        return {"accuracy": accuracy(preds, labels), "f1": f1(preds, labels)}
+    return {"accuracy": accuracy(preds, labels)}
