@@ -1,0 +1,108 @@
+"""Saving and loading: trainable weights (gathered under ZeRO-3), resumable checkpoints, results.
+
+Every write goes to a temporary name first and is renamed into place, so a crash never leaves
+a half-written file where a finished one is expected.
+"""
+import glob
+import json
+import os
+import shutil
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def atomic_write_text(path, text):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_save_tensors(path, tensors):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+    os.replace(tmp, path)
+
+
+def trainable_names(model):
+    """Names of the parameters to train and save. Call before accelerator.prepare."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _gathered(params):
+    """Context that makes ZeRO-3 partitioned parameters whole on every rank (a collective)."""
+    import contextlib
+
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    return contextlib.nullcontext()
+
+
+def save_trainable(accelerator, model, names, path):
+    """Write the parameters named in `names` to a safetensors file.
+
+    Every rank must call this (under ZeRO-3 the gather is a collective); the main process writes.
+    """
+    params = dict(accelerator.unwrap_model(model).named_parameters())
+    state = {}
+    for name in names:  # one tensor at a time: a full fine-tune never holds two copies of the model
+        with _gathered([params[name]]):
+            if accelerator.is_main_process:
+                state[name] = params[name].detach().cpu().clone().contiguous()
+    if accelerator.is_main_process:
+        atomic_save_tensors(path, state)
+    accelerator.wait_for_everyone()
+
+
+def load_trainable(model, path):
+    """Load a trainable.safetensors into a plain (not distributed) model; returns the names loaded."""
+    state = load_file(path)
+    params = dict(model.named_parameters())
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise KeyError(f"{path} holds tensors this model does not have: {unknown[:5]}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor.to(params[name].dtype))
+    return list(state)
+
+
+def save_checkpoint(accelerator, output_dir, step, extra):
+    """A resumable checkpoint (model, optimizer, scheduler, RNG, and `extra` such as the step)
+    at OUTPUT_DIR/checkpoints/step_N, written under a temporary name and renamed when complete."""
+    final = os.path.join(output_dir, "checkpoints", f"step_{step}")
+    tmp = final + ".tmp"
+    if accelerator.is_main_process and os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp)
+    if accelerator.is_main_process:
+        atomic_write_json(os.path.join(tmp, "trainer_state.json"), extra)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def find_checkpoint(output_dir, which):
+    """Resolve --resume_from_checkpoint: a folder, or 'latest' in OUTPUT_DIR/checkpoints."""
+    if which == "latest":
+        found = glob.glob(os.path.join(output_dir, "checkpoints", "step_*[0-9]"))
+        return max(found, key=lambda p: int(p.rsplit("_", 1)[1])) if found else None
+    return which if os.path.exists(os.path.join(which, "trainer_state.json")) else None
+
+
+def load_checkpoint(accelerator, path):
+    accelerator.load_state(path)
+    with open(os.path.join(path, "trainer_state.json")) as f:
+        return json.load(f)

@@ -1,0 +1,229 @@
+"""Launch helpers shared by every train_*.py: the common flags, the Accelerator, the model and
+tokenizer, the data loaders, and evaluation. Each script adds its own method flags and loop."""
+import argparse
+import os
+
+import torch
+
+from common.data import TASKS, Collator, get_task, load_glue, tokenize
+from common.errors import fail
+from common.metrics import glue_metrics
+
+
+def base_parser(description):
+    """The flags every script shares, in the style of transformers' run_glue_no_trainer.py.
+
+    Gradient accumulation is not here on purpose: it comes from the accelerate config
+    (`gradient_accumulation_steps` in the yaml or `accelerate launch --gradient_accumulation_steps N`).
+    """
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
+    p.add_argument("--model_name_or_path", default="gpt2", help="hub id or local model directory")
+    p.add_argument("--data_dir", default=None,
+                   help="folder in GLUE's TSV layout (DIR/RTE/train.tsv, dev.tsv); default: the hub's nyu-mll/glue")
+    p.add_argument("--output_dir", default=None, help="default: runs/<script>-<task>")
+    p.add_argument("--overwrite_output_dir", action="store_true", help="reuse an output dir holding another run")
+    p.add_argument("--learning_rate", type=float, default=2e-5)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--num_train_epochs", type=int, default=3)
+    p.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
+    p.add_argument("--per_device_train_batch_size", type=int, default=8)
+    p.add_argument("--per_device_eval_batch_size", type=int, default=32)
+    p.add_argument("--lr_scheduler_type", default="linear",
+                   choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                            "constant_with_warmup"])
+    p.add_argument("--num_warmup_steps", type=int, default=0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max_length", type=int, default=128, help="tokens per example (truncated)")
+    p.add_argument("--max_train_samples", type=int, default=None,
+                   help="first N training rows (MNLI 10%%: --task mnli --max_train_samples 40000)")
+    p.add_argument("--max_eval_samples", type=int, default=None, help="first N rows of each eval split")
+    p.add_argument("--eval_steps", type=int, default=None, help="evaluate every N optimizer steps; default each epoch")
+    p.add_argument("--checkpointing_steps", default=None,
+                   help="save a resumable checkpoint every N optimizer steps, or 'epoch'")
+    p.add_argument("--resume_from_checkpoint", default=None,
+                   help="a checkpoint folder (OUTPUT_DIR/checkpoints/step_N), or 'latest'")
+    p.add_argument("--do_predict", action="store_true",
+                   help="write GLUE submission files for the test split(s) when they have been provided")
+    p.add_argument("--with_tracking", action="store_true", help="log metrics with --report_to")
+    p.add_argument("--report_to", default="tensorboard", help="tensorboard (works offline), wandb, all, ...")
+    return p
+
+
+def check_args(args, script):
+    """Refuse bad flag values with one line each, before any work is done."""
+    get_task(args.task)
+    if args.max_length < 8:
+        fail(f"--max_length {args.max_length} is too short; use at least 8 tokens (default 128)")
+    if args.learning_rate <= 0:
+        fail(f"--learning_rate must be positive, got {args.learning_rate}")
+    for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
+                 "max_train_steps", "max_train_samples", "max_eval_samples", "eval_steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            fail(f"--{name} must be at least 1, got {value}")
+    if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
+        fail(f"--checkpointing_steps takes a number of steps or 'epoch', got '{args.checkpointing_steps}'")
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        fail(f"--data_dir {args.data_dir} is not a folder; point it at GLUE's TSV layout (DIR/RTE/train.tsv)")
+    args.output_dir = args.output_dir or os.path.join("runs", f"{script}-{args.task}")
+    if (os.path.exists(os.path.join(args.output_dir, "results.json")) and not args.overwrite_output_dir
+            and args.resume_from_checkpoint is None):
+        fail(f"{args.output_dir} holds another run's results.json; pass --overwrite_output_dir, "
+             "--resume_from_checkpoint, or another --output_dir")
+    return args
+
+
+def make_accelerator(args):
+    """An Accelerator that also works on a machine without GPUs.
+
+    Without an accelerator device, torch.distributed needs the gloo backend, which accelerate
+    does not pick for DeepSpeed, and a multi-GPU launch must be told to run DDP on the CPU.
+    Both settings change nothing on a GPU machine.
+    """
+    from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
+
+    no_device = not torch.accelerator.is_available()
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") == "true"
+    return Accelerator(
+        cpu=no_device and not deepspeed,  # multi-GPU yaml on CPU: real DDP over gloo, not two lone runs
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # The script steps the schedule once per optimizer step (see the loops).
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if no_device and deepspeed else [],
+    )
+
+
+def load_model(args, task, model_class=None, **kwargs):
+    """Tokenizer and sequence-classification model, with a pad token set on both."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_class = model_class or AutoModelForSequenceClassification
+    name = args.model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        labels = {} if task.is_regression else {"id2label": dict(enumerate(task.label_names)),
+                                                "label2id": {n: i for i, n in enumerate(task.label_names)}}
+        model = model_class.from_pretrained(name, num_labels=task.num_labels, **labels, **kwargs)
+    except OSError as e:
+        hint = ("HF_HUB_OFFLINE=1 is set: pass a local model directory or unset it"
+                if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+                else "pass a local model directory, or check the name and your network (HF_HUB_OFFLINE=1 fails fast)")
+        fail(f"cannot load model '{name}' ({str(e).strip().splitlines()[0][:160]}); {hint}")
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            fail(f"the tokenizer of '{name}' has neither a pad nor an eos token; add a pad token to it and save it")
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2: pad with eos; padded positions are masked
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model
+
+
+def make_dataloaders(args, accelerator, tokenizer, model):
+    """Train loader (shuffled) and one loader per eval split; test loaders when --do_predict."""
+    import inspect
+
+    from torch.utils.data import DataLoader
+
+    with accelerator.main_process_first():
+        raw = load_glue(args.task, args.data_dir)
+        if args.max_train_samples is not None:
+            raw["train"] = raw["train"].select(range(min(args.max_train_samples, len(raw["train"]))))
+        task = TASKS[args.task]
+        for split in task.eval_splits:
+            if split in raw and args.max_eval_samples is not None:
+                raw[split] = raw[split].select(range(min(args.max_eval_samples, len(raw[split]))))
+        data = {s: tokenize(d, args.task, tokenizer, args.max_length) for s, d in raw.items()}
+    positions = "position_ids" in inspect.signature(model.forward).parameters
+    collate = Collator(tokenizer.pad_token_id, tokenizer.padding_side, positions)
+    # Loaders draw their seeds from their own generator, not from the global RNG that dropout uses:
+    # a resumed run then sees the same dropout masks as an uninterrupted one.
+    generator = lambda: torch.Generator().manual_seed(args.seed)  # noqa: E731
+    train = DataLoader(data["train"], shuffle=True, collate_fn=collate, batch_size=args.per_device_train_batch_size,
+                       generator=generator())
+    splits = [s for s in task.eval_splits if s in data] + ([s for s in task.test_splits if s in data]
+                                                            if args.do_predict else [])
+    if args.do_predict and not any(s in data for s in task.test_splits):
+        fail(f"--do_predict needs the unlabeled test split ({', '.join(task.test_splits)}); none was found")
+    evals = {s: DataLoader(data[s], collate_fn=collate, batch_size=args.per_device_eval_batch_size,
+                           generator=generator()) for s in splits}
+    return train, evals
+
+
+@torch.no_grad()
+def predict(model, loader, accelerator, forward=None):
+    """Logits and idx of a whole split, gathered from every rank in dataset order, in eval mode.
+
+    `forward(batch) -> logits` lets a method wrap the model; every rank runs the same batches.
+    gather_for_metrics drops the duplicated rows that pad an uneven last batch.
+    """
+    forward = forward or (lambda batch: model(**batch).logits)
+    was_training = model.training
+    model.eval()
+    all_logits, all_idx = [], []
+    for batch in loader:
+        idx = batch.pop("idx")
+        logits = forward(batch).float()
+        logits, idx = accelerator.gather_for_metrics((logits, idx))
+        all_logits.append(logits.cpu())
+        all_idx.append(idx.cpu())
+    model.train(was_training)
+    logits, idx = torch.cat(all_logits), torch.cat(all_idx)
+    order = idx.argsort()
+    return logits[order], idx[order]
+
+
+def evaluate(model, loaders, accelerator, task_name, forward=None):
+    """Metrics over every labeled eval split: plain keys for the first split, a suffix for the
+    others (MNLI: accuracy and accuracy_mm). Also returns the logits per split."""
+    task, metrics, logits = TASKS[task_name], {}, {}
+    for i, split in enumerate(task.eval_splits):
+        if split not in loaders:
+            continue
+        logits[split], _ = predict(model, loaders[split], accelerator, forward)
+        labels = loaders[split].dataset["label"]
+        preds = logits[split].squeeze(-1) if task.is_regression else logits[split].argmax(-1)
+        suffix = "" if i == 0 else "_mm"
+        metrics.update({k + suffix: v for k, v in glue_metrics(task_name, preds.numpy(), labels).items()})
+    return metrics, logits
+
+
+def write_predictions(model, loaders, accelerator, args, forward=None):
+    """GLUE submission files (OUTPUT_DIR/predictions/<Task>.tsv) for the test split(s)."""
+    from common.checkpoint import atomic_write_text
+
+    task = TASKS[args.task]
+    names = {"test": task.tsv_dir, "test_matched": "MNLI-m", "test_mismatched": "MNLI-mm"}
+    for split in task.test_splits:
+        if split not in loaders:
+            continue
+        logits, idx = predict(model, loaders[split], accelerator, forward)
+        if task.is_regression:
+            preds = [f"{min(max(x, 0.0), 5.0):.3f}" for x in logits.squeeze(-1).tolist()]
+        elif args.task in ("mnli", "qnli", "rte"):
+            preds = [task.label_names[i] for i in logits.argmax(-1).tolist()]
+        else:
+            preds = [str(i) for i in logits.argmax(-1).tolist()]
+        if accelerator.is_main_process:
+            rows = "".join(f"{i}\t{p}\n" for i, p in zip(idx.tolist(), preds))
+            atomic_write_text(os.path.join(args.output_dir, "predictions", f"{names[split]}.tsv"),
+                              "index\tprediction\n" + rows)
+
+
+def count_params(model):
+    """(trainable, total), also for ZeRO-3 partitioned parameters (ds_numel is the full size)."""
+    numel = lambda p: getattr(p, "ds_numel", p.numel())  # noqa: E731
+    params = list(model.parameters())
+    return sum(numel(p) for p in params if p.requires_grad), sum(numel(p) for p in params)
+
+
+def optimizer_groups(model, weight_decay):
+    """AdamW parameter groups of the trainable parameters: weight decay on matrices only, none on
+    biases and norms. Shapes are read from ds_shape when ZeRO-3 has partitioned a parameter
+    (its .shape is then [0]); empty groups are left out."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    is_matrix = lambda p: len(getattr(p, "ds_shape", p.shape)) >= 2  # noqa: E731
+    groups = [{"params": [p for p in params if is_matrix(p)], "weight_decay": weight_decay},
+              {"params": [p for p in params if not is_matrix(p)], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]

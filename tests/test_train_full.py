@@ -1,0 +1,85 @@
+"""train_full.py through the command line people run, under every shipped launch config."""
+import json
+import math
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+from common.checkpoint import load_trainable
+from launch_utils import (CONFIGS, WORLD, check_ok, eval_batches, launch, logits_of, results,
+                          saved_eval_logits)
+
+TRAIN, EVAL, BATCH, EPOCHS = 128, 64, 8, 3
+
+
+def args_for(tiny, glue, out, *extra):
+    return ["--task", "sst2", "--model_name_or_path", tiny, "--data_dir", glue, "--output_dir", str(out),
+            "--max_train_samples", str(TRAIN), "--max_eval_samples", str(EVAL), "--learning_rate", "2e-3",
+            "--num_train_epochs", str(EPOCHS), "--per_device_train_batch_size", str(BATCH),
+            "--eval_steps", "4", *extra]
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_train_full_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = launch("train_full.py", config, args_for(tiny_gpt2, glue_dir, out))
+    check_ok(proc)
+    res = results(out)
+    assert res["method"] == "full" and res["task"] == "sst2"
+    assert 0.0 <= res["metrics"]["accuracy"] <= 1.0 and "accuracy" in res["best_metrics"]
+    assert res["trainable_params"] == res["total_params"] > 60_000
+    # Every process really took part: the steps are those of one global batch of BATCH x world.
+    steps = EPOCHS * math.ceil(math.ceil(TRAIN / BATCH) / WORLD[config])
+    assert res["log_history"][-1]["step"] == steps
+    losses = [h["train_loss"] for h in res["log_history"]]
+    assert losses[-1] < losses[0], losses
+    assert "final sst2 full: accuracy" in proc.stdout
+    assert json.load(open(out / "args.json"))["task"] == "sst2"
+
+    # The saved weights, loaded into a plain model, reproduce the run's own eval logits.
+    saved = load_file(out / "trainable.safetensors")
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2).eval()
+    model.config.pad_token_id = 0
+    assert set(saved) == {n for n, _ in model.named_parameters()}
+    load_trainable(model, out / "trainable.safetensors")
+    ours = logits_of(model, eval_batches(tiny_gpt2, glue_dir, "sst2", EVAL))
+    theirs = saved_eval_logits(out, "sst2")
+    atol = 5e-2 if "bf16" in config else 1e-5
+    torch.testing.assert_close(ours, theirs, atol=atol, rtol=0)
+
+
+def test_zero3_really_partitions_the_weights(tiny_gpt2, glue_dir, tmp_path):
+    proc = launch("tests/zero3_probe.py", "zero3", ["--task", "sst2", "--model_name_or_path", tiny_gpt2,
+                                                     "--output_dir", str(tmp_path)])
+    check_ok(proc)
+    probe = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("PROBE "))[6:])
+    assert probe["world"] == 2
+    matrices = {n: f for n, f in probe["params"].items() if f["full"] >= 32 * 32}
+    assert len(matrices) >= 8  # embeddings, attention and MLP weights of both layers
+    for name, f in matrices.items():
+        assert f["shape"] == [0], name  # not readable outside a forward pass
+        assert f["local"] <= math.ceil(f["full"] / 2), name  # each rank holds half
+
+
+def test_resume_equals_uninterrupted(tiny_gpt2, glue_dir, tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    check_ok(launch("train_full.py", "single", args_for(tiny_gpt2, glue_dir, whole, "--checkpointing_steps", "10")))
+    assert sorted(os.listdir(whole / "checkpoints")) == ["step_10", "step_20", "step_30", "step_40"]
+    # Resume mid-epoch (16 steps per epoch) from the uninterrupted run's checkpoint at step 20.
+    proc = launch("train_full.py", "single", args_for(tiny_gpt2, glue_dir, resumed, "--resume_from_checkpoint",
+                                                     str(whole / "checkpoints" / "step_20")))
+    check_ok(proc)
+    assert "resumed from" in proc.stdout
+    a, b = results(whole), results(resumed)
+    assert a["metrics"] == b["metrics"] and a["best_metrics"] == b["best_metrics"]
+    assert a["log_history"] == b["log_history"]
+    wa, wb = load_file(whole / "trainable.safetensors"), load_file(resumed / "trainable.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # 'latest' finds the newest checkpoint in the output dir.
+    proc = launch("train_full.py", "single", args_for(tiny_gpt2, glue_dir, whole, "--resume_from_checkpoint",
+                                                     "latest"))
+    check_ok(proc)
+    assert "step_40 at step 40" in proc.stdout and results(whole)["metrics"] == a["metrics"]

@@ -1,0 +1,21 @@
+"""Run under `accelerate launch --config_file accelerate_configs/zero3.yaml`: prints, as JSON, how
+ZeRO-3 holds the model after prepare (a test asserts that the weights are really partitioned)."""
+import json
+import sys
+
+import torch
+
+sys.path.insert(0, ".")
+from common.data import get_task  # noqa: E402
+from common.launch import base_parser, make_accelerator, load_model  # noqa: E402
+
+args = base_parser("probe").parse_args(sys.argv[1:])
+accelerator = make_accelerator(args)
+tokenizer, model = load_model(args, get_task(args.task))
+optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+loader = torch.utils.data.DataLoader(list(range(8)), batch_size=4)
+model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+facts = {n: {"full": p.ds_numel, "local": p.ds_tensor.numel(), "shape": list(p.shape)}
+         for n, p in model.module.named_parameters()}
+if accelerator.is_main_process:
+    print("PROBE " + json.dumps({"world": accelerator.num_processes, "params": facts}))
