@@ -164,6 +164,7 @@ def predict(model, loader, accelerator, forward=None):
     all_logits, all_idx = [], []
     for batch in loader:
         idx = batch.pop("idx")
+        batch.pop("labels")  # no loss needed; test rows have label -1
         logits = forward(batch).float()
         logits, idx = accelerator.gather_for_metrics((logits, idx))
         all_logits.append(logits.cpu())

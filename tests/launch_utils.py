@@ -21,6 +21,8 @@ CONFIGS = {
     "zero3": ["--config_file", "accelerate_configs/zero3.yaml", "--num_processes", "2"],
     "zero3_bf16": ["--config_file", "accelerate_configs/zero3.yaml", "--num_processes", "2",
                    "--mixed_precision", "bf16"],
+    "zero3_offload": ["--config_file", "accelerate_configs/zero3_offload.yaml", "--num_processes", "2"],
+    "fp16": ["--config_file", "accelerate_configs/fp16.yaml", "--num_processes", "2"],  # CPU: accelerate runs fp32
 }
 WORLD = {name: 1 if launch is None else 2 for name, launch in CONFIGS.items()}
 
