@@ -36,7 +36,7 @@ def trainable_names(model):
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-def _gathered(params):
+def gathered(params):
     """Context that makes ZeRO-3 partitioned parameters whole on every rank (a collective)."""
     import contextlib
 
@@ -55,7 +55,7 @@ def save_trainable(accelerator, model, names, path):
     params = dict(accelerator.unwrap_model(model).named_parameters())
     state = {}
     for name in names:  # one tensor at a time: a full fine-tune never holds two copies of the model
-        with _gathered([params[name]]):
+        with gathered([params[name]]):
             if accelerator.is_main_process:
                 state[name] = params[name].detach().cpu().clone().contiguous()
     if accelerator.is_main_process:

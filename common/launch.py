@@ -212,6 +212,17 @@ def write_predictions(model, loaders, accelerator, args, forward=None):
                               "index\tprediction\n" + rows)
 
 
+def freeze_backbone(model):
+    """Freeze every weight, then unfreeze the classification head (the top-level modules beside
+    the backbone: GPT-2 `score`, BERT `classifier`). Returns the head's module names."""
+    model.requires_grad_(False)
+    heads = [name for name, child in model.named_children()
+             if name != model.base_model_prefix and any(True for _ in child.parameters())]
+    for name in heads:
+        getattr(model, name).requires_grad_(True)
+    return heads
+
+
 def count_params(model):
     """(trainable, total), also for ZeRO-3 partitioned parameters (ds_numel is the full size)."""
     numel = lambda p: getattr(p, "ds_numel", p.numel())  # noqa: E731

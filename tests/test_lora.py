@@ -1,0 +1,213 @@
+"""train_lora.py: the method against the base model and peft, and the script under every config."""
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification,
+                          GPT2Config, GPT2ForSequenceClassification)
+
+from common.checkpoint import load_trainable
+from common.launch import freeze_backbone
+from launch_utils import CONFIGS, check_ok, eval_batches, launch, logits_of, results, saved_eval_logits
+from train_lora import LoRALinear, add_lora, resolve_targets
+
+
+def tiny_gpt2_model(seed=0):
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64, pad_token_id=0, num_labels=3,
+                     resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    return GPT2ForSequenceClassification(cfg).eval()
+
+
+def tiny_bert_model(seed=0):
+    torch.manual_seed(seed)
+    cfg = BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64, vocab_size=100,
+                     max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0, attention_probs_dropout_prob=0)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def randomize_lora(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for n, p in model.named_parameters():
+        if ".lora_" in n:
+            p.data = torch.randn(p.shape, generator=g) * 0.2
+
+
+INPUTS = {"input_ids": torch.tensor([[5, 17, 42, 9, 3, 0, 0], [7, 8, 9, 10, 11, 12, 13]]),
+          "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1] * 7])}
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(**INPUTS).logits
+
+
+def test_seed_parameter_counts_at_gpt2_xl_from_config_alone():
+    cfg = GPT2Config(n_embd=1600, n_layer=48, n_head=25, num_labels=3)
+    counts = {}
+    for r, slices in ((24, ["q", "v"]), (16, ["q", "k", "v"])):
+        with torch.device("meta"):
+            model = GPT2ForSequenceClassification(cfg)
+        base = sum(p.numel() for p in model.parameters())
+        add_lora(model, ["c_attn"], r, 2 * r, 0.0, slices)
+        counts[r] = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
+        assert round(100 * counts[r] / base, 2) == 0.47
+    assert counts == {24: 7_372_800, 16: 7_372_800}
+
+
+@pytest.mark.parametrize("make,targets,slices", [(tiny_gpt2_model, ["c_attn"], ["q", "v"]),
+                                                 (tiny_gpt2_model, ["c_attn"], None),
+                                                 (tiny_bert_model, ["query", "value"], None)])
+def test_fresh_lora_is_the_base_model(make, targets, slices):
+    base, model = make(), make()
+    assert len(add_lora(model, targets, 4, 8, 0.0, slices)) == 2 * len(targets)  # 2 layers
+    assert torch.equal(logits(base), logits(model))
+
+
+@pytest.mark.parametrize("make,targets", [(tiny_gpt2_model, ["c_attn"]), (tiny_bert_model, ["query", "value"])])
+def test_fused_mode_equals_peft_with_the_same_weights(make, targets):
+    from peft import LoraConfig, get_peft_model
+
+    ours = make()
+    add_lora(ours, targets, 4, 8, 0.0, None)
+    randomize_lora(ours)
+    ref = get_peft_model(make(), LoraConfig(r=4, lora_alpha=8, target_modules=targets,
+                                            fan_in_fan_out=isinstance(ours.config, GPT2Config)))
+    copied = 0
+    for name, m in ours.named_modules():
+        if isinstance(m, LoRALinear):
+            peft_layer = ref.base_model.model.get_submodule(name)
+            peft_layer.lora_A["default"].weight.data.copy_(m.lora_A[0].data)
+            peft_layer.lora_B["default"].weight.data.copy_(m.lora_B[0].data)
+            copied += 1
+    assert copied == 2 * len(targets)
+    torch.testing.assert_close(logits(ours), logits(ref.eval()), atol=1e-5, rtol=0)
+    assert (logits(ours) - logits(make())).abs().max() > 1e-3  # the update does something
+
+
+def test_slice_mode_leaves_untouched_slices_exactly_as_the_base():
+    base, model = tiny_gpt2_model(), tiny_gpt2_model()
+    add_lora(model, ["c_attn"], 4, 8, 0.0, ["q", "v"])
+    randomize_lora(model)
+    x = torch.randn(2, 5, 32)
+    layer = model.transformer.h[0].attn.c_attn
+    with torch.no_grad():
+        ours, ref = layer(x), base.transformer.h[0].attn.c_attn(x)
+    assert torch.equal(ours[..., 32:64], ref[..., 32:64])  # k: untouched
+    assert (ours[..., :32] - ref[..., :32]).abs().max() > 1e-3 and (ours[..., 64:] - ref[..., 64:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("make,targets,slices", [(tiny_gpt2_model, ["c_attn"], ["q", "v"]),
+                                                 (tiny_bert_model, ["query", "value"], None)])
+def test_merge_then_unmerge(make, targets, slices):
+    model = make()
+    add_lora(model, targets, 4, 8, 0.0, slices)
+    randomize_lora(model)
+    before = logits(model)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for m in layers:
+        m.merge()
+    torch.testing.assert_close(logits(model), before, atol=1e-5, rtol=0)
+    assert any(not torch.equal(p, weights[n]) for n, p in model.named_parameters())
+    for m in layers:
+        m.unmerge()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p, weights[n], atol=1e-6, rtol=0)
+    torch.testing.assert_close(logits(model), before, atol=1e-6, rtol=0)
+
+
+def test_targets_and_slices_errors(capsys):
+    args = lambda **kw: SimpleNamespace(**{"lora_targets": None, "lora_slices": None, **kw})  # noqa: E731
+    model = tiny_bert_model()
+    assert resolve_targets(args(), model) == (["query", "value"], None)
+    assert resolve_targets(args(), tiny_gpt2_model()) == (["c_attn"], ["q", "v"])
+    model.config.model_type = "mystery"
+    for bad, expect in [(args(), "no default LoRA targets for model type 'mystery'; pass --lora_targets from:"),
+                        (args(lora_targets="qkv"), "--lora_targets qkv not in the model"),
+                        (args(lora_targets="query", lora_slices="q"), "--lora_slices applies to a fused")]:
+        with pytest.raises(SystemExit):
+            resolve_targets(bad, model)
+        err = capsys.readouterr().err
+        assert expect in err and "query" in err.splitlines()[0] if "from" in expect else expect in err
+
+
+LORA_CONFIGS = ["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16"]
+
+
+@pytest.mark.parametrize("config", LORA_CONFIGS)
+def test_train_lora_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
+    out = tmp_path / "out"
+    extra = ["--merge_and_save", str(tmp_path / "merged")] if config in ("single", "zero3") else []
+    proc = launch("train_lora.py", config, [
+        "--task", "sst2", "--model_name_or_path", tiny_gpt2, "--data_dir", glue_dir, "--output_dir", str(out),
+        "--max_train_samples", "128", "--max_eval_samples", "64", "--learning_rate", "5e-3",
+        "--num_train_epochs", "3", "--eval_steps", "4", "--lora_r", "4", *extra])
+    check_ok(proc)
+    res = results(out)
+    losses = [h["train_loss"] for h in res["log_history"]]
+    assert losses[-1] < losses[0], losses
+    assert res["method"] == "lora" and res["lora_params"] == 2 * 2 * 4 * (32 + 32)  # layers x (q, v) x r(in+out)
+    saved = load_file(out / "trainable.safetensors")
+    assert saved and all(".lora_" in n or n.startswith("score.") for n in saved)
+    assert sum(t.numel() for t in saved.values()) == res["trainable_params"]
+
+    # A plain model with our LoRA and the saved weights reproduces the run's eval logits.
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2).eval()
+    base.config.pad_token_id = 0
+    pretrained = {n: p.detach().clone() for n, p in base.named_parameters()}
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2).eval()
+    model.config.pad_token_id = 0
+    freeze_backbone(model)
+    add_lora(model, ["c_attn"], 4, 16, 0.0, ["q", "v"])
+    load_trainable(model, out / "trainable.safetensors")
+    batches = list(eval_batches(tiny_gpt2, glue_dir, "sst2", 64))
+    atol = 5e-2 if "bf16" in config else 1e-5
+    theirs = saved_eval_logits(out, "sst2")
+    torch.testing.assert_close(logits_of(model, batches), theirs, atol=atol, rtol=0)
+    assert all((saved[n] != 0).any() for n in saved if ".lora_B." in n)  # B left zero
+
+    # peft loads the exported adapter (2 slices of rank 4 = one fused pair of rank 8).
+    from peft import PeftModel
+
+    peft_cfg = json.load(open(out / "peft" / "adapter_config.json"))
+    assert (peft_cfg["r"], peft_cfg["lora_alpha"]) == (8, 32)
+    peft_model = PeftModel.from_pretrained(base, out / "peft").eval()
+    torch.testing.assert_close(logits_of(peft_model, batches), theirs, atol=atol, rtol=0)
+
+    if extra:  # the merged export is a plain transformers model with the same logits...
+        merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+        torch.testing.assert_close(logits_of(merged, batches), theirs, atol=1e-5, rtol=0)
+        # ...whose frozen weights are the pretrained ones: nothing but LoRA and the head moved.
+        merged_w = dict(merged.named_parameters())
+        for name, w in pretrained.items():
+            if name.startswith("score."):
+                continue
+            if name.endswith("c_attn.weight"):
+                layer = model.get_submodule(name[: -len(".weight")])
+                w = w.clone()
+                layer.add_delta(w)
+            torch.testing.assert_close(merged_w[name], w, atol=1e-6, rtol=0)
+
+
+def test_every_lora_tensor_trains(tiny_gpt2, glue_dir, tmp_path):
+    """Against the script's own starting point (same seed): every LoRA tensor and the head changed."""
+    from accelerate.utils import set_seed
+
+    out = tmp_path / "out"
+    check_ok(launch("train_lora.py", "single", [
+        "--task", "sst2", "--model_name_or_path", tiny_gpt2, "--data_dir", glue_dir, "--output_dir", str(out),
+        "--max_train_samples", "32", "--max_eval_samples", "16", "--max_train_steps", "3", "--lora_r", "4"]))
+    set_seed(42)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2)
+    freeze_backbone(model)
+    add_lora(model, ["c_attn"], 4, 16, 0.0, ["q", "v"])
+    start = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    saved = load_file(out / "trainable.safetensors")
+    assert set(saved) == set(start)
+    for n, t in saved.items():
+        assert not torch.equal(t, start[n]), f"{n} did not change"
+    assert all(math.isfinite(float(t.abs().sum())) for t in saved.values())

@@ -1,0 +1,328 @@
+"""LoRA: fine-tune a frozen model through trainable low-rank updates of chosen projections.
+
+Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", https://arxiv.org/abs/2106.09685
+
+A pretrained projection W (d_in -> d_out) is frozen and a low-rank update is learned beside it:
+
+    y = W x + (alpha / r) * B A dropout(x)        A: r x d_in (Kaiming uniform), B: d_out x r (zeros)
+
+so training starts exactly at the pretrained model, and only r (d_in + d_out) numbers per
+projection (plus the classification head) are trained. GPT-2 computes q, k and v with one fused
+projection `c_attn`; `--lora_slices q,v` (the default for GPT-2, as in the paper) gives the q and v
+thirds their own pair, `--lora_slices fused` one pair for the whole matrix (what peft does).
+After training the update can be merged into W (`--merge_and_save DIR`): no extra cost at inference.
+
+    python train_lora.py --task rte --lora_r 8
+    accelerate launch --config_file accelerate_configs/zero3.yaml train_lora.py --task rte \
+        --model_name_or_path gpt2-xl --lora_r 24        # the seed's 0.47%: 7,372,800 LoRA weights
+
+Outputs as train_full.py, plus OUTPUT_DIR/peft/ (loads with peft.PeftModel.from_pretrained) and a
+merged plain transformers model with --merge_and_save.
+"""
+import json
+import math
+import os
+import time
+
+import torch
+from accelerate.utils import set_seed
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+from transformers.pytorch_utils import Conv1D
+
+from common.checkpoint import (atomic_save_tensors, atomic_write_json, atomic_write_text, find_checkpoint, gathered,
+                               load_checkpoint, save_checkpoint, save_trainable, trainable_names)
+from common.data import get_task
+from common.errors import fail
+from common.launch import (base_parser, check_args, count_params, evaluate, freeze_backbone, load_model,
+                           make_accelerator, make_dataloaders, optimizer_groups, write_predictions)
+
+# Default projections per model type, and the fused projections whose output is [q | k | v].
+DEFAULT_TARGETS = {"gpt2": "c_attn", "bert": "query,value", "roberta": "query,value",
+                   "llama": "q_proj,v_proj", "mistral": "q_proj,v_proj", "qwen2": "q_proj,v_proj",
+                   "qwen3": "q_proj,v_proj", "gemma": "q_proj,v_proj"}
+FUSED = {"c_attn": ("q", "k", "v")}
+
+
+def parse_args():
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.set_defaults(learning_rate=5e-4)
+    parser.add_argument("--lora_r", type=int, default=8, help="rank of each update")
+    parser.add_argument("--lora_alpha", type=float, default=16, help="the update is scaled by alpha / r")
+    parser.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input")
+    parser.add_argument("--lora_targets", default=None,
+                        help="comma-separated module names to adapt (default per model type: GPT-2 c_attn, "
+                             "BERT query,value, Llama-style q_proj,v_proj)")
+    parser.add_argument("--lora_slices", default=None,
+                        help="for a fused q|k|v projection (GPT-2 c_attn): the slices to adapt, e.g. q,v "
+                             "(default for GPT-2), or 'fused' for one pair on the whole matrix")
+    parser.add_argument("--merge_and_save", default=None, metavar="DIR",
+                        help="after training, write a plain transformers model with the update merged in")
+    args = check_args(parser.parse_args(), "lora")
+    if args.lora_r < 1 or args.lora_alpha <= 0 or not 0 <= args.lora_dropout < 1:
+        fail("--lora_r must be >= 1, --lora_alpha > 0 and --lora_dropout in [0, 1)")
+    return args
+
+
+class LoRALinear(nn.Module):
+    """Wraps a frozen nn.Linear or GPT-2 Conv1D (weight stored [in, out]) and adds B A x.
+
+    `slices` selects parts of the output (for a fused q|k|v projection), each with its own pair;
+    the default is one pair on the whole output. Sizes come from the layer's attributes, never
+    from weight.shape, which is [0] under ZeRO-3.
+    """
+
+    def __init__(self, base_layer, r, alpha, dropout=0.0, n_parts=1, slices=(0,)):
+        super().__init__()
+        self.base_layer = base_layer
+        self.conv1d = isinstance(base_layer, Conv1D)
+        d_in, d_out = (base_layer.nx, base_layer.nf) if self.conv1d else (base_layer.in_features,
+                                                                           base_layer.out_features)
+        self.r, self.alpha, self.scale, self.n_parts = r, alpha, alpha / r, n_parts
+        self.part = d_out // n_parts
+        self.slices = tuple(slices)
+        dtype = base_layer.weight.dtype  # ZeRO-3 + bf16 loads the model in bf16 and casts nothing after
+        self.lora_A = nn.ParameterList([nn.Parameter(torch.empty(r, d_in, dtype=dtype)) for _ in slices])
+        self.lora_B = nn.ParameterList([nn.Parameter(torch.zeros(self.part, r, dtype=dtype)) for _ in slices])
+        for A in self.lora_A:
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5))  # as nn.Linear and peft
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def forward(self, x):
+        y = self.base_layer(x)
+        if self.merged:
+            return y
+        x = self.dropout(x)
+        for s, A, B in zip(self.slices, self.lora_A, self.lora_B):  # never forms B A: two thin matmuls
+            y[..., s * self.part:(s + 1) * self.part] += (x @ A.t()) @ B.t() * self.scale
+        return y
+
+    def add_delta(self, weight, sign=1):
+        """Add sign * (alpha / r) B A, per slice, to a full weight in the base layer's layout."""
+        for s, A, B in zip(self.slices, self.lora_A, self.lora_B):
+            delta = (B.to(weight) @ A.to(weight)) * (sign * self.scale)  # [part, d_in]
+            rows = slice(s * self.part, (s + 1) * self.part)
+            (weight[:, rows] if self.conv1d else weight[rows]).add_(delta.t() if self.conv1d else delta)
+
+    @torch.no_grad()
+    def merge(self):
+        """Fold the update into the base weight (plain models; under ZeRO-3 see merged_state_dict)."""
+        if not self.merged:
+            self.add_delta(self.base_layer.weight)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        if self.merged:
+            self.add_delta(self.base_layer.weight, sign=-1)
+            self.merged = False
+
+
+def add_lora(model, targets, r, alpha, dropout, slices):
+    """Replace each target module (matched by the last part of its name) with a LoRALinear.
+    `slices`: names of the fused parts to adapt (e.g. ['q', 'v']), or None for one pair."""
+    wrapped = []
+    for name, module in list(model.named_modules()):
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf not in targets or not isinstance(module, (nn.Linear, Conv1D)):
+            continue
+        parts = FUSED.get(leaf) if slices else None
+        kw = {"n_parts": len(parts), "slices": [parts.index(p) for p in slices]} if parts else {}
+        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        setattr(parent, leaf, LoRALinear(module, r, alpha, dropout, **kw))
+        wrapped.append(name)
+    return wrapped
+
+
+def resolve_targets(args, model):
+    """The target names and slices for this model, or a one-line error that says what to pass."""
+    kind = model.config.model_type
+    targets = args.lora_targets or DEFAULT_TARGETS.get(kind)
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
+    if targets is None:
+        fail(f"no default LoRA targets for model type '{kind}'; pass --lora_targets from: {','.join(names)}")
+    targets = targets.split(",")
+    if not set(targets) <= set(names):
+        fail(f"--lora_targets {','.join(sorted(set(targets) - set(names)))} not in the model; choose from: "
+             f"{','.join(names)}")
+    fused = [t for t in targets if t in FUSED]
+    slices = args.lora_slices or ("q,v" if fused else "fused")
+    if slices == "fused":
+        return targets, None
+    if not fused:
+        fail(f"--lora_slices applies to a fused q|k|v projection ({', '.join(FUSED)}); none is targeted")
+    if not set(slices.split(",")) <= set(FUSED[fused[0]]):
+        fail(f"--lora_slices takes names from {','.join(FUSED[fused[0]])} or 'fused', got '{slices}'")
+    return targets, slices.split(",")
+
+
+def export_peft(model, trainable, heads, args, path):
+    """Write a peft LoRA adapter (adapter_config.json, adapter_model.safetensors) from our trained
+    tensors. k slices of rank r are one fused pair of rank k r: A stacked, B placed block by block
+    (zeros for untouched slices), alpha scaled by k so that alpha / rank stays the same."""
+    state, targets, ks = {}, [], set()
+    for name, m in model.named_modules():
+        if not isinstance(m, LoRALinear):
+            continue
+        A = torch.cat([trainable[f"{name}.lora_A.{i}"] for i in range(len(m.slices))])
+        B = torch.zeros(m.part * m.n_parts, m.r * len(m.slices), dtype=A.dtype)
+        for i, s in enumerate(m.slices):
+            B[s * m.part:(s + 1) * m.part, i * m.r:(i + 1) * m.r] = trainable[f"{name}.lora_B.{i}"]
+        state[f"base_model.model.{name}.lora_A.weight"], state[f"base_model.model.{name}.lora_B.weight"] = A, B
+        targets.append(name)
+        ks.add(len(m.slices))
+        conv1d = m.conv1d
+    for n, t in trainable.items():
+        if n.split(".")[0] in heads:
+            state[f"base_model.model.{n}"] = t
+    (k,) = ks
+    config = {"peft_type": "LORA", "task_type": "SEQ_CLS", "base_model_name_or_path": args.model_name_or_path,
+              "r": args.lora_r * k, "lora_alpha": args.lora_alpha * k, "lora_dropout": args.lora_dropout,
+              "target_modules": targets, "fan_in_fan_out": conv1d, "bias": "none", "modules_to_save": heads,
+              "init_lora_weights": True, "inference_mode": True}
+    atomic_write_text(os.path.join(path, "adapter_config.json"), json.dumps(config, indent=2) + "\n")
+    atomic_save_tensors(os.path.join(path, "adapter_model.safetensors"), state)
+
+
+def merged_state_dict(accelerator, model):
+    """The plain model's weights with every update merged in, on the main process. Every rank
+    calls this: under ZeRO-3 each weight is gathered (with its LoRA pair), a collective."""
+    model, state = accelerator.unwrap_model(model), {}
+    lora = {f"{n}.base_layer.weight": m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    for name, param in model.named_parameters():
+        if ".lora_" in name:
+            continue
+        m = lora.get(name)
+        with gathered([param, *m.lora_A, *m.lora_B] if m else [param]):
+            if accelerator.is_main_process:
+                weight = param.detach().float().cpu().clone()
+                if m:
+                    m.add_delta(weight)
+                state[name.replace(".base_layer.", ".")] = weight.to(param.dtype)
+    return state
+
+
+def main():
+    args = parse_args()
+    accelerator = make_accelerator(args)
+    set_seed(args.seed)
+    task = get_task(args.task)
+    tokenizer, model = load_model(args, task)
+
+    # The method: freeze the backbone, wrap the target projections, train the pairs and the head.
+    targets, slices = resolve_targets(args, model)
+    heads = freeze_backbone(model)
+    wrapped = add_lora(model, targets, args.lora_r, args.lora_alpha, args.lora_dropout, slices)
+    names = trainable_names(model)
+    trainable, total = count_params(model)
+    lora_params = sum(getattr(p, "ds_numel", p.numel()) for n, p in model.named_parameters() if ".lora_" in n)
+    accelerator.print(f"LoRA on {len(wrapped)} modules ({targets}, slices {slices or 'fused'}): {lora_params:,} "
+                      f"LoRA params; trainable with the head {trainable:,} of {total:,} "
+                      f"({100 * trainable / total:.3f}%)")
+
+    train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, model)
+    optimizer = torch.optim.AdamW(optimizer_groups(model, args.weight_decay), lr=args.learning_rate)
+    grad_accum = accelerator.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / grad_accum)
+    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    epochs = math.ceil(max_steps / steps_per_epoch)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
+    model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
+        model, optimizer, train_loader, scheduler, *eval_loaders.values())
+    eval_loaders = dict(zip(eval_loaders, loaders))
+
+    step, log_history, best, metrics = 0, [], {}, None
+    if args.resume_from_checkpoint:
+        path = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        if path is None:
+            fail(f"no checkpoint at '{args.resume_from_checkpoint}'; pass OUTPUT_DIR/checkpoints/step_N or 'latest'")
+        state = load_checkpoint(accelerator, path)
+        step, log_history, best = state["step"], state["log_history"], state["best_metrics"]
+        accelerator.print(f"resumed from {path} at step {step}")
+    if accelerator.is_main_process:
+        atomic_write_json(os.path.join(args.output_dir, "args.json"), vars(args))
+    if args.with_tracking:
+        accelerator.init_trackers("train_lora", {k: v for k, v in vars(args).items()
+                                                 if isinstance(v, (int, float, str, bool))})
+
+    eval_every = args.eval_steps or steps_per_epoch
+    ckpt_every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
+    progress = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process)
+    loss_sum, loss_count, start_step, start = torch.zeros(()), 0, step, time.perf_counter()
+    for epoch in range(step // steps_per_epoch, epochs):
+        model.train()
+        train_loader.set_epoch(epoch)
+        skip = (step - epoch * steps_per_epoch) * grad_accum
+        for batch in accelerator.skip_first_batches(train_loader, skip) if skip else train_loader:
+            batch.pop("idx")
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad()
+            loss_sum, loss_count = loss_sum + loss.detach().float().cpu(), loss_count + 1
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+
+            if step % eval_every == 0 or step == max_steps:
+                metrics, logits = evaluate(model, eval_loaders, accelerator, args.task)
+                train_loss = accelerator.reduce(loss_sum, "mean").item() / max(loss_count, 1)
+                loss_sum, loss_count = torch.zeros(()), 0
+                log_history.append({"step": step, "epoch": epoch, "train_loss": train_loss, **metrics})
+                progress.write(f"step {step}: train_loss {train_loss:.4f} " +
+                               " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                if args.with_tracking:
+                    accelerator.log({"train_loss": train_loss, **metrics}, step=step)
+                if metrics[task.metric] > best.get(task.metric, -math.inf):
+                    best = {"step": step, **metrics}
+                    save_trainable(accelerator, model, names, os.path.join(args.output_dir, "best",
+                                                                           "trainable.safetensors"))
+            if ckpt_every and step % ckpt_every == 0:
+                save_checkpoint(accelerator, args.output_dir, step,
+                                {"step": step, "log_history": log_history, "best_metrics": best})
+            if step >= max_steps:
+                break
+        if args.checkpointing_steps == "epoch" and step < max_steps:
+            save_checkpoint(accelerator, args.output_dir, step,
+                            {"step": step, "log_history": log_history, "best_metrics": best})
+    progress.close()
+    runtime = time.perf_counter() - start
+    if metrics is None:  # resumed from a checkpoint taken at the last step
+        metrics, logits = evaluate(model, eval_loaders, accelerator, args.task)
+
+    path = os.path.join(args.output_dir, "trainable.safetensors")
+    save_trainable(accelerator, model, names, path)
+    if args.do_predict:
+        write_predictions(model, eval_loaders, accelerator, args)
+    if args.merge_and_save:
+        merged = merged_state_dict(accelerator, model)
+        if accelerator.is_main_process:
+            plain = accelerator.unwrap_model(model)
+            atomic_save_tensors(os.path.join(args.merge_and_save, "model.safetensors"), merged)
+            plain.config.save_pretrained(args.merge_and_save)
+            tokenizer.save_pretrained(args.merge_and_save)
+    if accelerator.is_main_process:
+        export_peft(accelerator.unwrap_model(model), load_file(path), heads, args,
+                    os.path.join(args.output_dir, "peft"))
+        atomic_save_tensors(os.path.join(args.output_dir, "eval_logits.safetensors"), logits)
+        samples = (step - start_step) * args.per_device_train_batch_size * grad_accum * accelerator.num_processes
+        atomic_write_json(os.path.join(args.output_dir, "results.json"), {
+            "task": args.task, "method": "lora", "model": args.model_name_or_path,
+            "metrics": metrics, "best_metrics": best, "log_history": log_history,
+            "trainable_params": trainable, "total_params": total, "lora_params": lora_params,
+            "train_runtime_s": runtime, "train_samples_per_s": samples / runtime if runtime else 0.0})
+    accelerator.print(f"final {args.task} lora: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if args.with_tracking:
+        accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
