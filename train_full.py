@@ -23,10 +23,8 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from common.checkpoint import (atomic_save_tensors, atomic_write_json, find_checkpoint, load_checkpoint, save_checkpoint,
-                               save_trainable, trainable_names)
+from common.checkpoint import resume, save_checkpoint, save_trainable, trainable_names, write_results
 from common.data import get_task
-from common.errors import fail
 from common.launch import (base_parser, check_args, count_params, evaluate, load_model, make_accelerator,
                            make_dataloaders, optimizer_groups, write_predictions)
 
@@ -39,7 +37,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    accelerator = make_accelerator(args)
+    accelerator = make_accelerator(args, "train_full")
     set_seed(args.seed)
     task = get_task(args.task)
     tokenizer, model = load_model(args, task)
@@ -50,7 +48,7 @@ def main():
     accelerator.print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, model)
-    optimizer = torch.optim.AdamW(optimizer_groups(model, args.weight_decay), lr=args.learning_rate)
+    optimizer = torch.optim.AdamW(optimizer_groups(model.parameters(), args.weight_decay), lr=args.learning_rate)
     # Optimizer steps per epoch, as the prepared loader will shard the batches over the processes.
     grad_accum = accelerator.gradient_accumulation_steps
     steps_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / grad_accum)
@@ -61,19 +59,7 @@ def main():
         model, optimizer, train_loader, scheduler, *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, loaders))
 
-    step, log_history, best, metrics = 0, [], {}, None
-    if args.resume_from_checkpoint:
-        path = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        if path is None:
-            fail(f"no checkpoint at '{args.resume_from_checkpoint}'; pass OUTPUT_DIR/checkpoints/step_N or 'latest'")
-        state = load_checkpoint(accelerator, path)
-        step, log_history, best = state["step"], state["log_history"], state["best_metrics"]
-        accelerator.print(f"resumed from {path} at step {step}")
-    if accelerator.is_main_process:
-        atomic_write_json(os.path.join(args.output_dir, "args.json"), vars(args))
-    if args.with_tracking:
-        accelerator.init_trackers("train_full", {k: v for k, v in vars(args).items()
-                                                 if isinstance(v, (int, float, str, bool))})
+    (step, log_history, best), metrics = resume(accelerator, args), None
 
     eval_every = args.eval_steps or steps_per_epoch
     ckpt_every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
@@ -129,13 +115,8 @@ def main():
     if args.do_predict:
         write_predictions(model, eval_loaders, accelerator, args)
     if accelerator.is_main_process:
-        atomic_save_tensors(os.path.join(args.output_dir, "eval_logits.safetensors"), logits)
         samples = (step - start_step) * args.per_device_train_batch_size * grad_accum * accelerator.num_processes
-        atomic_write_json(os.path.join(args.output_dir, "results.json"), {
-            "task": args.task, "method": "full", "model": args.model_name_or_path,
-            "metrics": metrics, "best_metrics": best, "log_history": log_history,
-            "trainable_params": trainable, "total_params": total,
-            "train_runtime_s": runtime, "train_samples_per_s": samples / runtime if runtime else 0.0})
+        write_results(args, "full", metrics, best, log_history, (trainable, total), runtime, samples, logits)
     accelerator.print(f"final {args.task} full: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     if args.with_tracking:
         accelerator.end_training()

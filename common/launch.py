@@ -74,8 +74,9 @@ def check_args(args, script):
     return args
 
 
-def make_accelerator(args):
-    """An Accelerator that also works on a machine without GPUs.
+def make_accelerator(args, script):
+    """An Accelerator that also works on a machine without GPUs; it writes OUTPUT_DIR/args.json
+    and starts the trackers of --with_tracking.
 
     Without an accelerator device, torch.distributed needs the gloo backend, which accelerate
     does not pick for DeepSpeed, and a multi-GPU launch must be told to run DDP on the CPU.
@@ -85,7 +86,7 @@ def make_accelerator(args):
 
     no_device = not torch.accelerator.is_available()
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") == "true"
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=no_device and not deepspeed,  # multi-GPU yaml on CPU: real DDP over gloo, not two lone runs
         log_with=args.report_to if args.with_tracking else None,
         project_dir=args.output_dir,
@@ -94,6 +95,13 @@ def make_accelerator(args):
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if no_device and deepspeed else [],
     )
+    if accelerator.is_main_process:
+        from common.checkpoint import atomic_write_json
+
+        atomic_write_json(os.path.join(args.output_dir, "args.json"), vars(args))
+    if args.with_tracking:
+        accelerator.init_trackers(script, {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+    return accelerator
 
 
 def load_model(args, task, model_class=None, **kwargs):
@@ -230,12 +238,12 @@ def count_params(model):
     return sum(numel(p) for p in params if p.requires_grad), sum(numel(p) for p in params)
 
 
-def optimizer_groups(model, weight_decay):
-    """AdamW parameter groups of the trainable parameters: weight decay on matrices only, none on
-    biases and norms. Shapes are read from ds_shape when ZeRO-3 has partitioned a parameter
-    (its .shape is then [0]); empty groups are left out."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def optimizer_groups(params, weight_decay, **options):
+    """AdamW parameter groups of the trainable ones among `params`: weight decay on matrices only,
+    none on biases and norms; `options` (e.g. lr) go in both groups. Shapes are read from ds_shape
+    when ZeRO-3 has partitioned a parameter (its .shape is then [0]); empty groups are left out."""
+    params = [p for p in params if p.requires_grad]
     is_matrix = lambda p: len(getattr(p, "ds_shape", p.shape)) >= 2  # noqa: E731
-    groups = [{"params": [p for p in params if is_matrix(p)], "weight_decay": weight_decay},
-              {"params": [p for p in params if not is_matrix(p)], "weight_decay": 0.0}]
+    groups = [{"params": [p for p in params if is_matrix(p)], "weight_decay": weight_decay, **options},
+              {"params": [p for p in params if not is_matrix(p)], "weight_decay": 0.0, **options}]
     return [g for g in groups if g["params"]]

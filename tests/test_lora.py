@@ -11,7 +11,7 @@ from transformers import (AutoModelForSequenceClassification, BertConfig, BertFo
 
 from common.checkpoint import load_trainable
 from common.launch import freeze_backbone
-from launch_utils import CONFIGS, check_ok, eval_batches, launch, logits_of, results, saved_eval_logits
+from launch_utils import check_ok, eval_batches, launch, logits_of, results, saved_eval_logits
 from train_lora import LoRALinear, add_lora, resolve_targets
 
 
