@@ -17,6 +17,9 @@ Variants (defaults: the seed's "IDPG (Original)": a separate frozen GPT-2 encode
   --encoder self          the paper's choice: the backbone itself, in a first no-grad pass
   --generator phm         the paper's PHM generator (W = sum_i S_i kron A_i, GELU); --phm_n 16
                           --generator_hidden 16
+  --prompt_layers all     the paper's M-IDPG: before every later layer, G (shared) plus a per-layer
+                          bias turns the previous layer's state of the last token into a prompt
+                          that is added at the prompt positions (needs d_enc = d, e.g. --encoder self)
 
 A frozen encoder gives each input the same r in every epoch, so r is computed once per example
 and cached (--no_cache turns it off); every rank still runs the same forwards.
@@ -56,6 +59,8 @@ def parse_args():
     parser.add_argument("--generator", choices=["mlp", "phm"], default="mlp")
     parser.add_argument("--generator_hidden", type=int, default=384, help="the generator's bottleneck")
     parser.add_argument("--phm_n", type=int, default=16, help="PHM: number of Kronecker summands")
+    parser.add_argument("--prompt_layers", choices=["input", "all"], default="input",
+                        help="input: S-IDPG, a prompt before the first layer; all: M-IDPG, every layer")
     parser.add_argument("--no_cache", action="store_true", help="recompute the frozen encoder's output every time")
     parser.add_argument("--prompt_learning_rate", type=float, default=3e-2,
                         help="learning rate of the generator (--learning_rate is the head's)")
@@ -94,8 +99,9 @@ def make_generator(args, d_enc, d):
 
 def last_token_state(encoder, input_ids=None, attention_mask=None, inputs_embeds=None):
     """Final hidden state of the last position: the last real token of a left-packed row."""
-    mask = attention_mask if attention_mask is not None else torch.ones(inputs_embeds.shape[:2], dtype=torch.long,
-                                                                         device=inputs_embeds.device)
+    if attention_mask is None:
+        attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+    mask = attention_mask
     out = encoder(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=mask,
                   position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
     return out.last_hidden_state[:, -1]
@@ -104,12 +110,29 @@ def last_token_state(encoder, input_ids=None, attention_mask=None, inputs_embeds
 class IDPG(nn.Module):
     """A frozen sequence classifier with a generated prompt before its input embeddings."""
 
-    def __init__(self, model, encoder, generator, t, instance=None, train_encoder=False, cache=False):
+    def __init__(self, model, encoder, generator, t, instance=None, train_encoder=False, cache=False,
+                 layer_bias=None):
         super().__init__()
         self.model, self.config = model, model.config  # config: DeepSpeed sizes its buckets from it
         self.encoder, self.generator, self.t = encoder, generator, t  # encoder None: the backbone itself
         self.instance, self.train_encoder = instance, train_encoder  # instance: PG's learned encoder inputs
         self.cache = {} if cache else None  # real token ids (bytes) -> representation
+        self.layer_bias, self.prompting = layer_bias, False  # M-IDPG: one bias per later layer
+        if layer_bias is not None:
+            layers = next(m for m in model.base_model.modules() if isinstance(m, nn.ModuleList))
+            for i, layer in enumerate(layers[1:]):
+                layer.register_forward_pre_hook(self.layer_prompt(i), with_kwargs=True)
+
+    def layer_prompt(self, i):
+        """M-IDPG: before layer i + 1, add G(state of the last token) + bias_i at the prompt positions."""
+        def hook(module, args, kwargs):
+            if not self.prompting:  # the first, no-grad pass of --encoder self reads without prompts
+                return None
+            hidden = args[0] if args else kwargs["hidden_states"]
+            prompt = (self.generator(hidden[:, -1]) + self.layer_bias[i]).view(len(hidden), self.t, -1)
+            hidden = torch.cat([hidden[:, :self.t] + prompt, hidden[:, self.t:]], 1)
+            return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+        return hook
 
     def represent(self, input_ids, attention_mask):
         """r for each row. A frozen encoder reads in eval mode without gradients, and its output is
@@ -145,8 +168,12 @@ class IDPG(nn.Module):
         extra = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}  # prompt 0..t-1, then the tokens
         if token_type_ids is not None:
             extra["token_type_ids"] = torch.cat([token_type_ids.new_zeros(batch, t), token_type_ids], 1)
-        return self.model(inputs_embeds=torch.cat([prompt, embeds], 1), attention_mask=mask, labels=labels,
-                          **extra)
+        self.prompting = True
+        try:
+            return self.model(inputs_embeds=torch.cat([prompt, embeds], 1), attention_mask=mask, labels=labels,
+                              **extra)
+        finally:
+            self.prompting = False
 
 
 def build(args, model, encoder):
@@ -159,7 +186,14 @@ def build(args, model, encoder):
     generator = make_generator(args, d_enc, model.config.hidden_size).to(dtype)
     instance = nn.Parameter(torch.randn(args.num_virtual_tokens, d_enc, dtype=dtype) * 0.02) if args.prompt_only else None
     cache = not (args.no_cache or args.train_encoder or args.prompt_only)
-    return IDPG(model, encoder, generator, args.num_virtual_tokens, instance, args.train_encoder, cache)
+    layer_bias = None
+    if args.prompt_layers == "all":
+        if d_enc != model.config.hidden_size:
+            fail(f"--prompt_layers all feeds the backbone's states to the generator: the encoder's width "
+                 f"({d_enc}) must be the backbone's ({model.config.hidden_size}); try --encoder_name_or_path self")
+        layer_bias = nn.Parameter(torch.zeros(model.config.num_hidden_layers - 1,
+                                              args.num_virtual_tokens * model.config.hidden_size, dtype=dtype))
+    return IDPG(model, encoder, generator, args.num_virtual_tokens, instance, args.train_encoder, cache, layer_bias)
 
 
 def main():
@@ -183,10 +217,8 @@ def main():
     model = build(args, model, encoder)
     names = trainable_names(model)
     trainable, total = count_params(model)
-    accelerator.print(f"IDPG: {args.generator} generator, encoder {args.encoder_name_or_path}"
-                      f"{' (trained)' if args.train_encoder else ''}{', prompt only' if args.prompt_only else ''}, "
-                      f"cache {'on' if model.cache is not None else 'off'}; trainable {trainable:,} of {total:,} "
-                      f"({100 * trainable / total:.3f}%)")
+    accelerator.print(f"IDPG, {args.generator} generator, encoder {args.encoder_name_or_path}, cache "
+                      f"{model.cache is not None}: trainable {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, model)
     prompt = [p for n, p in model.named_parameters() if not n.startswith("model.")]  # generator (+ encoder)

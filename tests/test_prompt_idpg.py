@@ -24,7 +24,8 @@ def tiny(seed=0, labels=2):
 
 def idpg_args(**kw):
     return SimpleNamespace(**{"num_virtual_tokens": 20, "generator": "mlp", "generator_hidden": 384, "phm_n": 16,
-                              "prompt_only": False, "train_encoder": False, "no_cache": False, **kw})
+                              "prompt_only": False, "train_encoder": False, "no_cache": False,
+                              "prompt_layers": "input", **kw})
 
 
 def test_prompt_tuning_equals_peft_at_the_same_prompt():
@@ -147,6 +148,7 @@ def test_script_under_every_config(script, config, tiny_gpt2, glue_dir, tmp_path
     ("pg", ["--prompt_only"], {"prompt_only": True}),
     ("self", ["--encoder_name_or_path", "self"], {"encoder": "self"}),
     ("phm", ["--generator", "phm", "--phm_n", "4"], {"generator": "phm", "phm_n": 4}),
+    ("m-idpg", ["--encoder_name_or_path", "self", "--prompt_layers", "all"], {"encoder": "self", "prompt_layers": "all"}),
 ])
 def test_idpg_variants_train_and_reload(variant, flags, kw, tiny_gpt2, glue_dir, tmp_path):
     from accelerate.utils import set_seed
@@ -158,6 +160,8 @@ def test_idpg_variants_train_and_reload(variant, flags, kw, tiny_gpt2, glue_dir,
         assert any(n.startswith("encoder.") for n in saved)
     if variant == "pg":
         assert "instance" in saved
+    if variant == "m-idpg":
+        assert saved["layer_bias"].shape == (1, 4 * 32) and saved["layer_bias"].abs().max() > 0
     model = reload("train_idpg.py", tiny_gpt2, out, **kw)
     ours = logits_of(model, eval_batches(tiny_gpt2, glue_dir, "sst2", 64))
     torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=1e-5, rtol=0)
@@ -192,3 +196,31 @@ def test_the_headline_command(tiny_gpt2, glue_dir, tmp_path):
     assert "final rte idpg: accuracy" in proc.stdout
     assert "accelerate launch --config_file accelerate_configs/zero3.yaml train_idpg.py --task rte" in open(
         os.path.join(ROOT, "README.md")).read()
+
+
+def test_m_idpg_under_zero3(tiny_gpt2, glue_dir, tmp_path):
+    """The per-layer hooks call the generator inside ZeRO-3's forward: it trains and reloads."""
+    out = tmp_path / "out"
+    run_script("train_idpg.py", "zero3", tiny_gpt2, glue_dir, out, "--encoder_name_or_path", "self",
+               "--prompt_layers", "all")
+    model = reload("train_idpg.py", tiny_gpt2, out, encoder="self", prompt_layers="all")
+    ours = logits_of(model, eval_batches(tiny_gpt2, glue_dir, "sst2", 64))
+    torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=1e-5, rtol=0)
+
+
+def test_m_idpg_changes_later_layers_only_through_the_hooks():
+    """With a zero generator output and zero biases, M-IDPG is S-IDPG; a bias moves the logits."""
+    torch.manual_seed(0)
+    args = idpg_args(num_virtual_tokens=3, generator_hidden=8)
+    s_idpg = build(args, tiny(), None).eval()
+    torch.manual_seed(0)
+    m_idpg = build(idpg_args(num_virtual_tokens=3, generator_hidden=8, prompt_layers="all"), tiny(), None).eval()
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    with torch.no_grad():
+        m_idpg.generator[2].weight.zero_(), m_idpg.generator[2].bias.zero_()
+        s_idpg.generator[2].weight.zero_(), s_idpg.generator[2].bias.zero_()
+        a = s_idpg(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        b = m_idpg(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+        m_idpg.layer_bias.normal_()  # (a constant would vanish in the next LayerNorm)
+        assert (m_idpg(input_ids=ids, attention_mask=torch.ones_like(ids)).logits - a).abs().max() > 1e-4
