@@ -1,0 +1,68 @@
+"""Run inside the reference environment (transformers 4.57.6, adapters 1.3.0, peft 0.17.1; see
+tests/reference_env.py). Builds tiny random models, puts AdapterHub's adapters and peft's prefix
+tuning on them with random (not near-identity) weights, and saves, into OUT_DIR: each model
+directory, the method's weights, fixed inputs and the reference logits."""
+import json
+import os
+import sys
+
+import adapters
+import torch
+from peft import PrefixTuningConfig, get_peft_model
+from safetensors.torch import save_file
+from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
+
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+ids = torch.tensor([[5, 17, 42, 9, 3, 8, 11], [7, 8, 9, 10, 11, 12, 13]])
+mask = torch.ones_like(ids)
+save_file({"input_ids": ids, "attention_mask": mask}, os.path.join(out, "inputs.safetensors"))
+
+
+def tiny(kind):
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64, pad_token_id=0,
+                         num_labels=3, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+        return GPT2ForSequenceClassification(cfg).eval()
+    cfg = BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                     vocab_size=100, max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0,
+                     attention_probs_dropout_prob=0)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def randomize(model, words):
+    g = torch.Generator().manual_seed(1)
+    state = {}
+    for n, p in model.named_parameters():
+        if any(w in n for w in words):
+            p.data = torch.randn(p.shape, generator=g) * 0.3
+            state[n] = p.data.clone()
+    return state
+
+
+facts = {"transformers": __import__("transformers").__version__, "adapters": adapters.__version__,
+         "peft": __import__("peft").__version__}
+for kind in ("gpt2", "bert"):
+    for variant, config in (("houlsby", adapters.DoubleSeqBnConfig(reduction_factor=4)),
+                            ("pfeiffer", adapters.SeqBnConfig(reduction_factor=4))):
+        model = tiny(kind)
+        model.save_pretrained(os.path.join(out, f"{kind}-model"))
+        adapters.init(model)
+        model.add_adapter("ref", config=config)
+        model.set_active_adapters("ref")
+        weights = randomize(model, ["adapters.ref"])
+        save_file(weights, os.path.join(out, f"{kind}-{variant}.safetensors"))
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        save_file({"logits": logits}, os.path.join(out, f"{kind}-{variant}-logits.safetensors"))
+        facts[f"{kind}-{variant}"] = sorted(weights)[:4]
+
+model = get_peft_model(tiny("gpt2"), PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5)).eval()
+prefix = torch.randn(5, 2 * 2 * 32, generator=torch.Generator().manual_seed(2))
+model.prompt_encoder["default"].embedding.weight.data.copy_(prefix)
+with torch.no_grad():
+    logits = model(input_ids=ids, attention_mask=mask).logits
+save_file({"prefix": prefix, "logits": logits}, os.path.join(out, "gpt2-prefix.safetensors"))
+json.dump(facts, open(os.path.join(out, "facts.json"), "w"), indent=1)
+print("reference written to", out)
