@@ -61,13 +61,14 @@ def parse_args():
 
 
 class Bottleneck(nn.Module):
-    """up(act(down(h))): d -> m -> d, initialised near zero (normal, std 0.02; zero biases)."""
+    """up(act(down(h))): d -> m -> d, initialised near zero as Houlsby et al.: truncated normal
+    weights (std 0.01, cut at 2 std), zero biases."""
 
     def __init__(self, d, m, act, dtype):
         super().__init__()
         self.down, self.act, self.up = nn.Linear(d, m, dtype=dtype), act, nn.Linear(m, d, dtype=dtype)
         for layer in (self.down, self.up):
-            nn.init.normal_(layer.weight, std=0.02)
+            nn.init.trunc_normal_(layer.weight, std=1e-2, a=-2e-2, b=2e-2)
             nn.init.zeros_(layer.bias)
 
     def forward(self, h):

@@ -26,8 +26,7 @@ and cached (--no_cache turns it off); every rank still runs the same forwards.
 
     python train_idpg.py --task rte
     accelerate launch --config_file accelerate_configs/zero3.yaml train_idpg.py --task rte
-
-Read it beside train_prompt.py: `diff train_prompt.py train_idpg.py` shows the generator.
+Read it beside train_prompt.py (`diff train_prompt.py train_idpg.py` shows the generator).
 """
 import math
 import os
@@ -99,9 +98,7 @@ def make_generator(args, d_enc, d):
 
 def last_token_state(encoder, input_ids=None, attention_mask=None, inputs_embeds=None):
     """Final hidden state of the last position: the last real token of a left-packed row."""
-    if attention_mask is None:
-        attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-    mask = attention_mask
+    mask = attention_mask if attention_mask is not None else inputs_embeds.new_ones(inputs_embeds.shape[:2]).long()
     out = encoder(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=mask,
                   position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
     return out.last_hidden_state[:, -1]
@@ -184,7 +181,8 @@ def build(args, model, encoder):
     d_enc = (encoder or model).config.hidden_size
     dtype = model.get_input_embeddings().weight.dtype  # ZeRO-3 + bf16 casts nothing after loading
     generator = make_generator(args, d_enc, model.config.hidden_size).to(dtype)
-    instance = nn.Parameter(torch.randn(args.num_virtual_tokens, d_enc, dtype=dtype) * 0.02) if args.prompt_only else None
+    t = args.num_virtual_tokens
+    instance = nn.Parameter(torch.randn(t, d_enc, dtype=dtype) / 50) if args.prompt_only else None
     cache = not (args.no_cache or args.train_encoder or args.prompt_only)
     layer_bias = None
     if args.prompt_layers == "all":
@@ -218,7 +216,8 @@ def main():
     names = trainable_names(model)
     trainable, total = count_params(model)
     accelerator.print(f"IDPG, {args.generator} generator, encoder {args.encoder_name_or_path}, cache "
-                      f"{model.cache is not None}: trainable {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+                      f"{model.cache is not None}: trainable {trainable:,} of {total:,} "
+                      f"({100 * trainable / total:.3f}%)")
 
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, model)
     prompt = [p for n, p in model.named_parameters() if not n.startswith("model.")]  # generator (+ encoder)

@@ -10,14 +10,12 @@ so training starts exactly at the pretrained model, and only r (d_in + d_out) nu
 projection (plus the classification head) are trained. GPT-2 computes q, k and v with one fused
 projection `c_attn`; `--lora_slices q,v` (the default for GPT-2, as in the paper) gives the q and v
 thirds their own pair, `--lora_slices fused` one pair for the whole matrix (what peft does).
-After training the update can be merged into W (`--merge_and_save DIR`): no extra cost at inference.
+`--merge_and_save DIR` writes a plain model with the update merged into W (no cost at inference);
+OUTPUT_DIR/peft/ loads with peft.PeftModel.from_pretrained.
 
     python train_lora.py --task rte --lora_r 8
     accelerate launch --config_file accelerate_configs/zero3.yaml train_lora.py --task rte \
         --model_name_or_path gpt2-xl --lora_r 24        # the seed's 0.47%: 7,372,800 LoRA weights
-
-Outputs as train_full.py, plus OUTPUT_DIR/peft/ (loads with peft.PeftModel.from_pretrained) and a
-merged plain transformers model with --merge_and_save.
 """
 import json
 import math
@@ -41,8 +39,7 @@ from common.launch import (base_parser, check_args, count_params, evaluate, free
 
 # Default projections per model type, and the fused projections whose output is [q | k | v].
 DEFAULT_TARGETS = {"gpt2": "c_attn", "bert": "query,value", "roberta": "query,value",
-                   "llama": "q_proj,v_proj", "mistral": "q_proj,v_proj", "qwen2": "q_proj,v_proj",
-                   "qwen3": "q_proj,v_proj", "gemma": "q_proj,v_proj"}
+                   **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma"), "q_proj,v_proj")}
 FUSED = {"c_attn": ("q", "k", "v")}
 
 
@@ -67,11 +64,10 @@ def parse_args():
 
 
 class LoRALinear(nn.Module):
-    """Wraps a frozen nn.Linear or GPT-2 Conv1D (weight stored [in, out]) and adds B A x.
-
-    `slices` selects parts of the output (for a fused q|k|v projection), each with its own pair;
-    the default is one pair on the whole output. Sizes come from the layer's attributes, never
-    from weight.shape, which is [0] under ZeRO-3.
+    """Wraps a frozen nn.Linear or GPT-2 Conv1D (weight stored [in, out]) and adds B A x. `slices`
+    picks parts of the output (of a fused q|k|v projection), each with its own pair; by default one
+    pair covers the whole output. Sizes come from the layer's attributes, never from weight.shape
+    ([0] under ZeRO-3).
     """
 
     def __init__(self, base_layer, r, alpha, dropout=0.0, n_parts=1, slices=(0,)):
@@ -109,7 +105,7 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self):
-        """Fold the update into the base weight (plain models; under ZeRO-3 see merged_state_dict)."""
+        """Fold the update into the base weight (plain models; under ZeRO-3 see save_merged)."""
         if not self.merged:
             self.add_delta(self.base_layer.weight)
             self.merged = True
@@ -163,33 +159,28 @@ def export_peft(model, trainable, heads, args, path):
     """Write a peft LoRA adapter (adapter_config.json, adapter_model.safetensors) from our trained
     tensors. k slices of rank r are one fused pair of rank k r: A stacked, B placed block by block
     (zeros for untouched slices), alpha scaled by k so that alpha / rank stays the same."""
-    state, targets, ks = {}, [], set()
+    state, ranks = {f"base_model.model.{n}": t for n, t in trainable.items() if n.split(".")[0] in heads}, {}
     for name, m in model.named_modules():
-        if not isinstance(m, LoRALinear):
-            continue
-        A = torch.cat([trainable[f"{name}.lora_A.{i}"] for i in range(len(m.slices))])
-        B = torch.zeros(m.part * m.n_parts, m.r * len(m.slices), dtype=A.dtype)
-        for i, s in enumerate(m.slices):
-            B[s * m.part:(s + 1) * m.part, i * m.r:(i + 1) * m.r] = trainable[f"{name}.lora_B.{i}"]
-        state[f"base_model.model.{name}.lora_A.weight"], state[f"base_model.model.{name}.lora_B.weight"] = A, B
-        targets.append(name)
-        ks.add(len(m.slices))
-        conv1d = m.conv1d
-    for n, t in trainable.items():
-        if n.split(".")[0] in heads:
-            state[f"base_model.model.{n}"] = t
-    (k,) = ks
+        if isinstance(m, LoRALinear):
+            k = len(m.slices)
+            A = torch.cat([trainable[f"{name}.lora_A.{i}"] for i in range(k)])
+            B = torch.zeros(m.part * m.n_parts, m.r * k, dtype=A.dtype)
+            for i, s in enumerate(m.slices):
+                B[s * m.part:(s + 1) * m.part, i * m.r:(i + 1) * m.r] = trainable[f"{name}.lora_B.{i}"]
+            state[f"base_model.model.{name}.lora_A.weight"], state[f"base_model.model.{name}.lora_B.weight"] = A, B
+            ranks[name], conv1d = k, m.conv1d
     config = {"peft_type": "LORA", "task_type": "SEQ_CLS", "base_model_name_or_path": args.model_name_or_path,
-              "r": args.lora_r * k, "lora_alpha": args.lora_alpha * k, "lora_dropout": args.lora_dropout,
-              "target_modules": targets, "fan_in_fan_out": conv1d, "bias": "none", "modules_to_save": heads,
-              "init_lora_weights": True, "inference_mode": True}
+              "r": args.lora_r, "lora_alpha": args.lora_alpha, "lora_dropout": args.lora_dropout,
+              "target_modules": list(ranks), "fan_in_fan_out": conv1d, "bias": "none", "modules_to_save": heads,
+              "rank_pattern": {n: args.lora_r * k for n, k in ranks.items()},
+              "alpha_pattern": {n: args.lora_alpha * k for n, k in ranks.items()}, "inference_mode": True}
     atomic_write_text(os.path.join(path, "adapter_config.json"), json.dumps(config, indent=2) + "\n")
     atomic_save_tensors(os.path.join(path, "adapter_model.safetensors"), state)
 
 
-def merged_state_dict(accelerator, model):
-    """The plain model's weights with every update merged in, on the main process. Every rank
-    calls this: under ZeRO-3 each weight is gathered (with its LoRA pair), a collective."""
+def save_merged(accelerator, model, tokenizer, path):
+    """Write a plain transformers model with every update merged in. Every rank calls this: under
+    ZeRO-3 each weight is gathered (with its LoRA pair), a collective; the main process writes."""
     model, state = accelerator.unwrap_model(model), {}
     lora = {f"{n}.base_layer.weight": m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
     for name, param in model.named_parameters():
@@ -202,7 +193,10 @@ def merged_state_dict(accelerator, model):
                 if m:
                     m.add_delta(weight)
                 state[name.replace(".base_layer.", ".")] = weight.to(param.dtype)
-    return state
+    if accelerator.is_main_process:
+        atomic_save_tensors(os.path.join(path, "model.safetensors"), state)
+        model.config.save_pretrained(path)
+        tokenizer.save_pretrained(path)
 
 
 def main():
@@ -219,9 +213,8 @@ def main():
     names = trainable_names(model)
     trainable, total = count_params(model)
     lora_params = sum(getattr(p, "ds_numel", p.numel()) for n, p in model.named_parameters() if ".lora_" in n)
-    accelerator.print(f"LoRA on {len(wrapped)} modules ({targets}, slices {slices or 'fused'}): {lora_params:,} "
-                      f"LoRA params; trainable with the head {trainable:,} of {total:,} "
-                      f"({100 * trainable / total:.3f}%)")
+    accelerator.print(f"LoRA on {len(wrapped)} modules ({targets}, slices {slices or 'fused'}): {lora_params:,} LoRA "
+                      f"params; trainable with the head {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, model)
     optimizer = torch.optim.AdamW(optimizer_groups(model.parameters(), args.weight_decay), lr=args.learning_rate)
@@ -291,12 +284,7 @@ def main():
     if args.do_predict:
         write_predictions(model, eval_loaders, accelerator, args)
     if args.merge_and_save:
-        merged = merged_state_dict(accelerator, model)
-        if accelerator.is_main_process:
-            plain = accelerator.unwrap_model(model)
-            atomic_save_tensors(os.path.join(args.merge_and_save, "model.safetensors"), merged)
-            plain.config.save_pretrained(args.merge_and_save)
-            tokenizer.save_pretrained(args.merge_and_save)
+        save_merged(accelerator, model, tokenizer, args.merge_and_save)
     if accelerator.is_main_process:
         export_peft(accelerator.unwrap_model(model), load_file(path), heads, args,
                     os.path.join(args.output_dir, "peft"))

@@ -100,7 +100,8 @@ def make_accelerator(args, script):
 
         atomic_write_json(os.path.join(args.output_dir, "args.json"), vars(args))
     if args.with_tracking:
-        accelerator.init_trackers(script, {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(script, config)
     return accelerator
 
 

@@ -174,7 +174,7 @@ def test_train_lora_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
     from peft import PeftModel
 
     peft_cfg = json.load(open(out / "peft" / "adapter_config.json"))
-    assert (peft_cfg["r"], peft_cfg["lora_alpha"]) == (8, 32)
+    assert set(peft_cfg["rank_pattern"].values()) == {8} and set(peft_cfg["alpha_pattern"].values()) == {32}
     peft_model = PeftModel.from_pretrained(base, out / "peft").eval()
     torch.testing.assert_close(logits_of(peft_model, batches), theirs, atol=atol, rtol=0)
 
@@ -211,3 +211,21 @@ def test_every_lora_tensor_trains(tiny_gpt2, glue_dir, tmp_path):
     for n, t in saved.items():
         assert not torch.equal(t, start[n]), f"{n} did not change"
     assert all(math.isfinite(float(t.abs().sum())) for t in saved.values())
+
+
+def test_peft_export_with_mixed_slice_and_fused_targets(tmp_path):
+    """q,v slices on c_attn (rank 2 x 4 in peft) beside a fused pair on c_fc (rank 4): per-module ranks."""
+    from peft import PeftModel
+
+    from train_lora import export_peft
+
+    model = tiny_gpt2_model()
+    freeze_backbone(model)
+    add_lora(model, ["c_attn"], 4, 8, 0.0, ["q", "v"])
+    add_lora(model, ["c_fc"], 4, 8, 0.0, None)
+    randomize_lora(model)
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    args = SimpleNamespace(model_name_or_path="tiny", lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    export_peft(model, trainable, ["score"], args, str(tmp_path / "peft"))
+    ref = PeftModel.from_pretrained(tiny_gpt2_model(), tmp_path / "peft").eval()
+    torch.testing.assert_close(logits(ref), logits(model), atol=1e-5, rtol=0)

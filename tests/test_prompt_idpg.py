@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification, GPT2Model
+from transformers import (AutoModel, AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification,
+                          GPT2Model)
 
 from common.checkpoint import load_trainable
 from common.data import Collator
@@ -148,7 +149,8 @@ def test_script_under_every_config(script, config, tiny_gpt2, glue_dir, tmp_path
     ("pg", ["--prompt_only"], {"prompt_only": True}),
     ("self", ["--encoder_name_or_path", "self"], {"encoder": "self"}),
     ("phm", ["--generator", "phm", "--phm_n", "4"], {"generator": "phm", "phm_n": 4}),
-    ("m-idpg", ["--encoder_name_or_path", "self", "--prompt_layers", "all"], {"encoder": "self", "prompt_layers": "all"}),
+    ("m-idpg", ["--encoder_name_or_path", "self", "--prompt_layers", "all"],
+     {"encoder": "self", "prompt_layers": "all"}),
 ])
 def test_idpg_variants_train_and_reload(variant, flags, kw, tiny_gpt2, glue_dir, tmp_path):
     from accelerate.utils import set_seed
