@@ -64,7 +64,7 @@ def main():
     eval_every = args.eval_steps or steps_per_epoch
     ckpt_every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
     progress = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process)
-    loss_sum, loss_count, start_step, start = torch.zeros(()), 0, step, time.perf_counter()
+    loss_sum, loss_count, start_step, start = torch.zeros((), device=accelerator.device), 0, step, time.perf_counter()
     for epoch in range(step // steps_per_epoch, epochs):
         model.train()
         train_loader.set_epoch(epoch)  # the same shuffle on every rank, and again after a resume
@@ -78,7 +78,7 @@ def main():
                 if accelerator.sync_gradients:
                     scheduler.step()
                 optimizer.zero_grad()
-            loss_sum, loss_count = loss_sum + loss.detach().float().cpu(), loss_count + 1
+            loss_sum, loss_count = loss_sum + loss.detach().float(), loss_count + 1  # on the device: NCCL reduces it
             if not accelerator.sync_gradients:
                 continue
             step += 1
@@ -88,7 +88,7 @@ def main():
             if step % eval_every == 0 or step == max_steps:
                 metrics, logits = evaluate(model, eval_loaders, accelerator, args.task)
                 train_loss = accelerator.reduce(loss_sum, "mean").item() / max(loss_count, 1)
-                loss_sum, loss_count = torch.zeros(()), 0
+                loss_sum, loss_count = torch.zeros_like(loss_sum), 0
                 log_history.append({"step": step, "epoch": epoch, "train_loss": train_loss, **metrics})
                 progress.write(f"step {step}: train_loss {train_loss:.4f} " +
                                " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
