@@ -66,9 +66,8 @@ def parse_args():
 class LoRALinear(nn.Module):
     """Wraps a frozen nn.Linear or GPT-2 Conv1D (weight stored [in, out]) and adds B A x. `slices`
     picks parts of the output (of a fused q|k|v projection), each with its own pair; by default one
-    pair covers the whole output. Sizes come from the layer's attributes, never from weight.shape
-    ([0] under ZeRO-3).
-    """
+    pair covers the whole output. Sizes come from the layer's attributes, never weight.shape ([0]
+    under ZeRO-3)."""
 
     def __init__(self, base_layer, r, alpha, dropout=0.0, n_parts=1, slices=(0,)):
         super().__init__()
@@ -92,9 +91,10 @@ class LoRALinear(nn.Module):
         if self.merged:
             return y
         x = self.dropout(x)
+        parts = list(y.split(self.part, -1))  # [q | k | v] for a fused projection, else [y]
         for s, A, B in zip(self.slices, self.lora_A, self.lora_B):  # never forms B A: two thin matmuls
-            y[..., s * self.part:(s + 1) * self.part] += (x @ A.t()) @ B.t() * self.scale
-        return y
+            parts[s] = parts[s] + (x @ A.t()) @ B.t() * self.scale
+        return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
 
     def add_delta(self, weight, sign=1):
         """Add sign * (alpha / r) B A, per slice, to a full weight in the base layer's layout."""

@@ -229,3 +229,15 @@ def test_peft_export_with_mixed_slice_and_fused_targets(tmp_path):
     export_peft(model, trainable, ["score"], args, str(tmp_path / "peft"))
     ref = PeftModel.from_pretrained(tiny_gpt2_model(), tmp_path / "peft").eval()
     torch.testing.assert_close(logits(ref), logits(model), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("slices", [None, ["q", "v"]])
+def test_both_modes_backpropagate_from_the_first_layer(slices):
+    """The first layer's input needs no gradient (frozen embeddings): the update must still get one."""
+    model = tiny_gpt2_model()
+    freeze_backbone(model)
+    add_lora(model, ["c_attn"], 4, 8, 0.0, slices)
+    randomize_lora(model)
+    model.train()(**INPUTS, labels=torch.tensor([0, 2])).loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if ".lora_" in n}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
