@@ -19,7 +19,8 @@ keeps the MLP so that training can resume.
     python train_prefix.py --task rte --num_prefix 10
     accelerate launch --config_file accelerate_configs/zero3.yaml train_prefix.py --task rte
 
-Decoder models whose attention takes a cache (GPT-2, Llama, Qwen, Mistral, ...) only.
+Models whose attention takes a cache: decoders (GPT-2, Llama, Qwen, ...) and BERT-style encoders
+(BERT, RoBERTa, MiniLM, ...); not DistilBERT or DeBERTa.
 """
 import inspect
 import math
@@ -31,7 +32,6 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import DynamicCache, get_scheduler
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from common.checkpoint import (atomic_save_tensors, gathered, resume, save_checkpoint, save_trainable,
                                trainable_names, write_results)
@@ -59,12 +59,18 @@ def parse_args():
     return args
 
 
+def cache_name(model):
+    """The base model's keyword for past keys/values (transformers 5.2x renamed past_key_values to
+    cache), or None when its attention reads no cache (DistilBERT, DeBERTa, ...)."""
+    names = inspect.signature(model.base_model.forward).parameters
+    return next((n for n in ("cache", "past_key_values") if n in names), None)
+
+
 def check_supported(model):
     """A one-line error at start, not a shape error mid-step, for a model this cannot tune."""
-    kind = model.config.model_type
-    if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        fail(f"prefix tuning here needs a decoder model whose attention reads a cache (GPT-2, Llama, ...); "
-             f"'{kind}' is not one: use train_prompt.py, train_lora.py or train_adapter.py")
+    if cache_name(model) is None:
+        fail(f"prefix tuning here needs a model whose attention reads a cache (GPT-2, Llama, BERT, RoBERTa, "
+             f"...); '{model.config.model_type}' is not one: use train_prompt.py, train_lora.py or train_adapter.py")
 
 
 class PrefixTuning(nn.Module):
@@ -73,8 +79,7 @@ class PrefixTuning(nn.Module):
     def __init__(self, model, p, projection=True, hidden=512):
         super().__init__()
         self.model, self.config, self.p = model, model.config, p  # config: DeepSpeed sizes its buckets
-        # transformers 5.2x renamed past_key_values to cache (the old name is deprecated)
-        self.cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.cache_name = cache_name(model)
         cfg = model.config
         self.layers, d = cfg.num_hidden_layers, cfg.hidden_size
         self.heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads

@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, GPT2Config
-from transformers import GPT2ForSequenceClassification
+from transformers import DistilBertConfig, DistilBertForSequenceClassification, GPT2ForSequenceClassification
 
 from common.checkpoint import load_trainable
 from launch_utils import check_ok, eval_batches, launch, logits_of, results, saved_eval_logits
@@ -33,13 +33,34 @@ def test_padding_does_not_change_a_row():
     torch.testing.assert_close(both[:1], one, atol=1e-5, rtol=0)
 
 
-def test_encoder_models_are_refused_up_front(capsys):
-    bert = BertForSequenceClassification(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
-                                                    intermediate_size=64, vocab_size=100))
+def tiny_bert():
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                                                    intermediate_size=64, vocab_size=100, hidden_dropout_prob=0,
+                                                    attention_probs_dropout_prob=0)).eval()
+
+
+def test_models_without_a_cache_are_refused_up_front(capsys):
+    distilbert = DistilBertForSequenceClassification(DistilBertConfig(n_layers=1, dim=32, n_heads=2, hidden_dim=64,
+                                                                      vocab_size=100))
     with pytest.raises(SystemExit):
-        check_supported(bert)
-    assert "'bert' is not one" in capsys.readouterr().err
-    check_supported(tiny())  # GPT-2: fine
+        check_supported(distilbert)
+    assert "'distilbert' is not one" in capsys.readouterr().err
+    check_supported(tiny())  # GPT-2 and BERT: fine
+    check_supported(tiny_bert())
+
+
+def test_bert_rows_do_not_depend_on_padding():
+    model = PrefixTuning(tiny_bert(), 4).eval()
+    model.embedding.data.normal_()
+    ids = torch.tensor([[5, 6, 7, 0, 0], [9, 10, 11, 12, 13]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1] * 5])
+    with torch.no_grad():
+        both = model(input_ids=ids, attention_mask=mask).logits
+        one = model(input_ids=ids[:1, :3], attention_mask=mask[:1, :3]).logits
+        base = model.model(input_ids=ids[:1, :3], attention_mask=mask[:1, :3]).logits
+    torch.testing.assert_close(both[:1], one, atol=1e-5, rtol=0)
+    assert (one - base).abs().max() > 1e-3  # the prefix is read
 
 
 @pytest.mark.parametrize("config", ["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16"])

@@ -58,10 +58,11 @@ def test_adapters_equal_adapterhub(reference, kind, variant):
     torch.testing.assert_close(logits, theirs, atol=1e-5, rtol=0)
 
 
-def test_prefix_equals_peft(reference):
+@pytest.mark.parametrize("kind", ["gpt2", "bert"])
+def test_prefix_equals_peft(reference, kind):
     inputs = load_file(reference / "inputs.safetensors")
-    ref = load_file(reference / "gpt2-prefix.safetensors")
-    model = PrefixTuning(AutoModelForSequenceClassification.from_pretrained(reference / "gpt2-model"), 5,
+    ref = load_file(reference / f"{kind}-prefix.safetensors")
+    model = PrefixTuning(AutoModelForSequenceClassification.from_pretrained(reference / f"{kind}-model"), 5,
                          projection=False).eval()
     with torch.no_grad():
         model.pairs.copy_(ref["prefix"])

@@ -58,11 +58,12 @@ for kind in ("gpt2", "bert"):
         save_file({"logits": logits}, os.path.join(out, f"{kind}-{variant}-logits.safetensors"))
         facts[f"{kind}-{variant}"] = sorted(weights)[:4]
 
-model = get_peft_model(tiny("gpt2"), PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5)).eval()
-prefix = torch.randn(5, 2 * 2 * 32, generator=torch.Generator().manual_seed(2))
-model.prompt_encoder["default"].embedding.weight.data.copy_(prefix)
-with torch.no_grad():
-    logits = model(input_ids=ids, attention_mask=mask).logits
-save_file({"prefix": prefix, "logits": logits}, os.path.join(out, "gpt2-prefix.safetensors"))
+for kind in ("gpt2", "bert"):
+    model = get_peft_model(tiny(kind), PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5)).eval()
+    prefix = torch.randn(5, 2 * 2 * 32, generator=torch.Generator().manual_seed(2))
+    model.prompt_encoder["default"].embedding.weight.data.copy_(prefix)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    save_file({"prefix": prefix, "logits": logits}, os.path.join(out, f"{kind}-prefix.safetensors"))
 json.dump(facts, open(os.path.join(out, "facts.json"), "w"), indent=1)
 print("reference written to", out)
