@@ -91,10 +91,13 @@ class LoRALinear(nn.Module):
         if self.merged:
             return y
         x = self.dropout(x)
-        parts = list(y.split(self.part, -1))  # [q | k | v] for a fused projection, else [y]
-        for s, A, B in zip(self.slices, self.lora_A, self.lora_B):  # never forms B A: two thin matmuls
-            parts[s] = parts[s] + (x @ A.t()) @ B.t() * self.scale
-        return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+        updates = [(x @ A.t()) @ B.t() * self.scale for A, B in zip(self.lora_A, self.lora_B)]  # two thin matmuls
+        if self.n_parts == 1:  # one pair over the whole output (no split: its backward would copy the gradient)
+            return y + updates[0]
+        parts = list(y.split(self.part, -1))  # [q | k | v] of a fused projection
+        for s, update in zip(self.slices, updates):
+            parts[s] = parts[s] + update
+        return torch.cat(parts, -1)
 
     def add_delta(self, weight, sign=1):
         """Add sign * (alpha / r) B A, per slice, to a full weight in the base layer's layout."""
