@@ -78,7 +78,7 @@ def build(method, layers):
     elif method in ("houlsby", "pfeiffer"):
         from train_adapter import add_adapters
 
-        add_adapters(model, method, 768 // 16, train_layer_norms=method == "houlsby")
+        add_adapters(model, method, 768 // 16, train_layer_norms=False)  # as AdapterHub (and --freeze_layer_norms)
     elif method == "prompt":
         from train_prompt import PromptTuning
 
