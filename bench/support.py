@@ -3,7 +3,7 @@ config, on CPU with 2 processes over gloo (ZeRO-3 really partitions the weights)
 GPT-2, offline. A cell is O when the run exits 0, every rank trained (the step count), the loss is
 finite and the trainable weights were saved; X otherwise, with the error kept in the JSON.
 
-    python bench/support.py                     # ~25 min on 2 cores -> bench/results/support.json
+    python bench/support.py                     # 72 cells, ~30 min on 2 cores -> bench/results/support.json
     python bench/support.py --cells lora/zero3 prompt/fp16
     python bench/report.py                      # -> the README table
 
