@@ -6,7 +6,7 @@ and RTE from ../shared/glue, scored on their full dev sets. Every run has the sa
 2-core CPU, and the same learning rates as its reference run (peft for LoRA, prefix and prompt
 tuning; AdapterHub for Houlsby and Pfeiffer, in the reference environment). 3 seeds; mean and std.
 
-    python bench/accuracy.py                      # ~70 min on 2 cores; -> bench/results/accuracy.json
+    python bench/accuracy.py                      # 78 runs, ~2 h on 2 cores -> bench/results/accuracy.json
     python bench/accuracy.py --tasks sst2 --seeds 0 --methods full lora peft:lora
     python bench/report.py                        # -> the README table
 
