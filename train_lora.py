@@ -75,9 +75,8 @@ class LoRALinear(nn.Module):
         self.conv1d = isinstance(base_layer, Conv1D)
         d_in, d_out = (base_layer.nx, base_layer.nf) if self.conv1d else (base_layer.in_features,
                                                                            base_layer.out_features)
-        self.r, self.alpha, self.scale, self.n_parts = r, alpha, alpha / r, n_parts
+        self.r, self.alpha, self.scale, self.n_parts, self.slices = r, alpha, alpha / r, n_parts, tuple(slices)
         self.part = d_out // n_parts
-        self.slices = tuple(slices)
         dtype = base_layer.weight.dtype  # ZeRO-3 + bf16 loads the model in bf16 and casts nothing after
         self.lora_A = nn.ParameterList([nn.Parameter(torch.empty(r, d_in, dtype=dtype)) for _ in slices])
         self.lora_B = nn.ParameterList([nn.Parameter(torch.zeros(self.part, r, dtype=dtype)) for _ in slices])
@@ -94,10 +93,8 @@ class LoRALinear(nn.Module):
         updates = [(x @ A.t()) @ B.t() * self.scale for A, B in zip(self.lora_A, self.lora_B)]  # two thin matmuls
         if self.n_parts == 1:  # one pair over the whole output (no split: its backward would copy the gradient)
             return y + updates[0]
-        parts = list(y.split(self.part, -1))  # [q | k | v] of a fused projection
-        for s, update in zip(self.slices, updates):
-            parts[s] = parts[s] + update
-        return torch.cat(parts, -1)
+        new = dict(zip(self.slices, updates))  # slice index -> its update, in [q | k | v] of a fused projection
+        return torch.cat([p + new[i] if i in new else p for i, p in enumerate(y.split(self.part, -1))], -1)
 
     def add_delta(self, weight, sign=1):
         """Add sign * (alpha / r) B A, per slice, to a full weight in the base layer's layout."""

