@@ -212,8 +212,7 @@ def main():
         write_results(args, "adapter", metrics, best, log_history, (trainable, total), runtime, samples, logits,
                       variant=args.variant)
     accelerator.print(f"final {args.task} adapter: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    if args.with_tracking:
-        accelerator.end_training()
+    accelerator.end_training()  # closes trackers and the process group (a gloo rank can abort at exit otherwise)
 
 
 if __name__ == "__main__":

@@ -292,8 +292,7 @@ def main():
         write_results(args, "lora", metrics, best, log_history, (trainable, total), runtime, samples, logits,
                       lora_params=lora_params)
     accelerator.print(f"final {args.task} lora: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    if args.with_tracking:
-        accelerator.end_training()
+    accelerator.end_training()  # closes trackers and the process group (a gloo rank can abort at exit otherwise)
 
 
 if __name__ == "__main__":

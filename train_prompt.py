@@ -183,8 +183,7 @@ def main():
         samples = (step - start_step) * args.per_device_train_batch_size * grad_accum * accelerator.num_processes
         write_results(args, "prompt", metrics, best, log_history, (trainable, total), runtime, samples, logits)
     accelerator.print(f"final {args.task} prompt: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    if args.with_tracking:
-        accelerator.end_training()
+    accelerator.end_training()  # closes trackers and the process group (a gloo rank can abort at exit otherwise)
 
 
 if __name__ == "__main__":

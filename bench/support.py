@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 
@@ -51,9 +52,7 @@ def run_cell(row, config, model_dir, glue_dir, out_dir):
         "--max_train_samples", str(TRAIN_ROWS), "--max_eval_samples", "32", "--num_train_epochs", "1",
         "--per_device_train_batch_size", str(BATCH), *[f.replace("{model}", model_dir) for f in flags]])
     if proc.returncode != 0:
-        lines = [x for x in proc.stderr.strip().splitlines() if x.strip()] or [f"exit {proc.returncode}"]
-        errors = [x for x in lines if "error" in x.lower()]
-        return {"ok": False, "error": (errors or lines)[-1].strip()[:300]}
+        return {"ok": False, "error": why_failed(proc)}
     res = json.load(open(os.path.join(out_dir, "results.json")))
     steps = res["log_history"][-1]["step"]
     expected = math.ceil(TRAIN_ROWS / BATCH / WORLD[config])
@@ -63,6 +62,18 @@ def run_cell(row, config, model_dir, glue_dir, out_dir):
     problems += ["no finite trainable weights saved"] if not saved or not all(
         t.float().isfinite().all() for t in saved.values()) else []
     return {"ok": False, "error": "; ".join(problems)} if problems else {"ok": True, "steps": steps}
+
+
+def why_failed(proc):
+    """One line: the script's own error (an exception or common.errors.fail), else how the launcher saw the
+    process die (a signal, e.g. SIGABRT after "terminate called ...")."""
+    lines = [x.strip() for x in proc.stderr.splitlines() if x.strip()]
+    raised = [x for x in lines if re.match(r"(error: |[\w.]+(Error|Exception): )", x) and "ChildFailedError" not in x]
+    died = [x for x in lines if x.startswith("terminate called")]
+    root = lines.index("Root Cause (first observed failure):") if "Root Cause (first observed failure):" in lines else 0
+    code = [" ".join(x.split()) for x in lines[root:] if x.startswith("exitcode")]
+    because = raised[-1:] + died[-1:] + code[:1] or [f"exit {proc.returncode}: {lines[-1] if lines else ''}"]
+    return "; ".join(because)[:300]
 
 
 def table(cells):

@@ -3,6 +3,7 @@ slow; CI runs it) and must have the outcome that bench/results/support.json reco
 must show the table that file renders."""
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from launch_utils import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from support import COLUMNS, RESULTS, ROWS, run_cell, table  # noqa: E402
+from support import COLUMNS, RESULTS, ROWS, run_cell, table, why_failed  # noqa: E402
 
 CELLS = [(row, config) for row in ROWS for config in COLUMNS]
 
@@ -24,6 +25,38 @@ def test_the_readme_shows_the_recorded_table():
     assert set(recorded()) == {f"{row}/{config}" for row, config in CELLS}, "run python bench/support.py"
     with open(os.path.join(ROOT, "README.md")) as f:
         assert table(recorded()) in f.read(), "run python bench/report.py"
+
+
+ELASTIC = """100%|##########| 4/4 [00:00<00:00,  8.47it/s, loss=0.6939]
+terminate called without an active exception
+E1127 18:33:12.330000 25526 api.py:1002] failed (exitcode: -6) local_rank: 0 (pid: 25529) of binary: python
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+Failures:
+[1]:
+  rank      : 1 (local_rank: 1)
+  exitcode  : -15 (pid: 25530)  (SIGTERM)
+  error_file: <N/A>
+  traceback : Signal 15 (SIGTERM) received by PID 25530
+-------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : -6 (pid: 25529)  (SIGABRT)
+  error_file: <N/A>
+  traceback : Signal 6 (SIGABRT) received by PID 25529
+"""
+
+
+@pytest.mark.parametrize("stderr,expected", [
+    (ELASTIC, "terminate called without an active exception; exitcode : -6 (pid: 25529) (SIGABRT)"),
+    ("Traceback (most recent call last):\n  File x\nValueError: bad shape\n" + ELASTIC.split("\n", 2)[2],
+     "ValueError: bad shape; exitcode : -6 (pid: 25529) (SIGABRT)"),
+    ("error: --num_prefix must be >= 1 and --prefix_learning_rate > 0\n", "error: --num_prefix must be >= 1 and "
+     "--prefix_learning_rate > 0"),
+    ("", "exit 2: "),
+])
+def test_a_failed_cell_says_why(stderr, expected):
+    assert why_failed(subprocess.CompletedProcess([], 2, "", stderr)) == expected
 
 
 @pytest.mark.slow
