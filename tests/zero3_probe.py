@@ -19,3 +19,4 @@ facts = {n: {"full": p.ds_numel, "local": p.ds_tensor.numel(), "shape": list(p.s
          for n, p in model.module.named_parameters()}
 if accelerator.is_main_process:
     print("PROBE " + json.dumps({"world": accelerator.num_processes, "params": facts}))
+accelerator.end_training()  # destroy the process group before exit (as the scripts do)
