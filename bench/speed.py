@@ -2,7 +2,7 @@
 
 Model: GPT-2-small shape (12 layers, d = 768), random weights; batch 8 x 128 tokens; fixed torch
 threads. Each configuration runs in its own process (peak RSS is per process), the
-configurations interleaved round by round (A B C A B C ...), and the report gives RATIOS, since
+configurations interleaved round by round (A B C C B A ...), and the report gives RATIOS, since
 this shared machine is noisy and absolute times do not compare across runs.
 
 The floor: the same frozen model with gradients flowing to the input embeddings (a full
@@ -144,11 +144,15 @@ def main():
     if args.one:
         return one(args.one, args)
     sys.path.insert(0, os.path.join(ROOT, "tests"))
+    sys.path.insert(0, ROOT)
     from reference_env import python as ref_python
 
+    from common.checkpoint import atomic_write_json
+
     runs = {}
-    for r in range(args.rounds):  # interleaved: every configuration once per round
-        for name in args.configs.split(","):
+    names = args.configs.split(",")
+    for r in range(args.rounds):  # interleaved: every configuration once per round, the order reversed every other
+        for name in names if r % 2 == 0 else names[::-1]:  # round (A B B A ...): no configuration always goes first
             exe = ref_python() if CONFIGS[name][2] == "ref" else sys.executable
             cmd = [exe, __file__, "--one", name] + [f"--{k}={getattr(args, k)}" for k in
                                                     ("layers", "batch", "seq", "steps", "warmup", "threads")]
@@ -168,9 +172,7 @@ def main():
               for a, b, t in RATIOS if a in summary and b in summary]
     result = {"shape": {k: getattr(args, k) for k in ("layers", "batch", "seq", "threads", "steps", "rounds")},
               "configs": summary, "ratios": ratios}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    atomic_write_json(args.out, result)
     for x in ratios:
         goal = f"(target <= {x['target']:.2f})" if x["target"] else ""
         print(f"{x['config']:>12} / {x['baseline']:<18} time {x['time_ratio']:.3f}  "
