@@ -22,6 +22,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 # name -> (method, extra tokens, environment): "ref" runs in tests/reference_env.py's environment
 CONFIGS = {
     "floor": ("floor", 0, "ours"), "floor+20": ("floor", 20, "ours"), "floor+10": ("floor", 10, "ours"),
@@ -67,7 +68,6 @@ def build(method, layers):
                           else adapters.SeqBnConfig())
         model.train_adapter("a")
         return model
-    sys.path.insert(0, ROOT)
     from common.launch import freeze_backbone
 
     freeze_backbone(model)
@@ -144,7 +144,6 @@ def main():
     if args.one:
         return one(args.one, args)
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    sys.path.insert(0, ROOT)
     from reference_env import python as ref_python
 
     from common.checkpoint import atomic_write_json
@@ -152,7 +151,7 @@ def main():
     runs = {}
     names = args.configs.split(",")
     for r in range(args.rounds):  # interleaved: every configuration once per round, the order reversed every other
-        for name in names if r % 2 == 0 else names[::-1]:  # round (A B B A ...): no configuration always goes first
+        for name in names if r % 2 == 0 else names[::-1]:  # round (A B C C B A ...): none always goes first
             exe = ref_python() if CONFIGS[name][2] == "ref" else sys.executable
             cmd = [exe, __file__, "--one", name] + [f"--{k}={getattr(args, k)}" for k in
                                                     ("layers", "batch", "seq", "steps", "warmup", "threads")]
