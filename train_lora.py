@@ -20,22 +20,20 @@ OUTPUT_DIR/peft/ loads with peft.PeftModel.from_pretrained.
 import json
 import math
 import os
-import time
 
 import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 from transformers.pytorch_utils import Conv1D
 
-from common.checkpoint import (atomic_save_tensors, atomic_write_text, gathered, resume, save_checkpoint,
-                               save_trainable, trainable_names, write_results)
+from common.checkpoint import atomic_save_tensors, atomic_write_text, gathered, trainable_names
 from common.data import get_task
-from common.errors import fail
-from common.launch import (base_parser, check_args, count_params, evaluate, freeze_backbone, load_model,
-                           make_accelerator, make_dataloaders, optimizer_groups, write_predictions)
+from common.errors import fail, run_main, usage_errors
+from common.launch import (base_parser, check_args, count_params, freeze_backbone, load_model, make_accelerator,
+                           make_dataloaders, optimizer_groups, takes_position_ids)
+from common.run import Run
 
 # Default projections per model type, and the fused projections whose output is [q | k | v].
 DEFAULT_TARGETS = {"gpt2": "c_attn", "bert": "query,value", "roberta": "query,value",
@@ -43,7 +41,7 @@ DEFAULT_TARGETS = {"gpt2": "c_attn", "bert": "query,value", "roberta": "query,va
 FUSED = {"c_attn": ("q", "k", "v")}
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = base_parser(__doc__.splitlines()[0])
     parser.set_defaults(learning_rate=5e-4)
     parser.add_argument("--lora_r", type=int, default=8, help="rank of each update")
@@ -57,7 +55,7 @@ def parse_args():
                              "(default for GPT-2), or 'fused' for one pair on the whole matrix")
     parser.add_argument("--merge_and_save", default=None, metavar="DIR",
                         help="after training, write a plain transformers model with the update merged in")
-    args = check_args(parser.parse_args(), "lora")
+    args = check_args(parser.parse_args(argv), "lora")
     if args.lora_r < 1 or args.lora_alpha <= 0 or not 0 <= args.lora_dropout < 1:
         fail("--lora_r must be >= 1, --lora_alpha > 0 and --lora_dropout in [0, 1)")
     return args
@@ -117,7 +115,7 @@ class LoRALinear(nn.Module):
             self.merged = False
 
 
-def add_lora(model, targets, r, alpha, dropout, slices):
+def add_lora(model, targets, r=8, alpha=16, dropout=0.0, slices=None):
     """Replace each target module (matched by the last part of its name) with a LoRALinear.
     `slices`: names of the fused parts to adapt (e.g. ['q', 'v']), or None for one pair."""
     wrapped = []
@@ -133,29 +131,31 @@ def add_lora(model, targets, r, alpha, dropout, slices):
     return wrapped
 
 
-def resolve_targets(args, model):
-    """The target names and slices for this model, or a one-line error that says what to pass."""
+def resolve_targets(model, targets=None, slices=None):
+    """The target names and slices for this model (None: the defaults of its type); a ValueError
+    that says what to pass when they do not fit it."""
     kind = model.config.model_type
-    targets = args.lora_targets or DEFAULT_TARGETS.get(kind)
+    targets = targets or DEFAULT_TARGETS.get(kind)
     names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
     if targets is None:
-        fail(f"no default LoRA targets for model type '{kind}'; pass --lora_targets from: {','.join(names)}")
+        raise ValueError(f"no default LoRA targets for model type '{kind}'; pass --lora_targets from: "
+                         f"{','.join(names)}")
     targets = targets.split(",")
     if not set(targets) <= set(names):
-        fail(f"--lora_targets {','.join(sorted(set(targets) - set(names)))} not in the model; choose from: "
-             f"{','.join(names)}")
+        raise ValueError(f"--lora_targets {','.join(sorted(set(targets) - set(names)))} not in the model; "
+                         f"choose from: {','.join(names)}")
     fused = [t for t in targets if t in FUSED]
-    slices = args.lora_slices or ("q,v" if fused else "fused")
+    slices = slices or ("q,v" if fused else "fused")
     if slices == "fused":
         return targets, None
     if not fused:
-        fail(f"--lora_slices applies to a fused q|k|v projection ({', '.join(FUSED)}); none is targeted")
+        raise ValueError(f"--lora_slices applies to a fused q|k|v projection ({', '.join(FUSED)}); none is targeted")
     if not set(slices.split(",")) <= set(FUSED[fused[0]]):
-        fail(f"--lora_slices takes names from {','.join(FUSED[fused[0]])} or 'fused', got '{slices}'")
+        raise ValueError(f"--lora_slices takes names from {','.join(FUSED[fused[0]])} or 'fused', got '{slices}'")
     return targets, slices.split(",")
 
 
-def export_peft(model, trainable, heads, args, path):
+def export_peft(model, trainable, heads, path, base_model, r, alpha, dropout):
     """Write a peft LoRA adapter (adapter_config.json, adapter_model.safetensors) from our trained
     tensors. k slices of rank r are one fused pair of rank k r: A stacked, B placed block by block
     (zeros for untouched slices), alpha scaled by k so that alpha / rank stays the same."""
@@ -169,11 +169,11 @@ def export_peft(model, trainable, heads, args, path):
                 B[s * m.part:(s + 1) * m.part, i * m.r:(i + 1) * m.r] = trainable[f"{name}.lora_B.{i}"]
             state[f"base_model.model.{name}.lora_A.weight"], state[f"base_model.model.{name}.lora_B.weight"] = A, B
             ranks[name], conv1d = k, m.conv1d
-    config = {"peft_type": "LORA", "task_type": "SEQ_CLS", "base_model_name_or_path": args.model_name_or_path,
-              "r": args.lora_r, "lora_alpha": args.lora_alpha, "lora_dropout": args.lora_dropout,
+    config = {"peft_type": "LORA", "task_type": "SEQ_CLS", "base_model_name_or_path": base_model,
+              "r": r, "lora_alpha": alpha, "lora_dropout": dropout,
               "target_modules": list(ranks), "fan_in_fan_out": conv1d, "bias": "none", "modules_to_save": heads,
-              "rank_pattern": {n: args.lora_r * k for n, k in ranks.items()},
-              "alpha_pattern": {n: args.lora_alpha * k for n, k in ranks.items()}, "inference_mode": True}
+              "rank_pattern": {n: r * k for n, k in ranks.items()},
+              "alpha_pattern": {n: alpha * k for n, k in ranks.items()}, "inference_mode": True}
     atomic_write_text(os.path.join(path, "adapter_config.json"), json.dumps(config, indent=2) + "\n")
     atomic_save_tensors(os.path.join(path, "adapter_model.safetensors"), state)
 
@@ -199,15 +199,15 @@ def save_merged(accelerator, model, tokenizer, path):
         tokenizer.save_pretrained(path)
 
 
-def main():
-    args = parse_args()
-    accelerator = make_accelerator(args, "train_lora")
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = make_accelerator(args)
     set_seed(args.seed)
-    task = get_task(args.task)
-    tokenizer, model = load_model(args, task)
+    tokenizer, model = load_model(args, get_task(args.task))
 
     # The method: freeze the backbone, wrap the target projections, train the pairs and the head.
-    targets, slices = resolve_targets(args, model)
+    with usage_errors():  # a model without the targets: a one-line error
+        targets, slices = resolve_targets(model, args.lora_targets, args.lora_slices)
     heads = freeze_backbone(model)
     wrapped = add_lora(model, targets, args.lora_r, args.lora_alpha, args.lora_dropout, slices)
     names = trainable_names(model)
@@ -216,84 +216,42 @@ def main():
     accelerator.print(f"LoRA on {len(wrapped)} modules ({targets}, slices {slices or 'fused'}): {lora_params:,} LoRA "
                       f"params; trainable with the head {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 
-    train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, model)
+    train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, takes_position_ids(model))
     optimizer = torch.optim.AdamW(optimizer_groups(model.parameters(), args.weight_decay), lr=args.learning_rate)
-    grad_accum = accelerator.gradient_accumulation_steps
-    steps_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / grad_accum)
-    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    epochs = math.ceil(max_steps / steps_per_epoch)
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
+    run = Run(args, accelerator, "lora", len(train_loader))  # step counts, logs, best weights, checkpoints
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, run.max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, loaders))
+    run.begin(model, eval_loaders, names)  # after prepare: a resumed run restores the prepared states
 
-    (step, log_history, best), metrics = resume(accelerator, args), None
-
-    eval_every = args.eval_steps or steps_per_epoch
-    ckpt_every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
-    progress = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process)
-    loss_sum, loss_count, start_step, start = torch.zeros((), device=accelerator.device), 0, step, time.perf_counter()
-    for epoch in range(step // steps_per_epoch, epochs):
+    for epoch in run.epochs():
         model.train()
-        train_loader.set_epoch(epoch)
-        skip = (step - epoch * steps_per_epoch) * grad_accum
-        for batch in accelerator.skip_first_batches(train_loader, skip) if skip else train_loader:
-            batch.pop("idx")
-            with accelerator.accumulate(model):
+        train_loader.set_epoch(epoch)  # a new shuffle, the same on every rank and after a resume
+        for batch in run.remaining(train_loader, epoch):  # a resumed run skips the batches it trained on
+            batch.pop("idx")  # the row number, for putting predictions in order; not a model input
+            with accelerator.accumulate(model):  # gradients sync (and the optimizer steps) every N batches
                 loss = model(**batch).loss
                 accelerator.backward(loss)
                 optimizer.step()
-                if accelerator.sync_gradients:
+                if accelerator.sync_gradients:  # one scheduler step per optimizer step
                     scheduler.step()
                 optimizer.zero_grad()
-            loss_sum, loss_count = loss_sum + loss.detach().float(), loss_count + 1  # on the device: NCCL reduces it
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-
-            if step % eval_every == 0 or step == max_steps:
-                metrics, logits = evaluate(model, eval_loaders, accelerator, args.task)
-                train_loss = accelerator.reduce(loss_sum, "mean").item() / max(loss_count, 1)
-                loss_sum, loss_count = torch.zeros_like(loss_sum), 0
-                log_history.append({"step": step, "epoch": epoch, "train_loss": train_loss, **metrics})
-                progress.write(f"step {step}: train_loss {train_loss:.4f} " +
-                               " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                if args.with_tracking:
-                    accelerator.log({"train_loss": train_loss, **metrics}, step=step)
-                if metrics[task.metric] > best.get(task.metric, -math.inf):
-                    best = {"step": step, **metrics}
-                    save_trainable(accelerator, model, names, os.path.join(args.output_dir, "best",
-                                                                           "trainable.safetensors"))
-            if ckpt_every and step % ckpt_every == 0:
-                save_checkpoint(accelerator, args.output_dir, step,
-                                {"step": step, "log_history": log_history, "best_metrics": best})
-            if step >= max_steps:
+            run.add_loss(loss)
+            if accelerator.sync_gradients:
+                run.step_done()  # evaluate, save the best weights and a checkpoint when due
+            if run.stop:
                 break
-        if args.checkpointing_steps == "epoch" and step < max_steps:
-            save_checkpoint(accelerator, args.output_dir, step,
-                            {"step": step, "log_history": log_history, "best_metrics": best})
-    progress.close()
-    runtime = time.perf_counter() - start
-    if metrics is None:  # resumed from a checkpoint taken at the last step
-        metrics, logits = evaluate(model, eval_loaders, accelerator, args.task)
 
-    path = os.path.join(args.output_dir, "trainable.safetensors")
-    save_trainable(accelerator, model, names, path)
-    if args.do_predict:
-        write_predictions(model, eval_loaders, accelerator, args)
+    run.finish()  # the final metrics, trainable.safetensors, --do_predict files
     if args.merge_and_save:
         save_merged(accelerator, model, tokenizer, args.merge_and_save)
     if accelerator.is_main_process:
-        export_peft(accelerator.unwrap_model(model), load_file(path), heads, args,
-                    os.path.join(args.output_dir, "peft"))
-        samples = (step - start_step) * args.per_device_train_batch_size * grad_accum * accelerator.num_processes
-        write_results(args, "lora", metrics, best, log_history, (trainable, total), runtime, samples, logits,
-                      lora_params=lora_params)
-    accelerator.print(f"final {args.task} lora: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    accelerator.end_training()  # closes trackers and the process group (a gloo rank can abort at exit otherwise)
+        trained = load_file(os.path.join(args.output_dir, "trainable.safetensors"))
+        export_peft(accelerator.unwrap_model(model), trained, heads, os.path.join(args.output_dir, "peft"),
+                    args.model_name_or_path, args.lora_r, args.lora_alpha, args.lora_dropout)
+    run.close(trainable, total, lora_params=lora_params)  # results.json
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

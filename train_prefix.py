@@ -23,25 +23,22 @@ Models whose attention takes a cache: decoders (GPT-2, Llama, Qwen, ...) and BER
 (BERT, RoBERTa, MiniLM, ...); not DistilBERT or DeBERTa.
 """
 import inspect
-import math
 import os
-import time
 
 import torch
 from accelerate.utils import set_seed
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import DynamicCache, get_scheduler
 
-from common.checkpoint import (atomic_save_tensors, gathered, resume, save_checkpoint, save_trainable,
-                               trainable_names, write_results)
+from common.checkpoint import atomic_save_tensors, gathered, trainable_names
 from common.data import get_task
-from common.errors import fail
-from common.launch import (base_parser, check_args, count_params, evaluate, freeze_backbone, load_model,
-                           make_accelerator, make_dataloaders, optimizer_groups, write_predictions)
+from common.errors import fail, run_main, usage_errors
+from common.launch import (base_parser, check_args, count_params, freeze_backbone, load_model, make_accelerator,
+                           make_dataloaders, optimizer_groups, split_params)
+from common.run import Run
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = base_parser(__doc__.splitlines()[0])
     parser.set_defaults(learning_rate=1e-3)
     parser.add_argument("--num_prefix", type=int, default=10, help="prefix length p (key/value pairs per layer)")
@@ -50,7 +47,7 @@ def parse_args():
     parser.add_argument("--prefix_hidden", type=int, default=None, help="the MLP's hidden size (default 512)")
     parser.add_argument("--prefix_learning_rate", type=float, default=1e-2,
                         help="learning rate of the prefix (--learning_rate is the head's)")
-    args = check_args(parser.parse_args(), "prefix")
+    args = check_args(parser.parse_args(argv), "prefix")
     if args.num_prefix < 1 or args.prefix_learning_rate <= 0:
         fail("--num_prefix must be >= 1 and --prefix_learning_rate > 0")
     if args.prefix_hidden is not None and not args.prefix_projection:
@@ -67,16 +64,17 @@ def cache_name(model):
 
 
 def check_supported(model):
-    """A one-line error at start, not a shape error mid-step, for a model this cannot tune."""
+    """A ValueError at start, not a shape error mid-step, for a model this cannot tune."""
     if cache_name(model) is None:
-        fail(f"prefix tuning here needs a model whose attention reads a cache (GPT-2, Llama, BERT, RoBERTa, "
-             f"...); '{model.config.model_type}' is not one: use train_prompt.py, train_lora.py or train_adapter.py")
+        raise ValueError(f"prefix tuning here needs a model whose attention reads a cache (GPT-2, Llama, BERT, "
+                         f"RoBERTa, ...); '{model.config.model_type}' is not one: use train_prompt.py, train_lora.py "
+                         "or train_adapter.py")
 
 
 class PrefixTuning(nn.Module):
     """A frozen sequence classifier whose attention layers read p trained key/value pairs first."""
 
-    def __init__(self, model, p, projection=True, hidden=512):
+    def __init__(self, model, p=10, projection=True, hidden=512):
         super().__init__()
         self.model, self.config, self.p = model, model.config, p  # config: DeepSpeed sizes its buckets
         self.cache_name = cache_name(model)
@@ -108,15 +106,15 @@ class PrefixTuning(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=True, **kwargs)
 
 
-def main():
-    args = parse_args()
-    accelerator = make_accelerator(args, "train_prefix")
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = make_accelerator(args)
     set_seed(args.seed)
-    task = get_task(args.task)
-    tokenizer, model = load_model(args, task)
-    check_supported(model)
+    tokenizer, model = load_model(args, get_task(args.task))
 
     # The method: freeze the backbone; every attention layer reads p trained key/value pairs first.
+    with usage_errors():  # a model whose attention reads no cache: a one-line error
+        check_supported(model)
     freeze_backbone(model)
     model = PrefixTuning(model, args.num_prefix, args.prefix_projection, args.prefix_hidden)
     names = trainable_names(model)
@@ -125,86 +123,43 @@ def main():
                       f"{args.prefix_projection}): trainable {trainable:,} of {total:,} "
                       f"({100 * trainable / total:.3f}%)")
 
-    train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, model)
-    prefix = [p for n, p in model.named_parameters() if not n.startswith("model.")]
+    train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer)
+    prefix, head = split_params(model, model.model)  # the prefix (embedding and MLP) and the classifier
     optimizer = torch.optim.AdamW([*optimizer_groups(prefix, args.weight_decay, lr=args.prefix_learning_rate),
-                                   *optimizer_groups(model.model.parameters(), args.weight_decay)],
-                                  lr=args.learning_rate)
-    # Optimizer steps per epoch, as the prepared loader will shard the batches over the processes.
-    grad_accum = accelerator.gradient_accumulation_steps
-    steps_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / grad_accum)
-    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    epochs = math.ceil(max_steps / steps_per_epoch)
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
+                                   *optimizer_groups(head, args.weight_decay)], lr=args.learning_rate)
+    run = Run(args, accelerator, "prefix", len(train_loader))  # step counts, logs, best weights, checkpoints
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, run.max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, loaders))
+    run.begin(model, eval_loaders, names)  # after prepare: a resumed run restores the prepared states
 
-    (step, log_history, best), metrics = resume(accelerator, args), None
-
-    eval_every = args.eval_steps or steps_per_epoch
-    ckpt_every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
-    progress = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process)
-    loss_sum, loss_count, start_step, start = torch.zeros((), device=accelerator.device), 0, step, time.perf_counter()
-    for epoch in range(step // steps_per_epoch, epochs):
+    for epoch in run.epochs():
         model.train()
-        train_loader.set_epoch(epoch)  # the same shuffle on every rank, and again after a resume
-        skip = (step - epoch * steps_per_epoch) * grad_accum
-        for batch in accelerator.skip_first_batches(train_loader, skip) if skip else train_loader:
-            batch.pop("idx")
-            with accelerator.accumulate(model):
+        train_loader.set_epoch(epoch)  # a new shuffle, the same on every rank and after a resume
+        for batch in run.remaining(train_loader, epoch):  # a resumed run skips the batches it trained on
+            batch.pop("idx")  # the row number, for putting predictions in order; not a model input
+            with accelerator.accumulate(model):  # gradients sync (and the optimizer steps) every N batches
                 loss = model(**batch).loss
                 accelerator.backward(loss)
                 optimizer.step()
-                if accelerator.sync_gradients:
+                if accelerator.sync_gradients:  # one scheduler step per optimizer step
                     scheduler.step()
                 optimizer.zero_grad()
-            loss_sum, loss_count = loss_sum + loss.detach().float(), loss_count + 1  # on the device: NCCL reduces it
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-
-            if step % eval_every == 0 or step == max_steps:
-                metrics, logits = evaluate(model, eval_loaders, accelerator, args.task)
-                train_loss = accelerator.reduce(loss_sum, "mean").item() / max(loss_count, 1)
-                loss_sum, loss_count = torch.zeros_like(loss_sum), 0
-                log_history.append({"step": step, "epoch": epoch, "train_loss": train_loss, **metrics})
-                progress.write(f"step {step}: train_loss {train_loss:.4f} " +
-                               " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                if args.with_tracking:
-                    accelerator.log({"train_loss": train_loss, **metrics}, step=step)
-                if metrics[task.metric] > best.get(task.metric, -math.inf):
-                    best = {"step": step, **metrics}
-                    save_trainable(accelerator, model, names, os.path.join(args.output_dir, "best",
-                                                                           "trainable.safetensors"))
-            if ckpt_every and step % ckpt_every == 0:
-                save_checkpoint(accelerator, args.output_dir, step,
-                                {"step": step, "log_history": log_history, "best_metrics": best})
-            if step >= max_steps:
+            run.add_loss(loss)
+            if accelerator.sync_gradients:
+                run.step_done()  # evaluate, save the best weights and a checkpoint when due
+            if run.stop:
                 break
-        if args.checkpointing_steps == "epoch" and step < max_steps:
-            save_checkpoint(accelerator, args.output_dir, step,
-                            {"step": step, "log_history": log_history, "best_metrics": best})
-    progress.close()
-    runtime = time.perf_counter() - start
-    if metrics is None:  # resumed from a checkpoint taken at the last step
-        metrics, logits = evaluate(model, eval_loaders, accelerator, args.task)
 
-    save_trainable(accelerator, model, names, os.path.join(args.output_dir, "trainable.safetensors"))
-    if args.do_predict:
-        write_predictions(model, eval_loaders, accelerator, args)
+    run.finish()  # the final metrics, trainable.safetensors, --do_predict files
     plain = accelerator.unwrap_model(model)  # what inference needs: the computed pairs (a ZeRO-3 gather)
-    with torch.no_grad(), gathered([p for n, p in plain.named_parameters() if not n.startswith("model.")]):
+    with torch.no_grad(), gathered(split_params(plain, plain.model)[0]):
         kv = plain.prefix().detach().cpu().clone()
     if accelerator.is_main_process:
         atomic_save_tensors(os.path.join(args.output_dir, "prefix.safetensors"), {"prefix": kv})
-        samples = (step - start_step) * args.per_device_train_batch_size * grad_accum * accelerator.num_processes
-        write_results(args, "prefix", metrics, best, log_history, (trainable, total), runtime, samples, logits)
-    accelerator.print(f"final {args.task} prefix: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    accelerator.end_training()  # closes trackers and the process group (a gloo rank can abort at exit otherwise)
+    run.close(trainable, total)  # results.json
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -22,7 +22,7 @@ from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2Model
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.launch import freeze_backbone  # noqa: E402
 from train_adapter import add_adapters  # noqa: E402
-from train_idpg import build as build_idpg  # noqa: E402
+from train_idpg import build_idpg  # noqa: E402
 from train_lora import add_lora  # noqa: E402
 from train_prefix import PrefixTuning  # noqa: E402
 from train_prompt import PromptTuning  # noqa: E402
@@ -51,7 +51,7 @@ def make(method):
             return model, 0
         freeze_backbone(model)
         if method == "lora":
-            add_lora(model, ["c_attn"], 8, 16, 0.0, ["q", "v"])
+            add_lora(model, ["c_attn"], r=8, alpha=16, slices=["q", "v"])
         elif method in ("houlsby", "pfeiffer"):
             add_adapters(model, method, 1600 // 16, train_layer_norms=method == "houlsby")
         elif method == "prefix":
@@ -59,10 +59,7 @@ def make(method):
         elif method == "prompt":
             return PromptTuning(model, torch.randn(20, 1600, dtype=dtype) * 0.02), 20
         elif method == "idpg":
-            encoder = GPT2Model(GPT2Config()).to(dtype)
-            ns = argparse.Namespace(num_virtual_tokens=20, generator="mlp", generator_hidden=384, phm_n=16,
-                                    prompt_only=False, train_encoder=False, no_cache=False, prompt_layers="input")
-            return build_idpg(ns, model, encoder), 20
+            return build_idpg(model, GPT2Model(GPT2Config()).to(dtype), num_tokens=20), 20
         return model.to(dtype), 0
 
 

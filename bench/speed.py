@@ -74,7 +74,7 @@ def build(method, layers):
     if method in ("lora", "lora_fused"):
         from train_lora import add_lora
 
-        add_lora(model, ["c_attn"], 8, 16, 0.0, ["q", "v"] if method == "lora" else None)
+        add_lora(model, ["c_attn"], r=8, alpha=16, slices=["q", "v"] if method == "lora" else None)
     elif method in ("houlsby", "pfeiffer"):
         from train_adapter import add_adapters
 
@@ -88,11 +88,9 @@ def build(method, layers):
 
         return PrefixTuning(model, 10)
     elif method == "idpg":
-        from train_idpg import build as build_idpg
+        from train_idpg import build_idpg
 
-        ns = argparse.Namespace(num_virtual_tokens=20, generator="mlp", generator_hidden=384, phm_n=16,
-                                prompt_only=False, train_encoder=False, no_cache=False, prompt_layers="input")
-        return build_idpg(ns, model, GPT2Model(GPT2Config(n_layer=layers)))
+        return build_idpg(model, GPT2Model(GPT2Config(n_layer=layers)), num_tokens=20)
     return model
 
 

@@ -1,7 +1,8 @@
 """The README's method x config table: every train_*.py (and variant) under every shipped accelerate
-config, on CPU with 2 processes over gloo (ZeRO-3 really partitions the weights) and a tiny random
-GPT-2, offline. A cell is O when the run exits 0, every rank trained (the step count), the loss is
-finite and the trainable weights were saved; X otherwise, with the error kept in the JSON.
+config, on CPU with 2 processes over gloo (ZeRO-3 really partitions the weights), a tiny random
+GPT-2 and the SST-2 fixture (tests/data/glue), offline. A cell is O when the run exits 0, every
+rank trained (the step count), the loss is finite and the trainable weights were saved; X
+otherwise, with the error kept in the JSON.
 
     python bench/support.py                     # 72 cells, ~30 min on 2 cores -> bench/results/support.json
     python bench/support.py --cells lora/zero3 prompt/fp16
@@ -40,6 +41,7 @@ COLUMNS = {"single": "single", "ddp": "DDP", "bf16": "bf16", "fp16": "fp16", "ze
            "zero3": "ZeRO-3", "zero3_bf16": "ZeRO-3 + bf16", "zero3_offload": "ZeRO-3 offload"}
 GPU_ONLY = {"fp16"}  # on CPU accelerate runs the fp16 yaml in fp32: the launch path is tested, not fp16 numerics
 TRAIN_ROWS, BATCH = 64, 8
+MODEL = f"tiny random GPT-2 (tests/tiny.py), SST-2 fixture (tests/data/glue) {TRAIN_ROWS} rows, batch {BATCH}, 1 epoch"
 
 
 def run_cell(row, config, model_dir, glue_dir, out_dir):
@@ -91,7 +93,7 @@ def table(cells):
 
 def main():
     from common.checkpoint import atomic_write_json
-    from tiny import GLUE_DIR, make_tiny_gpt2
+    from tiny import FIXTURES, make_tiny_gpt2
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", nargs="+", default=[f"{r}/{c}" for r in ROWS for c in COLUMNS],
@@ -106,11 +108,10 @@ def main():
         model_dir = make_tiny_gpt2(os.path.join(tmp, "tiny-gpt2"))
         for key in args.cells:
             row, _, config = key.partition("/")
-            cells[key] = run_cell(row, config, model_dir, os.path.abspath(GLUE_DIR), os.path.join(tmp, key))
+            cells[key] = run_cell(row, config, model_dir, FIXTURES, os.path.join(tmp, key))
             print(f"{key:24s} {'O' if cells[key]['ok'] else 'X ' + cells[key]['error']}", flush=True)
             cells = dict(sorted(cells.items(), key=lambda kv: order.get(kv[0], len(order))))
-            atomic_write_json(RESULTS, {"model": "tiny random GPT-2 (tests/tiny.py), SST-2 64 rows, batch 8, 1 epoch",
-                                        "processes": WORLD, "cells": cells})
+            atomic_write_json(RESULTS, {"model": MODEL, "processes": WORLD, "cells": cells})
     print(table(cells))
 
 

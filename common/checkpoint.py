@@ -106,27 +106,3 @@ def load_checkpoint(accelerator, path):
     accelerator.load_state(path)
     with open(os.path.join(path, "trainer_state.json")) as f:
         return json.load(f)
-
-
-def resume(accelerator, args):
-    """Restore a --resume_from_checkpoint run: returns (step, log_history, best_metrics)."""
-    from common.errors import fail
-
-    if not args.resume_from_checkpoint:
-        return 0, [], {}
-    path = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if path is None:
-        fail(f"no checkpoint at '{args.resume_from_checkpoint}'; pass OUTPUT_DIR/checkpoints/step_N or 'latest'")
-    state = load_checkpoint(accelerator, path)
-    accelerator.print(f"resumed from {path} at step {state['step']}")
-    return state["step"], state["log_history"], state["best_metrics"]
-
-
-def write_results(args, method, metrics, best, log_history, params, runtime, samples, logits, **extra):
-    """results.json (the output contract every script follows) and the final eval logits.
-    Main process only."""
-    atomic_save_tensors(os.path.join(args.output_dir, "eval_logits.safetensors"), logits)
-    atomic_write_json(os.path.join(args.output_dir, "results.json"), {
-        "task": args.task, "method": method, "model": args.model_name_or_path, "metrics": metrics,
-        "best_metrics": best, "log_history": log_history, "trainable_params": params[0], "total_params": params[1],
-        **extra, "train_runtime_s": runtime, "train_samples_per_s": samples / runtime if runtime else 0.0})

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.errors import fail
+from common.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ TSV_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv",
 
 def get_task(name):
     if name not in TASKS:
-        fail(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}")
+        raise UsageError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}")
     return TASKS[name]
 
 
@@ -81,7 +81,7 @@ def read_tsv(task_name, path):
         columns = [header.index(n) if n in header else None for n in names]
         body = rows[1:]
         if None in columns[:-1]:
-            fail(f"{path}: expected columns {names[:-1]} in the header, found {header}")
+            raise UsageError(f"{path}: expected columns {names[:-1]} in the header, found {header}")
     out = {key: [r[c] for r in body] for key, c in zip(task.text_keys, columns)}
     label_col = columns[-1]
     raw = [r[label_col] for r in body] if label_col is not None else [None] * len(body)
@@ -112,8 +112,8 @@ def load_glue(task_name, data_dir=None):
         try:
             hub = datasets.load_dataset("nyu-mll/glue", task_name)
         except Exception as e:  # offline, no cache, hub down
-            fail(f"cannot load GLUE '{task_name}' from the hub ({type(e).__name__}: {_first_line(e)}); "
-                 f"pass --data_dir DIR holding GLUE's TSV files (DIR/{task.tsv_dir}/train.tsv, ...)")
+            raise UsageError(f"cannot load GLUE '{task_name}' from the hub ({type(e).__name__}: {_first_line(e)}); "
+                             f"pass --data_dir DIR holding GLUE's TSV files (DIR/{task.tsv_dir}/train.tsv, ...)")
         return {s: hub[s] for s in splits if s in hub}
     out = {}
     for split in splits:
@@ -121,8 +121,9 @@ def load_glue(task_name, data_dir=None):
         if os.path.exists(path):
             out[split] = datasets.Dataset.from_dict(read_tsv(task_name, path))
         elif split in ("train", task.eval_splits[0]):
-            fail(f"missing {path}: --data_dir must hold GLUE's TSV layout "
-                 f"({task.tsv_dir}/{TSV_FILES['train']} and {task.tsv_dir}/{TSV_FILES[task.eval_splits[0]]})")
+            dev = TSV_FILES[task.eval_splits[0]]
+            raise UsageError(f"missing {path}: --data_dir must hold GLUE's TSV layout "
+                             f"({task.tsv_dir}/{TSV_FILES['train']} and {task.tsv_dir}/{dev})")
     return out
 
 

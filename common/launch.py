@@ -1,12 +1,13 @@
 """Launch helpers shared by every train_*.py: the common flags, the Accelerator, the model and
-tokenizer, the data loaders, and evaluation. Each script adds its own method flags and loop."""
+tokenizer, the data loaders, and evaluation. Each script adds its own method flags and loop;
+common/run.py keeps the bookkeeping between its steps."""
 import argparse
 import os
 
 import torch
 
 from common.data import TASKS, Collator, get_task, load_glue, tokenize
-from common.errors import fail
+from common.errors import UsageError, fail
 from common.metrics import glue_metrics
 
 
@@ -74,9 +75,8 @@ def check_args(args, script):
     return args
 
 
-def make_accelerator(args, script):
-    """An Accelerator that also works on a machine without GPUs; it writes OUTPUT_DIR/args.json
-    and starts the trackers of --with_tracking.
+def make_accelerator(args):
+    """An Accelerator that also works on a machine without GPUs.
 
     Without an accelerator device, torch.distributed needs the gloo backend, which accelerate
     does not pick for DeepSpeed, and a multi-GPU launch must be told to run DDP on the CPU.
@@ -86,23 +86,18 @@ def make_accelerator(args, script):
 
     no_device = not torch.accelerator.is_available()
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") == "true"
-    accelerator = Accelerator(
+    return Accelerator(
         cpu=no_device and not deepspeed,  # multi-GPU yaml on CPU: real DDP over gloo, not two lone runs
         log_with=args.report_to if args.with_tracking else None,
         project_dir=args.output_dir,
+        # The loops call train_loader.set_epoch(epoch): with a seedable sampler that reshuffles, in the
+        # same order on every rank and again after a resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        # The script steps the schedule once per optimizer step (see the loops).
+        # The loops step the scheduler once per optimizer step, under sync_gradients; accelerate's
+        # default would step it once per process on every call.
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if no_device and deepspeed else [],
     )
-    if accelerator.is_main_process:
-        from common.checkpoint import atomic_write_json
-
-        atomic_write_json(os.path.join(args.output_dir, "args.json"), vars(args))
-    if args.with_tracking:
-        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers(script, config)
-    return accelerator
 
 
 def load_model(args, task, model_class=None, **kwargs):
@@ -120,19 +115,29 @@ def load_model(args, task, model_class=None, **kwargs):
         hint = ("HF_HUB_OFFLINE=1 is set: pass a local model directory or unset it"
                 if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
                 else "pass a local model directory, or check the name and your network (HF_HUB_OFFLINE=1 fails fast)")
-        fail(f"cannot load model '{name}' ({str(e).strip().splitlines()[0][:160]}); {hint}")
+        raise UsageError(f"cannot load model '{name}' ({str(e).strip().splitlines()[0][:160]}); {hint}")
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            fail(f"the tokenizer of '{name}' has neither a pad nor an eos token; add a pad token to it and save it")
+            raise UsageError(f"the tokenizer of '{name}' has neither a pad nor an eos token; "
+                             "add a pad token to it and save it")
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2: pad with eos; padded positions are masked
     model.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model
 
 
-def make_dataloaders(args, accelerator, tokenizer, model):
-    """Train loader (shuffled) and one loader per eval split; test loaders when --do_predict."""
+def takes_position_ids(model):
+    """Whether the model's forward takes position_ids (GPT-2, Llama, BERT do; DistilBERT does not)."""
     import inspect
 
+    return "position_ids" in inspect.signature(model.forward).parameters
+
+
+def make_dataloaders(args, accelerator, tokenizer, position_ids=True):
+    """Train loader (shuffled) and one loader per eval split; test loaders when --do_predict.
+
+    Each batch holds input_ids, attention_mask, labels, `idx` (the row number, to put predictions
+    back in dataset order; not a model input) and, with `position_ids`, positions counted from the
+    attention mask (so that left and right padding give the same logits)."""
     from torch.utils.data import DataLoader
 
     with accelerator.main_process_first():
@@ -144,8 +149,7 @@ def make_dataloaders(args, accelerator, tokenizer, model):
             if split in raw and args.max_eval_samples is not None:
                 raw[split] = raw[split].select(range(min(args.max_eval_samples, len(raw[split]))))
         data = {s: tokenize(d, args.task, tokenizer, args.max_length) for s, d in raw.items()}
-    positions = "position_ids" in inspect.signature(model.forward).parameters
-    collate = Collator(tokenizer.pad_token_id, tokenizer.padding_side, positions)
+    collate = Collator(tokenizer.pad_token_id, tokenizer.padding_side, position_ids)
     # Loaders draw their seeds from their own generator, not from the global RNG that dropout uses:
     # a resumed run then sees the same dropout masks as an uninterrupted one.
     generator = lambda: torch.Generator().manual_seed(args.seed)  # noqa: E731
@@ -154,7 +158,7 @@ def make_dataloaders(args, accelerator, tokenizer, model):
     splits = [s for s in task.eval_splits if s in data] + ([s for s in task.test_splits if s in data]
                                                             if args.do_predict else [])
     if args.do_predict and not any(s in data for s in task.test_splits):
-        fail(f"--do_predict needs the unlabeled test split ({', '.join(task.test_splits)}); none was found")
+        raise UsageError(f"--do_predict needs the unlabeled test split ({', '.join(task.test_splits)}); none was found")
     evals = {s: DataLoader(data[s], collate_fn=collate, batch_size=args.per_device_eval_batch_size,
                            generator=generator()) for s in splits}
     return train, evals
@@ -230,6 +234,14 @@ def freeze_backbone(model):
     for name in heads:
         getattr(model, name).requires_grad_(True)
     return heads
+
+
+def split_params(model, inner):
+    """The parameters of `model` outside its submodule `inner` (a wrapper's own: prompt, prefix,
+    generator) and those inside it (the wrapped model's: its trainable head)."""
+    inside = {id(p) for p in inner.parameters()}
+    params = list(model.parameters())
+    return [p for p in params if id(p) not in inside], [p for p in params if id(p) in inside]
 
 
 def count_params(model):

@@ -1,11 +1,14 @@
-"""Run a train_*.py script the way users do: `python script.py` or `accelerate launch` with a
-shipped yaml and 2 processes (gloo on CPU)."""
+"""Run a train_*.py script the way users do, `python script.py` or `accelerate launch` with a
+shipped yaml and 2 processes (gloo on CPU), or in this process (`run_in_process`: the same main()
+without the interpreter start, for the fast tests of the method logic)."""
+import importlib
 import json
 import os
 import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -25,6 +28,12 @@ CONFIGS = {
     "fp16": ["--config_file", "accelerate_configs/fp16.yaml", "--num_processes", "2"],  # CPU: accelerate runs fp32
 }
 WORLD = {name: 1 if launch is None else 2 for name, launch in CONFIGS.items()}
+DEFAULT = ("single", "zero3")  # the real launches of the default suite; the rest of the matrix is `-m slow`
+
+
+def matrix(configs=CONFIGS):
+    """pytest parameters for launch configs: DEFAULT in the default suite, the others marked slow."""
+    return [pytest.param(c, marks=() if c in DEFAULT else pytest.mark.slow) for c in configs]
 
 
 def free_port():
@@ -44,6 +53,20 @@ def launch(script, config, args, timeout=900):
     return subprocess.run(cmd + list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def run_in_process(script, args):
+    """Call `script`'s main(args) here, as `python script.py args` would run it (one process).
+    A bad input raises common.errors.UsageError (the command line prints it as one line)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate's process-wide singletons
+    GradientState._reset_state()
+    try:
+        importlib.import_module(script[:-3]).main([str(a) for a in args])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
 def check_ok(proc):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
@@ -61,7 +84,8 @@ def eval_batches(model_dir, glue_dir, task, max_eval_samples, max_length=128, ba
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     split = TASKS[task].eval_splits[0]
-    ds = tokenize(load_glue(task, glue_dir)[split].select(range(max_eval_samples)), task, tok, max_length)
+    rows = load_glue(task, glue_dir)[split]
+    ds = tokenize(rows.select(range(min(max_eval_samples, len(rows)))), task, tok, max_length)
     collate = Collator(tok.eos_token_id if tok.pad_token_id is None else tok.pad_token_id, "right")
     for i in range(0, len(ds), batch_size):
         batch = collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))])

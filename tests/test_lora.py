@@ -1,32 +1,26 @@
-"""train_lora.py: the method against the base model and peft, and the script under every config."""
+"""train_lora.py: the method against the base model and peft, and the script in this process and
+under every launch config (single and ZeRO-3 in the default suite, the others with -m slow)."""
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import (AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification,
-                          GPT2Config, GPT2ForSequenceClassification)
+from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
 
+import tiny
 from common.checkpoint import load_trainable
 from common.launch import freeze_backbone
-from launch_utils import check_ok, eval_batches, launch, logits_of, results, saved_eval_logits
-from train_lora import LoRALinear, add_lora, resolve_targets
+from launch_utils import check_ok, eval_batches, launch, logits_of, matrix, results, run_in_process, saved_eval_logits
+from train_lora import LoRALinear, add_lora, export_peft, resolve_targets
 
 
 def tiny_gpt2_model(seed=0):
-    torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64, pad_token_id=0, num_labels=3,
-                     resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
-    return GPT2ForSequenceClassification(cfg).eval()
+    return tiny.gpt2(seed, labels=3)
 
 
 def tiny_bert_model(seed=0):
-    torch.manual_seed(seed)
-    cfg = BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64, vocab_size=100,
-                     max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0, attention_probs_dropout_prob=0)
-    return BertForSequenceClassification(cfg).eval()
+    return tiny.bert(seed, labels=3)
 
 
 def randomize_lora(model, seed=1):
@@ -152,33 +146,28 @@ def test_merge_then_unmerge(make, targets, slices):
     torch.testing.assert_close(logits(model), before, atol=1e-6, rtol=0)
 
 
-def test_targets_and_slices_errors(capsys):
-    args = lambda **kw: SimpleNamespace(**{"lora_targets": None, "lora_slices": None, **kw})  # noqa: E731
+def test_targets_and_slices_errors():
     model = tiny_bert_model()
-    assert resolve_targets(args(), model) == (["query", "value"], None)
-    assert resolve_targets(args(), tiny_gpt2_model()) == (["c_attn"], ["q", "v"])
+    assert resolve_targets(model) == (["query", "value"], None)
+    assert resolve_targets(tiny_gpt2_model()) == (["c_attn"], ["q", "v"])
     model.config.model_type = "mystery"
-    for bad, expect in [(args(), "no default LoRA targets for model type 'mystery'; pass --lora_targets from:"),
-                        (args(lora_targets="qkv"), "--lora_targets qkv not in the model"),
-                        (args(lora_targets="query", lora_slices="q"), "--lora_slices applies to a fused")]:
-        with pytest.raises(SystemExit):
-            resolve_targets(bad, model)
-        err = capsys.readouterr().err
-        assert expect in err and "query" in err.splitlines()[0] if "from" in expect else expect in err
+    with pytest.raises(ValueError) as e:
+        resolve_targets(model)
+    assert "no default LoRA targets for model type 'mystery'; pass --lora_targets from:" in str(e.value)
+    assert "query" in str(e.value)  # the error lists the model's projections
+    for targets, slices, expect in [("qkv", None, "--lora_targets qkv not in the model"),
+                                    ("query", "q", "--lora_slices applies to a fused")]:
+        with pytest.raises(ValueError, match=expect):
+            resolve_targets(model, targets, slices)
 
 
-LORA_CONFIGS = ["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16"]
+def lora_args(tiny_gpt2, glue_dir, out, *extra):
+    return ["--task", "sst2", "--model_name_or_path", tiny_gpt2, "--data_dir", glue_dir, "--output_dir", out,
+            "--max_train_samples", "96", "--max_eval_samples", "32", "--learning_rate", "5e-3",
+            "--num_train_epochs", "3", "--eval_steps", "4", "--lora_r", "4", *extra]
 
 
-@pytest.mark.parametrize("config", LORA_CONFIGS)
-def test_train_lora_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
-    out = tmp_path / "out"
-    extra = ["--merge_and_save", str(tmp_path / "merged")] if config in ("single", "zero3") else []
-    proc = launch("train_lora.py", config, [
-        "--task", "sst2", "--model_name_or_path", tiny_gpt2, "--data_dir", glue_dir, "--output_dir", str(out),
-        "--max_train_samples", "128", "--max_eval_samples", "64", "--learning_rate", "5e-3",
-        "--num_train_epochs", "3", "--eval_steps", "4", "--lora_r", "4", *extra])
-    check_ok(proc)
+def check_lora_run(out, tiny_gpt2, glue_dir, atol, merged=None):
     res = results(out)
     losses = [h["train_loss"] for h in res["log_history"]]
     assert losses[-1] < losses[0], losses
@@ -194,10 +183,9 @@ def test_train_lora_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2).eval()
     model.config.pad_token_id = 0
     freeze_backbone(model)
-    add_lora(model, ["c_attn"], 4, 16, 0.0, ["q", "v"])
+    add_lora(model, ["c_attn"], r=4, alpha=16, slices=["q", "v"])
     load_trainable(model, out / "trainable.safetensors")
-    batches = list(eval_batches(tiny_gpt2, glue_dir, "sst2", 64))
-    atol = 5e-2 if "bf16" in config else 1e-5
+    batches = list(eval_batches(tiny_gpt2, glue_dir, "sst2", 32))
     theirs = saved_eval_logits(out, "sst2")
     torch.testing.assert_close(logits_of(model, batches), theirs, atol=atol, rtol=0)
     assert all((saved[n] != 0).any() for n in saved if ".lora_B." in n)  # B left zero
@@ -210,11 +198,11 @@ def test_train_lora_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
     peft_model = PeftModel.from_pretrained(base, out / "peft").eval()
     torch.testing.assert_close(logits_of(peft_model, batches), theirs, atol=atol, rtol=0)
 
-    if extra:  # the merged export is a plain transformers model with the same logits...
-        merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
-        torch.testing.assert_close(logits_of(merged, batches), theirs, atol=1e-5, rtol=0)
+    if merged:  # the merged export is a plain transformers model with the same logits...
+        merged_model = AutoModelForSequenceClassification.from_pretrained(merged).eval()
+        torch.testing.assert_close(logits_of(merged_model, batches), theirs, atol=1e-5, rtol=0)
         # ...whose frozen weights are the pretrained ones: nothing but LoRA and the head moved.
-        merged_w = dict(merged.named_parameters())
+        merged_w = dict(merged_model.named_parameters())
         for name, w in pretrained.items():
             if name.startswith("score."):
                 continue
@@ -225,18 +213,33 @@ def test_train_lora_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
             torch.testing.assert_close(merged_w[name], w, atol=1e-6, rtol=0)
 
 
+def test_train_lora_in_process(tiny_gpt2, glue_dir, tmp_path):
+    run_in_process("train_lora.py", lora_args(tiny_gpt2, glue_dir, tmp_path / "out", "--merge_and_save",
+                                              tmp_path / "merged"))
+    check_lora_run(tmp_path / "out", tiny_gpt2, glue_dir, 1e-5, merged=tmp_path / "merged")
+
+
+@pytest.mark.parametrize("config", matrix(["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16"]))
+def test_train_lora_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
+    merge = config in ("single", "zero3")
+    extra = ["--merge_and_save", str(tmp_path / "merged")] if merge else []
+    check_ok(launch("train_lora.py", config, lora_args(tiny_gpt2, glue_dir, str(tmp_path / "out"), *extra)))
+    check_lora_run(tmp_path / "out", tiny_gpt2, glue_dir, 5e-2 if "bf16" in config else 1e-5,
+                   merged=tmp_path / "merged" if merge else None)
+
+
 def test_every_lora_tensor_trains(tiny_gpt2, glue_dir, tmp_path):
     """Against the script's own starting point (same seed): every LoRA tensor and the head changed."""
     from accelerate.utils import set_seed
 
     out = tmp_path / "out"
-    check_ok(launch("train_lora.py", "single", [
-        "--task", "sst2", "--model_name_or_path", tiny_gpt2, "--data_dir", glue_dir, "--output_dir", str(out),
-        "--max_train_samples", "32", "--max_eval_samples", "16", "--max_train_steps", "3", "--lora_r", "4"]))
+    run_in_process("train_lora.py", [
+        "--task", "sst2", "--model_name_or_path", tiny_gpt2, "--data_dir", glue_dir, "--output_dir", out,
+        "--max_train_samples", "32", "--max_eval_samples", "16", "--max_train_steps", "3", "--lora_r", "4"])
     set_seed(42)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2)
     freeze_backbone(model)
-    add_lora(model, ["c_attn"], 4, 16, 0.0, ["q", "v"])
+    add_lora(model, ["c_attn"], r=4, alpha=16, slices=["q", "v"])
     start = {n: p for n, p in model.named_parameters() if p.requires_grad}
     saved = load_file(out / "trainable.safetensors")
     assert set(saved) == set(start)
@@ -249,16 +252,13 @@ def test_peft_export_with_mixed_slice_and_fused_targets(tmp_path):
     """q,v slices on c_attn (rank 2 x 4 in peft) beside a fused pair on c_fc (rank 4): per-module ranks."""
     from peft import PeftModel
 
-    from train_lora import export_peft
-
     model = tiny_gpt2_model()
     freeze_backbone(model)
     add_lora(model, ["c_attn"], 4, 8, 0.0, ["q", "v"])
     add_lora(model, ["c_fc"], 4, 8, 0.0, None)
     randomize_lora(model)
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    args = SimpleNamespace(model_name_or_path="tiny", lora_r=4, lora_alpha=8, lora_dropout=0.0)
-    export_peft(model, trainable, ["score"], args, str(tmp_path / "peft"))
+    export_peft(model, trainable, ["score"], str(tmp_path / "peft"), base_model="tiny", r=4, alpha=8, dropout=0.0)
     ref = PeftModel.from_pretrained(tiny_gpt2_model(), tmp_path / "peft").eval()
     torch.testing.assert_close(logits(ref), logits(model), atol=1e-5, rtol=0)
 

@@ -1,20 +1,15 @@
-"""train_prefix.py: equal to peft's prefix tuning, refused where it cannot work, and under every config."""
+"""train_prefix.py: equal to peft's prefix tuning, refused where it cannot work, and the script in
+this process and under every launch config (single and ZeRO-3 in the default suite, the others
+with -m slow)."""
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, GPT2Config
-from transformers import DistilBertConfig, DistilBertForSequenceClassification, GPT2ForSequenceClassification
+from transformers import AutoModelForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification
 
+import tiny
 from common.checkpoint import load_trainable
-from launch_utils import check_ok, eval_batches, launch, logits_of, results, saved_eval_logits
+from launch_utils import check_ok, eval_batches, launch, logits_of, matrix, results, run_in_process, saved_eval_logits
 from train_prefix import PrefixTuning, check_supported
-
-
-def tiny(seed=0):
-    torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64, pad_token_id=0, num_labels=2,
-                     resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
-    return GPT2ForSequenceClassification(cfg).eval()
 
 
 # Equality with peft's prefix tuning: tests/test_references.py (peft 0.21 refuses prefix tuning beside
@@ -22,7 +17,7 @@ def tiny(seed=0):
 
 
 def test_padding_does_not_change_a_row():
-    model = PrefixTuning(tiny(), 4).eval()
+    model = PrefixTuning(tiny.gpt2(), 4).eval()
     model.embedding.data.normal_()
     ids = torch.tensor([[5, 6, 7, 0, 0], [9, 10, 11, 12, 13]])
     mask = torch.tensor([[1, 1, 1, 0, 0], [1] * 5])
@@ -33,25 +28,18 @@ def test_padding_does_not_change_a_row():
     torch.testing.assert_close(both[:1], one, atol=1e-5, rtol=0)
 
 
-def tiny_bert():
-    torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
-                                                    intermediate_size=64, vocab_size=100, hidden_dropout_prob=0,
-                                                    attention_probs_dropout_prob=0)).eval()
-
-
-def test_models_without_a_cache_are_refused_up_front(capsys):
+def test_models_without_a_cache_are_refused_up_front():
     distilbert = DistilBertForSequenceClassification(DistilBertConfig(n_layers=1, dim=32, n_heads=2, hidden_dim=64,
                                                                       vocab_size=100))
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="'distilbert' is not one"):
         check_supported(distilbert)
-    assert "'distilbert' is not one" in capsys.readouterr().err
-    check_supported(tiny())  # GPT-2 and BERT: fine
-    check_supported(tiny_bert())
+    check_supported(tiny.gpt2())  # GPT-2, BERT and Llama: fine
+    check_supported(tiny.bert())
+    check_supported(tiny.llama())
 
 
 def test_bert_rows_do_not_depend_on_padding():
-    model = PrefixTuning(tiny_bert(), 4).eval()
+    model = PrefixTuning(tiny.bert(layers=1), 4).eval()
     model.embedding.data.normal_()
     ids = torch.tensor([[5, 6, 7, 0, 0], [9, 10, 11, 12, 13]])
     mask = torch.tensor([[1, 1, 1, 0, 0], [1] * 5])
@@ -63,13 +51,13 @@ def test_bert_rows_do_not_depend_on_padding():
     assert (one - base).abs().max() > 1e-3  # the prefix is read
 
 
-@pytest.mark.parametrize("config", ["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16"])
-def test_train_prefix_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
-    out = tmp_path / "out"
-    check_ok(launch("train_prefix.py", config, [
-        "--task", "sst2", "--model_name_or_path", tiny_gpt2, "--data_dir", glue_dir, "--output_dir", str(out),
-        "--max_train_samples", "128", "--max_eval_samples", "64", "--num_train_epochs", "3", "--eval_steps", "4",
-        "--learning_rate", "2e-2", "--num_prefix", "4", "--prefix_hidden", "16"]))
+def prefix_args(tiny_gpt2, glue_dir, out):
+    return ["--task", "sst2", "--model_name_or_path", tiny_gpt2, "--data_dir", glue_dir, "--output_dir", out,
+            "--max_train_samples", "96", "--max_eval_samples", "32", "--num_train_epochs", "3", "--eval_steps", "4",
+            "--learning_rate", "2e-2", "--num_prefix", "4", "--prefix_hidden", "16"]
+
+
+def check_prefix_run(out, tiny_gpt2, glue_dir, bf16):
     res = results(out)
     losses = [h["train_loss"] for h in res["log_history"]]
     assert sum(losses[-3:]) < sum(losses[:3]), losses
@@ -80,10 +68,20 @@ def test_train_prefix_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
     model.config.pad_token_id = 0
     model = PrefixTuning(model, 4, hidden=16).eval()
     load_trainable(model, out / "trainable.safetensors")
-    atol = 5e-2 if "bf16" in config else 1e-5
-    ours = logits_of(model, eval_batches(tiny_gpt2, glue_dir, "sst2", 64))
-    torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=atol, rtol=0)
+    ours = logits_of(model, eval_batches(tiny_gpt2, glue_dir, "sst2", 32))
+    torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=5e-2 if bf16 else 1e-5, rtol=0)
     # The computed pairs alone (what inference needs) are the MLP's output.
     with torch.no_grad():
         torch.testing.assert_close(load_file(out / "prefix.safetensors")["prefix"].float(), model.prefix().float(),
-                                   atol=1e-2 if "bf16" in config else 1e-6, rtol=0)
+                                   atol=1e-2 if bf16 else 1e-6, rtol=0)
+
+
+def test_train_prefix_in_process(tiny_gpt2, glue_dir, tmp_path):
+    run_in_process("train_prefix.py", prefix_args(tiny_gpt2, glue_dir, tmp_path / "out"))
+    check_prefix_run(tmp_path / "out", tiny_gpt2, glue_dir, bf16=False)
+
+
+@pytest.mark.parametrize("config", matrix(["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16"]))
+def test_train_prefix_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
+    check_ok(launch("train_prefix.py", config, prefix_args(tiny_gpt2, glue_dir, str(tmp_path / "out"))))
+    check_prefix_run(tmp_path / "out", tiny_gpt2, glue_dir, bf16="bf16" in config)

@@ -1,32 +1,21 @@
 """train_prompt.py and train_idpg.py: the methods against peft and the seed's counts, padding
-invariance, every IDPG variant, and both scripts under every launch config."""
+invariance, every IDPG variant, and both scripts in this process and under every launch config
+(single and ZeRO-3 in the default suite, the others with -m slow)."""
 import os
-from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import (AutoModel, AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification,
-                          GPT2Model)
+from transformers import AutoModel, AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
+from transformers import GPT2Model
 
 from common.checkpoint import load_trainable
 from common.data import Collator
-from launch_utils import ROOT, check_ok, eval_batches, launch, logits_of, results, saved_eval_logits
-from train_idpg import build
+from launch_utils import (ROOT, check_ok, eval_batches, launch, logits_of, matrix, results, run_in_process,
+                          saved_eval_logits)
+from tiny import gpt2 as tiny
+from train_idpg import build_idpg
 from train_prompt import PromptTuning, initial_prompt
-
-
-def tiny(seed=0, labels=2):
-    torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64, pad_token_id=0,
-                     num_labels=labels, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
-    return GPT2ForSequenceClassification(cfg).eval()
-
-
-def idpg_args(**kw):
-    return SimpleNamespace(**{"num_virtual_tokens": 20, "generator": "mlp", "generator_hidden": 384, "phm_n": 16,
-                              "prompt_only": False, "train_encoder": False, "no_cache": False,
-                              "prompt_layers": "input", **kw})
 
 
 def test_prompt_tuning_equals_peft_at_the_same_prompt():
@@ -50,7 +39,7 @@ def test_logits_independent_of_padding_side_and_batch_makeup(kind):
         model = PromptTuning(tiny(), torch.randn(4, 32) * 0.3).eval()
     else:
         torch.manual_seed(1)
-        model = build(idpg_args(num_virtual_tokens=4, generator_hidden=8), tiny(), GPT2Model(tiny().config)).eval()
+        model = build_idpg(tiny(), GPT2Model(tiny().config), num_tokens=4, hidden=8).eval()
     rows = [{"input_ids": ids, "attention_mask": [1] * len(ids), "label": 0, "idx": i}
             for i, ids in enumerate([[5, 6, 7], [9, 10, 11, 12, 13, 14], [20, 21, 22, 23]])]
 
@@ -72,14 +61,14 @@ def test_prompt_init_from_vocab_and_text(tiny_gpt2):
     tok = AutoTokenizer.from_pretrained(tiny_gpt2)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2)
     table = model.get_input_embeddings().weight
-    args = SimpleNamespace(num_virtual_tokens=7, prompt_init="vocab", prompt_init_text=None)
     torch.manual_seed(3)
-    vocab = initial_prompt(model, tok, args)
+    vocab = initial_prompt(model, tok, 7, "vocab")
     assert vocab.shape == (7, 32) and all(any(torch.equal(v, row) for row in table) for v in vocab)
-    args.prompt_init, args.prompt_init_text = "text", "great movie"
     ids = tok("great movie", add_special_tokens=False)["input_ids"]
-    text = initial_prompt(model, tok, args)
+    text = initial_prompt(model, tok, 7, "text", "great movie")
     assert torch.equal(text, table[(ids * 7)[:7]])
+    with pytest.raises(ValueError, match="no tokens"):
+        initial_prompt(model, tok, 7, "text", "")
 
 
 def test_seed_idpg_counts_at_gpt2_xl_from_configs_alone():
@@ -89,59 +78,66 @@ def test_seed_idpg_counts_at_gpt2_xl_from_configs_alone():
         with torch.device("meta"):
             backbone = GPT2ForSequenceClassification(GPT2Config(n_embd=1600, n_layer=48, n_head=25, num_labels=3))
             encoder = GPT2Model(GPT2Config())
-            model = build(idpg_args(prompt_only=prompt_only), backbone, encoder)
+            model = build_idpg(backbone, encoder, prompt_only=prompt_only)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         counts[prompt_only] = (trainable, round(100 * trainable / total, 3))
     assert counts == {False: (12_620_096, 0.745), True: (12_635_456, 0.746)}
 
 
-CONFIGS = ["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16"]
+def script_args(script, tiny_gpt2, glue_dir, out, *extra):
+    rates = ["--prompt_learning_rate", "0.1"] if script == "train_prompt.py" else [
+        "--prompt_learning_rate", "1e-2", "--encoder_name_or_path", tiny_gpt2, "--generator_hidden", "16"]
+    return ["--task", "sst2", "--model_name_or_path", tiny_gpt2, "--data_dir", glue_dir, "--output_dir", out,
+            "--max_train_samples", "96", "--max_eval_samples", "32", "--num_train_epochs", "3", "--eval_steps", "4",
+            "--learning_rate", "2e-2", "--num_virtual_tokens", "4", *rates, *extra]
 
 
-def run_script(script, config, tiny_gpt2, glue_dir, out, *extra):
-    args = ["--task", "sst2", "--model_name_or_path", tiny_gpt2, "--data_dir", glue_dir, "--output_dir", str(out),
-            "--max_train_samples", "128", "--max_eval_samples", "64", "--num_train_epochs", "3", "--eval_steps", "4",
-            "--learning_rate", "2e-2", "--prompt_learning_rate", "0.1", "--num_virtual_tokens", "4", *extra]
-    if script == "train_idpg.py":
-        args += ["--encoder_name_or_path", tiny_gpt2, "--generator_hidden", "16", "--prompt_learning_rate", "1e-2"]
-    proc = launch(script, config, args)
-    check_ok(proc)
+def check_losses(out):
     res = results(out)
     losses = [h["train_loss"] for h in res["log_history"]]
     assert sum(losses[-3:]) < sum(losses[:3]), losses
     return res
 
 
-def reload(script, tiny_gpt2, out, **kw):
-    """A plain (not distributed) model of the method with the run's saved weights."""
+def reload(script, tiny_gpt2, out, encoder=None, **kw):
+    """A plain (not distributed) model of the method with the run's saved weights; `encoder`
+    "self" for the backbone itself, else the tiny model as a separate encoder."""
     model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2)
     model.config.pad_token_id = 0
     if script == "train_prompt.py":
         model = PromptTuning(model, torch.zeros(4, 32))
     else:
-        encoder = None if kw.get("encoder") == "self" else AutoModel.from_pretrained(tiny_gpt2)
-        model = build(idpg_args(num_virtual_tokens=4, generator_hidden=16, **{k: v for k, v in kw.items()
-                                                                              if k != "encoder"}), model, encoder)
+        encoder = None if encoder == "self" else AutoModel.from_pretrained(tiny_gpt2)
+        model = build_idpg(model, encoder, num_tokens=4, hidden=16, **kw)
     load_trainable(model, out / "trainable.safetensors")
     return model.eval()
 
 
-@pytest.mark.parametrize("script", ["train_prompt.py", "train_idpg.py"])
-@pytest.mark.parametrize("config", CONFIGS)
-def test_script_under_every_config(script, config, tiny_gpt2, glue_dir, tmp_path):
+def check_script_run(script, out, tiny_gpt2, glue_dir, atol):
     """Loss goes down; the saved weights (prompt or generator, and the head), loaded with the
     pretrained frozen weights into a plain model, reproduce the run's eval logits: so nothing
     frozen moved, and the checkpoint holds everything the method needs."""
-    out = tmp_path / "out"
-    res = run_script(script, config, tiny_gpt2, glue_dir, out)
+    res = check_losses(out)
     saved = load_file(out / "trainable.safetensors")
     prefix = "prompt" if script == "train_prompt.py" else "generator."
     assert any(n.startswith(prefix) for n in saved) and all(n.startswith((prefix, "model.score.")) for n in saved)
     assert sum(t.numel() for t in saved.values()) == res["trainable_params"]
-    ours = logits_of(reload(script, tiny_gpt2, out), eval_batches(tiny_gpt2, glue_dir, "sst2", 64))
-    torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=5e-2 if "bf16" in config else 1e-5,
-                               rtol=0)
+    ours = logits_of(reload(script, tiny_gpt2, out), eval_batches(tiny_gpt2, glue_dir, "sst2", 32))
+    torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("script", ["train_prompt.py", "train_idpg.py"])
+def test_script_in_process(script, tiny_gpt2, glue_dir, tmp_path):
+    run_in_process(script, script_args(script, tiny_gpt2, glue_dir, tmp_path / "out"))
+    check_script_run(script, tmp_path / "out", tiny_gpt2, glue_dir, 1e-5)
+
+
+@pytest.mark.parametrize("script", ["train_prompt.py", "train_idpg.py"])
+@pytest.mark.parametrize("config", matrix(["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16"]))
+def test_script_under_every_config(script, config, tiny_gpt2, glue_dir, tmp_path):
+    check_ok(launch(script, config, script_args(script, tiny_gpt2, glue_dir, str(tmp_path / "out"))))
+    check_script_run(script, tmp_path / "out", tiny_gpt2, glue_dir, 5e-2 if "bf16" in config else 1e-5)
 
 
 @pytest.mark.parametrize("variant,flags,kw", [
@@ -156,7 +152,8 @@ def test_idpg_variants_train_and_reload(variant, flags, kw, tiny_gpt2, glue_dir,
     from accelerate.utils import set_seed
 
     out = tmp_path / "out"
-    run_script("train_idpg.py", "single", tiny_gpt2, glue_dir, out, *flags)
+    run_in_process("train_idpg.py", script_args("train_idpg.py", tiny_gpt2, glue_dir, out, *flags))
+    check_losses(out)
     saved = load_file(out / "trainable.safetensors")
     if variant == "trained":
         assert any(n.startswith("encoder.") for n in saved)
@@ -165,21 +162,21 @@ def test_idpg_variants_train_and_reload(variant, flags, kw, tiny_gpt2, glue_dir,
     if variant == "m-idpg":
         assert saved["layer_bias"].shape == (1, 4 * 32) and saved["layer_bias"].abs().max() > 0
     model = reload("train_idpg.py", tiny_gpt2, out, **kw)
-    ours = logits_of(model, eval_batches(tiny_gpt2, glue_dir, "sst2", 64))
+    ours = logits_of(model, eval_batches(tiny_gpt2, glue_dir, "sst2", 32))
     torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=1e-5, rtol=0)
     set_seed(42)  # the script's starting point: the generator changed
     base = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2)
-    encoder = None if variant == "self" else AutoModel.from_pretrained(tiny_gpt2)
-    init = build(idpg_args(num_virtual_tokens=4, generator_hidden=16, **{k: v for k, v in kw.items()
-                                                                         if k != "encoder"}), base, encoder)
+    encoder = None if variant in ("self", "m-idpg") else AutoModel.from_pretrained(tiny_gpt2)
+    init = build_idpg(base, encoder, num_tokens=4, hidden=16, **{k: v for k, v in kw.items() if k != "encoder"})
     init = dict(init.named_parameters())
     changed = [n for n in saved if n.startswith("generator.") and not torch.equal(saved[n], init[n])]
     assert changed == [n for n in saved if n.startswith("generator.")]
 
 
 def test_idpg_cache_gives_the_same_logits(tiny_gpt2, glue_dir, tmp_path):
-    run_script("train_idpg.py", "single", tiny_gpt2, glue_dir, tmp_path / "cached")
-    run_script("train_idpg.py", "single", tiny_gpt2, glue_dir, tmp_path / "uncached", "--no_cache")
+    run_in_process("train_idpg.py", script_args("train_idpg.py", tiny_gpt2, glue_dir, tmp_path / "cached"))
+    run_in_process("train_idpg.py", script_args("train_idpg.py", tiny_gpt2, glue_dir, tmp_path / "uncached",
+                                                "--no_cache"))
     # Equal up to float rounding: a cached row was encoded in another batch (another padded width).
     torch.testing.assert_close(saved_eval_logits(tmp_path / "cached", "sst2"),
                                saved_eval_logits(tmp_path / "uncached", "sst2"), atol=1e-5, rtol=0)
@@ -187,11 +184,11 @@ def test_idpg_cache_gives_the_same_logits(tiny_gpt2, glue_dir, tmp_path):
         assert a == pytest.approx(b, abs=1e-5)
 
 
-def test_the_headline_command(tiny_gpt2, glue_dir, tmp_path):
+def test_the_headline_command(tiny_gpt2, real_glue, tmp_path):
     """The README's `accelerate launch --config_file accelerate_configs/zero3.yaml train_idpg.py --task rte`,
-    on 2 CPU processes with a tiny local model as backbone and encoder, offline."""
+    on 2 CPU processes with a tiny local model as backbone and encoder, offline, on real RTE rows."""
     proc = launch("train_idpg.py", "zero3", ["--task", "rte", "--model_name_or_path", tiny_gpt2,
-                                             "--encoder_name_or_path", tiny_gpt2, "--data_dir", glue_dir,
+                                             "--encoder_name_or_path", tiny_gpt2, "--data_dir", real_glue,
                                              "--output_dir", str(tmp_path / "out"), "--max_train_samples", "64",
                                              "--max_eval_samples", "32", "--num_train_epochs", "1"])
     check_ok(proc)
@@ -203,20 +200,20 @@ def test_the_headline_command(tiny_gpt2, glue_dir, tmp_path):
 def test_m_idpg_under_zero3(tiny_gpt2, glue_dir, tmp_path):
     """The per-layer hooks call the generator inside ZeRO-3's forward: it trains and reloads."""
     out = tmp_path / "out"
-    run_script("train_idpg.py", "zero3", tiny_gpt2, glue_dir, out, "--encoder_name_or_path", "self",
-               "--prompt_layers", "all")
+    check_ok(launch("train_idpg.py", "zero3", script_args("train_idpg.py", tiny_gpt2, glue_dir, str(out),
+                                                          "--encoder_name_or_path", "self", "--prompt_layers", "all")))
+    check_losses(out)
     model = reload("train_idpg.py", tiny_gpt2, out, encoder="self", prompt_layers="all")
-    ours = logits_of(model, eval_batches(tiny_gpt2, glue_dir, "sst2", 64))
+    ours = logits_of(model, eval_batches(tiny_gpt2, glue_dir, "sst2", 32))
     torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=1e-5, rtol=0)
 
 
 def test_m_idpg_changes_later_layers_only_through_the_hooks():
     """With a zero generator output and zero biases, M-IDPG is S-IDPG; a bias moves the logits."""
     torch.manual_seed(0)
-    args = idpg_args(num_virtual_tokens=3, generator_hidden=8)
-    s_idpg = build(args, tiny(), None).eval()
+    s_idpg = build_idpg(tiny(), num_tokens=3, hidden=8).eval()
     torch.manual_seed(0)
-    m_idpg = build(idpg_args(num_virtual_tokens=3, generator_hidden=8, prompt_layers="all"), tiny(), None).eval()
+    m_idpg = build_idpg(tiny(), num_tokens=3, hidden=8, prompt_layers="all").eval()
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
     with torch.no_grad():
         m_idpg.generator[2].weight.zero_(), m_idpg.generator[2].bias.zero_()

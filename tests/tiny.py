@@ -1,16 +1,49 @@
-"""Tiny offline models for the tests: a byte-level BPE tokenizer trained on GLUE text (GPT-2
-style: eos, no pad token) and a 2-layer GPT-2 with random weights, saved as a model directory
-so that the scripts' real from_pretrained path runs."""
+"""The tests' tiny models, in one place.
+
+- `gpt2()`, `bert()`, `llama()`: random 2-layer sequence classifiers in memory (eval mode,
+  no dropout, vocabulary 100, pad id 0) for the method tests.
+- `make_tiny_gpt2(path)`: a model folder for the scripts' real from_pretrained path: a byte-level
+  BPE tokenizer trained on the GLUE fixtures (GPT-2 style: eos, no pad token) and a random
+  2-layer GPT-2 body (from_pretrained adds and seeds the classification head).
+"""
 import os
 
-GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "glue"))
+import torch
+from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification,
+                          LlamaConfig, LlamaForSequenceClassification)
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "glue")
 
 
-def glue_sentences(limit=4000):
+def gpt2(seed=0, labels=2, d=32, layers=2):
+    torch.manual_seed(seed)
+    return GPT2ForSequenceClassification(GPT2Config(
+        n_layer=layers, n_embd=d, n_head=2, vocab_size=100, n_positions=64, pad_token_id=0, num_labels=labels,
+        resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)).eval()
+
+
+def bert(seed=0, labels=2, d=32, layers=2):
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(BertConfig(
+        num_hidden_layers=layers, hidden_size=d, num_attention_heads=2, intermediate_size=2 * d, vocab_size=100,
+        max_position_embeddings=64, num_labels=labels, hidden_dropout_prob=0, attention_probs_dropout_prob=0)).eval()
+
+
+def llama(seed=0, labels=2, d=32, layers=2):
+    """Llama architecture as SmolLM2 has it: grouped key/value heads (4 query, 2 key/value), rotary positions."""
+    torch.manual_seed(seed)
+    return LlamaForSequenceClassification(LlamaConfig(
+        num_hidden_layers=layers, hidden_size=d, num_attention_heads=4, num_key_value_heads=2, intermediate_size=2 * d,
+        vocab_size=100, max_position_embeddings=64, pad_token_id=0, num_labels=labels)).eval()
+
+
+def fixture_sentences():
+    """Every text of the GLUE fixtures, one per line (tabs and all)."""
     lines = []
-    for name in ("SST-2/train.tsv", "RTE/train.tsv", "MRPC/train.tsv", "CoLA/train.tsv"):
-        with open(os.path.join(GLUE_DIR, name), encoding="utf-8-sig") as f:
-            lines += f.read().splitlines()[: limit // 4]
+    for task in sorted(os.listdir(FIXTURES)):
+        for name in sorted(os.listdir(os.path.join(FIXTURES, task))):
+            with open(os.path.join(FIXTURES, task, name), encoding="utf-8-sig") as f:
+                lines += f.read().splitlines()
     return lines
 
 
@@ -19,7 +52,7 @@ def make_gpt2_tokenizer(path, vocab_size=1024):
     from transformers import GPT2TokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(glue_sentences(), vocab_size=vocab_size, special_tokens=["<|endoftext|>"])
+    bpe.train_from_iterator(fixture_sentences(), vocab_size=vocab_size, special_tokens=["<|endoftext|>"])
     tok = GPT2TokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                             unk_token="<|endoftext|>")
     tok.save_pretrained(path)
@@ -27,9 +60,8 @@ def make_gpt2_tokenizer(path, vocab_size=1024):
 
 
 def make_tiny_gpt2(path, n_layer=2, n_embd=32, n_head=2, dropout=0.1):
-    """A random 2-layer GPT-2 body (no head: from_pretrained adds and seeds the classifier)."""
-    import torch
-    from transformers import GPT2Config, GPT2Model
+    """A model folder: the fixture-trained tokenizer and a random GPT-2 body (dropout on, as GPT-2's)."""
+    from transformers import GPT2Model
 
     tok = make_gpt2_tokenizer(path)
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from common.data import get_task  # noqa: E402
 from common.launch import base_parser, make_accelerator, load_model  # noqa: E402
 
 args = base_parser("probe").parse_args(sys.argv[1:])
-accelerator = make_accelerator(args, "zero3_probe")
+accelerator = make_accelerator(args)
 tokenizer, model = load_model(args, get_task(args.task))
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
 loader = torch.utils.data.DataLoader(list(range(8)), batch_size=4)

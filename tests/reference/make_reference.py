@@ -10,7 +10,9 @@ import adapters
 import torch
 from peft import PrefixTuningConfig, get_peft_model
 from safetensors.torch import save_file
-from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tiny  # noqa: E402  (the tests' model factories)
 
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
@@ -19,16 +21,8 @@ mask = torch.ones_like(ids)
 save_file({"input_ids": ids, "attention_mask": mask}, os.path.join(out, "inputs.safetensors"))
 
 
-def tiny(kind):
-    torch.manual_seed(0)
-    if kind == "gpt2":
-        cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=64, pad_token_id=0,
-                         num_labels=3, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
-        return GPT2ForSequenceClassification(cfg).eval()
-    cfg = BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
-                     vocab_size=100, max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0,
-                     attention_probs_dropout_prob=0)
-    return BertForSequenceClassification(cfg).eval()
+def tiny_model(kind):
+    return {"gpt2": tiny.gpt2, "bert": tiny.bert}[kind](labels=3)
 
 
 def randomize(model, words):
@@ -46,7 +40,7 @@ facts = {"transformers": __import__("transformers").__version__, "adapters": ada
 for kind in ("gpt2", "bert"):
     for variant, config in (("houlsby", adapters.DoubleSeqBnConfig(reduction_factor=4)),
                             ("pfeiffer", adapters.SeqBnConfig(reduction_factor=4))):
-        model = tiny(kind)
+        model = tiny_model(kind)
         model.save_pretrained(os.path.join(out, f"{kind}-model"))
         adapters.init(model)
         model.add_adapter("ref", config=config)
@@ -59,8 +53,9 @@ for kind in ("gpt2", "bert"):
         facts[f"{kind}-{variant}"] = sorted(weights)[:4]
 
 for kind in ("gpt2", "bert"):
-    model = get_peft_model(tiny(kind), PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5)).eval()
-    prefix = torch.randn(5, 2 * 2 * 32, generator=torch.Generator().manual_seed(2))
+    model = get_peft_model(tiny_model(kind), PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5)).eval()
+    width = model.prompt_encoder["default"].embedding.weight.shape[1]  # 2 x layers x key/value heads x head size
+    prefix = torch.randn(5, width, generator=torch.Generator().manual_seed(2))
     model.prompt_encoder["default"].embedding.weight.data.copy_(prefix)
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits
