@@ -138,7 +138,8 @@ def main(argv=None):
                       f"{total:,} ({100 * trainable / total:.3f}%)")
 
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, takes_position_ids(model))
-    optimizer = torch.optim.AdamW(optimizer_groups(model.parameters(), args.weight_decay), lr=args.learning_rate)
+    optimizer = torch.optim.AdamW(optimizer_groups(model.parameters(), args.weight_decay), lr=args.learning_rate,
+                                  eps=args.adam_epsilon)
     run = Run(args, accelerator, "adapter", len(train_loader))  # step counts, logs, best weights, checkpoints
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, run.max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(

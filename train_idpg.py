@@ -25,6 +25,8 @@ Variants (defaults: the seed's "IDPG (Original)": a separate frozen GPT-2 encode
 
 A frozen encoder gives each input the same r in every epoch, so r is computed once per example
 and cached on the device (--no_cache turns it off); every rank still runs the same forwards.
+The original ran its frozen encoder with dropout on while training (r changes every step):
+--encoder_dropout does the same, without the cache.
 
     python train_idpg.py --task rte
     accelerate launch --config_file accelerate_configs/zero3.yaml train_idpg.py --task rte
@@ -61,6 +63,9 @@ def parse_args(argv=None):
     parser.add_argument("--prompt_layers", choices=["input", "all"], default="input",
                         help="input: S-IDPG, a prompt before the first layer; all: M-IDPG, every layer")
     parser.add_argument("--no_cache", action="store_true", help="recompute the frozen encoder's output every time")
+    parser.add_argument("--encoder_dropout", action="store_true",
+                        help="run the frozen encoder in train mode while training (its dropout on, so r changes "
+                             "every step), as the original did; turns the cache off")
     parser.add_argument("--prompt_learning_rate", type=float, default=3e-2,
                         help="learning rate of the generator (--learning_rate is the head's)")
     args = check_args(parser.parse_args(argv), "idpg")
@@ -116,16 +121,18 @@ class IDPG(nn.Module):
     encoder: reads each input (None: the backbone's own body, in a first pass without prompts).
     instance: PG's learned encoder inputs (t x d_enc), read instead of the input.
     train_encoder: the encoder trains (gradients through it, so no cache).
-    cache: keep each example's r (a frozen encoder gives it the same r every time).
+    encoder_dropout: a frozen encoder runs in the model's mode, its dropout on while training (no cache).
+    cache: keep each example's r (a frozen encoder in eval mode gives it the same r every time).
     layer_bias: M-IDPG's per-layer biases ((layers - 1) x t d), for a prompt before every later layer.
     """
 
     def __init__(self, model, generator, num_tokens, *, encoder=None, instance=None, train_encoder=False,
-                 cache=False, layer_bias=None):
+                 encoder_dropout=False, cache=False, layer_bias=None):
         super().__init__()
         self.model, self.config = model, model.config  # config: DeepSpeed sizes its buckets from it
         self.generator, self.t, self.encoder = generator, num_tokens, encoder
         self.instance, self.train_encoder, self.layer_bias = instance, train_encoder, layer_bias
+        self.encoder_dropout = encoder_dropout
         # The cache maps an example's real token ids to its r, on the device, and grows by one d_enc vector
         # per distinct example seen, training and eval (GPT-2's 768 floats: 150 MB for MNLI-10% and its dev).
         self.cache = {} if cache else None
@@ -155,6 +162,9 @@ class IDPG(nn.Module):
             return last_token_state(encoder, inputs_embeds=self.instance[None]).expand(len(input_ids), -1)
         if self.train_encoder:
             return last_token_state(encoder, input_ids, attention_mask)
+        if self.encoder_dropout and self.training:  # the original: a new dropout mask, so a new r, every step
+            with torch.no_grad():
+                return last_token_state(encoder, input_ids, attention_mask)
         return self.frozen_state(encoder, input_ids, attention_mask)
 
     def frozen_state(self, encoder, input_ids, attention_mask):
@@ -196,7 +206,7 @@ class IDPG(nn.Module):
 
 
 def build_idpg(model, encoder=None, *, num_tokens=20, generator="mlp", hidden=384, phm_n=16, prompt_only=False,
-               train_encoder=False, cache=True, prompt_layers="input"):
+               train_encoder=False, encoder_dropout=False, cache=True, prompt_layers="input"):
     """Wrap a loaded backbone (and encoder; None reads the backbone itself) into the IDPG of these
     settings. Settings that cannot fit the model are a ValueError."""
     freeze_backbone(model)
@@ -214,7 +224,8 @@ def build_idpg(model, encoder=None, *, num_tokens=20, generator="mlp", hidden=38
                              f"({d_enc}) must be the backbone's ({d}); try --encoder_name_or_path self")
         layer_bias = nn.Parameter(torch.zeros(model.config.num_hidden_layers - 1, num_tokens * d, dtype=dtype))
     return IDPG(model, g, num_tokens, encoder=encoder, instance=instance, train_encoder=train_encoder,
-                cache=cache and not (train_encoder or prompt_only), layer_bias=layer_bias)
+                encoder_dropout=encoder_dropout, cache=cache and not (train_encoder or prompt_only or encoder_dropout),
+                layer_bias=layer_bias)
 
 
 def load_encoder(name, vocab_size):
@@ -243,8 +254,8 @@ def main(argv=None):
         encoder = load_encoder(args.encoder_name_or_path, model.config.vocab_size)
         model = build_idpg(model, encoder, num_tokens=args.num_virtual_tokens, generator=args.generator,
                            hidden=args.generator_hidden, phm_n=args.phm_n, prompt_only=args.prompt_only,
-                           train_encoder=args.train_encoder, cache=not args.no_cache,
-                           prompt_layers=args.prompt_layers)
+                           train_encoder=args.train_encoder, encoder_dropout=args.encoder_dropout,
+                           cache=not args.no_cache, prompt_layers=args.prompt_layers)
     names = trainable_names(model)
     trainable, total = count_params(model)
     accelerator.print(f"IDPG, {args.generator} generator, encoder {args.encoder_name_or_path}, cache "
@@ -253,8 +264,9 @@ def main(argv=None):
 
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, position_ids=False)  # made in forward
     generator_params, head = split_params(model, model.model)  # generator (+ PG's inputs, a trained encoder)
-    optimizer = torch.optim.AdamW([*optimizer_groups(generator_params, args.weight_decay, lr=args.prompt_learning_rate),
-                                   *optimizer_groups(head, args.weight_decay)], lr=args.learning_rate)
+    optimizer = torch.optim.AdamW(
+        [*optimizer_groups(generator_params, args.weight_decay, lr=args.prompt_learning_rate),
+         *optimizer_groups(head, args.weight_decay)], lr=args.learning_rate, eps=args.adam_epsilon)
     run = Run(args, accelerator, "idpg", len(train_loader))  # step counts, logs, best weights, checkpoints
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, run.max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(

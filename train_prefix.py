@@ -126,7 +126,8 @@ def main(argv=None):
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer)
     prefix, head = split_params(model, model.model)  # the prefix (embedding and MLP) and the classifier
     optimizer = torch.optim.AdamW([*optimizer_groups(prefix, args.weight_decay, lr=args.prefix_learning_rate),
-                                   *optimizer_groups(head, args.weight_decay)], lr=args.learning_rate)
+                                   *optimizer_groups(head, args.weight_decay)], lr=args.learning_rate,
+                                  eps=args.adam_epsilon)
     run = Run(args, accelerator, "prefix", len(train_loader))  # step counts, logs, best weights, checkpoints
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, run.max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(

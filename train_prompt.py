@@ -113,7 +113,8 @@ def main(argv=None):
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, position_ids=False)  # made in forward
     _, head = split_params(model, model.model)
     optimizer = torch.optim.AdamW([{"params": [model.prompt], "lr": args.prompt_learning_rate, "weight_decay": 0.0},
-                                   *optimizer_groups(head, args.weight_decay)], lr=args.learning_rate)
+                                   *optimizer_groups(head, args.weight_decay)], lr=args.learning_rate,
+                                  eps=args.adam_epsilon)
     run = Run(args, accelerator, "prompt", len(train_loader))  # step counts, logs, best weights, checkpoints
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, run.max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(

@@ -127,6 +127,12 @@ def load_glue(task_name, data_dir=None):
     return out
 
 
+def hold_out(dataset, n, seed):
+    """Split a dataset in two: the n rows drawn with `seed`, and the others (each in file order)."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    return dataset.select(sorted(order[n:])), dataset.select(sorted(order[:n]))
+
+
 def _first_line(e):
     return (str(e).strip().splitlines() or [""])[0][:200]
 

@@ -6,9 +6,12 @@ import os
 
 import torch
 
-from common.data import TASKS, Collator, get_task, load_glue, tokenize
+from common.data import TASKS, Collator, get_task, hold_out, load_glue, tokenize
 from common.errors import UsageError, fail
 from common.metrics import glue_metrics
+
+HELD_OUT = "heldout"  # the validation set's name among the eval loaders (--validation_size, --validation_dev_half)
+DEV_HALF_SEED = 0  # --validation_dev_half: the same halves for every run, whatever its --seed
 
 
 def base_parser(description):
@@ -26,6 +29,7 @@ def base_parser(description):
     p.add_argument("--overwrite_output_dir", action="store_true", help="reuse an output dir holding another run")
     p.add_argument("--learning_rate", type=float, default=2e-5)
     p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW's eps (the original experiments: 1e-6)")
     p.add_argument("--num_train_epochs", type=int, default=3)
     p.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
     p.add_argument("--per_device_train_batch_size", type=int, default=8)
@@ -40,6 +44,15 @@ def base_parser(description):
                    help="first N training rows (MNLI 10%%: --task mnli --max_train_samples 40000)")
     p.add_argument("--max_eval_samples", type=int, default=None, help="first N rows of each eval split")
     p.add_argument("--eval_steps", type=int, default=None, help="evaluate every N optimizer steps; default each epoch")
+    p.add_argument("--validation_size", type=int, default=None,
+                   help="hold out N training rows (drawn with --seed) as the validation set: best/ and early "
+                        "stopping follow it, and the eval split becomes the test set")
+    p.add_argument("--validation_dev_half", action="store_true",
+                   help="for small tasks: a fixed half of the eval split is the validation set, the other half "
+                        "the test set")
+    p.add_argument("--early_stopping_patience", type=int, default=None,
+                   help="stop after K evaluations without a gain of the main metric (on the validation set "
+                        "when there is one)")
     p.add_argument("--checkpointing_steps", default=None,
                    help="save a resumable checkpoint every N optimizer steps, or 'epoch'")
     p.add_argument("--resume_from_checkpoint", default=None,
@@ -59,10 +72,15 @@ def check_args(args, script):
     if args.learning_rate <= 0:
         fail(f"--learning_rate must be positive, got {args.learning_rate}")
     for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
-                 "max_train_steps", "max_train_samples", "max_eval_samples", "eval_steps"):
+                 "max_train_steps", "max_train_samples", "max_eval_samples", "eval_steps", "validation_size",
+                 "early_stopping_patience"):
         value = getattr(args, name)
         if value is not None and value < 1:
             fail(f"--{name} must be at least 1, got {value}")
+    if args.validation_size is not None and args.validation_dev_half:
+        fail("--validation_size and --validation_dev_half both choose the validation set; pass one of them")
+    if args.adam_epsilon <= 0:
+        fail(f"--adam_epsilon must be positive, got {args.adam_epsilon}")
     if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
         fail(f"--checkpointing_steps takes a number of steps or 'epoch', got '{args.checkpointing_steps}'")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
@@ -137,7 +155,8 @@ def make_dataloaders(args, accelerator, tokenizer, position_ids=True):
 
     Each batch holds input_ids, attention_mask, labels, `idx` (the row number, to put predictions
     back in dataset order; not a model input) and, with `position_ids`, positions counted from the
-    attention mask (so that left and right padding give the same logits)."""
+    attention mask (so that left and right padding give the same logits). With --validation_size
+    or --validation_dev_half the eval loaders include the validation set, named HELD_OUT."""
     from torch.utils.data import DataLoader
 
     with accelerator.main_process_first():
@@ -148,6 +167,14 @@ def make_dataloaders(args, accelerator, tokenizer, position_ids=True):
         for split in task.eval_splits:
             if split in raw and args.max_eval_samples is not None:
                 raw[split] = raw[split].select(range(min(args.max_eval_samples, len(raw[split]))))
+        if args.validation_size is not None:  # never trained on: gone from train before any batch is drawn
+            if args.validation_size >= len(raw["train"]):
+                raise UsageError(f"--validation_size {args.validation_size} leaves nothing to train on: the "
+                                 f"training set has {len(raw['train'])} rows; hold out fewer")
+            raw["train"], raw[HELD_OUT] = hold_out(raw["train"], args.validation_size, args.seed)
+        elif args.validation_dev_half:
+            dev = task.eval_splits[0]
+            raw[dev], raw[HELD_OUT] = hold_out(raw[dev], len(raw[dev]) // 2, DEV_HALF_SEED)
         data = {s: tokenize(d, args.task, tokenizer, args.max_length) for s, d in raw.items()}
     collate = Collator(tokenizer.pad_token_id, tokenizer.padding_side, position_ids)
     # Loaders draw their seeds from their own generator, not from the global RNG that dropout uses:
@@ -155,8 +182,8 @@ def make_dataloaders(args, accelerator, tokenizer, position_ids=True):
     generator = lambda: torch.Generator().manual_seed(args.seed)  # noqa: E731
     train = DataLoader(data["train"], shuffle=True, collate_fn=collate, batch_size=args.per_device_train_batch_size,
                        generator=generator())
-    splits = [s for s in task.eval_splits if s in data] + ([s for s in task.test_splits if s in data]
-                                                            if args.do_predict else [])
+    splits = [s for s in (*task.eval_splits, HELD_OUT) if s in data] + (
+        [s for s in task.test_splits if s in data] if args.do_predict else [])
     if args.do_predict and not any(s in data for s in task.test_splits):
         raise UsageError(f"--do_predict needs the unlabeled test split ({', '.join(task.test_splits)}); none was found")
     evals = {s: DataLoader(data[s], collate_fn=collate, batch_size=args.per_device_eval_batch_size,
@@ -190,16 +217,17 @@ def predict(model, loader, accelerator, forward=None):
 
 def evaluate(model, loaders, accelerator, task_name, forward=None):
     """Metrics over every labeled eval split: plain keys for the first split, a suffix for the
-    others (MNLI: accuracy and accuracy_mm). Also returns the logits per split."""
+    others (MNLI: accuracy and accuracy_mm), a `val_` prefix for the validation set (HELD_OUT).
+    Also returns the logits per split."""
     task, metrics, logits = TASKS[task_name], {}, {}
-    for i, split in enumerate(task.eval_splits):
+    names = {split: ("", "" if i == 0 else "_mm") for i, split in enumerate(task.eval_splits)}
+    for split, (prefix, suffix) in {**names, HELD_OUT: ("val_", "")}.items():
         if split not in loaders:
             continue
         logits[split], _ = predict(model, loaders[split], accelerator, forward)
         labels = loaders[split].dataset["label"]
         preds = logits[split].squeeze(-1) if task.is_regression else logits[split].argmax(-1)
-        suffix = "" if i == 0 else "_mm"
-        metrics.update({k + suffix: v for k, v in glue_metrics(task_name, preds.numpy(), labels).items()})
+        metrics.update({prefix + k + suffix: v for k, v in glue_metrics(task_name, preds.numpy(), labels).items()})
     return metrics, logits
 
 

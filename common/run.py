@@ -47,7 +47,11 @@ class Run:
         self.num_epochs = math.ceil(self.max_steps / self.steps_per_epoch)
         self.eval_every = args.eval_steps or self.steps_per_epoch
         self.checkpoint_every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
+        # The metric that picks best/ and stops early: the validation set's when there is one.
+        self.validation = args.validation_size is not None or args.validation_dev_half
+        self.select = ("val_" if self.validation else "") + self.task.metric
         self.step, self.log_history, self.best = 0, [], {}  # the checkpointed state (state_dict)
+        self.evals_without_gain, self.stopped_early_at = 0, None
         self.stop, self.metrics, self.logits = False, None, None
         if accelerator.is_main_process:
             atomic_write_json(os.path.join(args.output_dir, "args.json"), vars(args))
@@ -57,10 +61,12 @@ class Run:
 
     def state_dict(self):
         """What a checkpoint stores beside the model, optimizer, scheduler and RNG states."""
-        return {"step": self.step, "log_history": self.log_history, "best_metrics": self.best}
+        return {"step": self.step, "log_history": self.log_history, "best_metrics": self.best,
+                "evals_without_gain": self.evals_without_gain, "stopped_early_at_step": self.stopped_early_at}
 
     def load_state_dict(self, state):
         self.step, self.log_history, self.best = state["step"], state["log_history"], state["best_metrics"]
+        self.evals_without_gain, self.stopped_early_at = state["evals_without_gain"], state["stopped_early_at_step"]
 
     def begin(self, model, eval_loaders, names, forward=None):
         """Start (or, with --resume_from_checkpoint, continue) training the prepared `model`.
@@ -73,7 +79,7 @@ class Run:
                                  "pass OUTPUT_DIR/checkpoints/step_N or 'latest'")
             self.load_state_dict(load_checkpoint(self.accelerator, path))
             self.accelerator.print(f"resumed from {path} at step {self.step}")
-        self.stop = self.step >= self.max_steps
+        self.stop = self.step >= self.max_steps or self.stopped_early_at is not None
         self.start_step, self.start_time = self.step, time.perf_counter()
         self.loss_sum, self.loss_count = torch.zeros((), device=self.accelerator.device), 0
         self.progress = tqdm(total=self.max_steps, initial=self.step,
@@ -108,11 +114,12 @@ class Run:
                      and self.step < self.max_steps)
         if every_n or epoch_end:
             save_checkpoint(self.accelerator, self.args.output_dir, self.step, self.state_dict())
-        self.stop = self.step >= self.max_steps
+        self.stop = self.stop or self.step >= self.max_steps
 
     def evaluate(self):
-        """Every eval split; log the metrics with the mean training loss since the last evaluation;
-        save the weights as best/trainable.safetensors when the task's main metric improves."""
+        """Every eval split and the validation set; log the metrics with the mean training loss since
+        the last evaluation; save the weights as best/trainable.safetensors when the selection metric
+        improves, and stop after --early_stopping_patience evaluations without a gain."""
         args, accelerator = self.args, self.accelerator
         self.metrics, self.logits = evaluate(self.model, self.eval_loaders, accelerator, args.task, self.forward)
         train_loss = accelerator.reduce(self.loss_sum, "mean").item() / max(self.loss_count, 1)
@@ -123,11 +130,16 @@ class Run:
                             " ".join(f"{k} {v:.4f}" for k, v in self.metrics.items()))
         if args.with_tracking:
             accelerator.log({"train_loss": train_loss, **self.metrics}, step=self.step)
-        metric = self.task.metric
-        if self.metrics[metric] > self.best.get(metric, -math.inf):
-            self.best = {"step": self.step, **self.metrics}
+        if self.metrics[self.select] > self.best.get(self.select, -math.inf):
+            self.best, self.evals_without_gain = {"step": self.step, **self.metrics}, 0
             save_trainable(accelerator, self.model, self.names,
                            os.path.join(args.output_dir, "best", "trainable.safetensors"))
+        else:
+            self.evals_without_gain += 1
+            if args.early_stopping_patience and self.evals_without_gain >= args.early_stopping_patience:
+                self.stopped_early_at, self.stop = self.step, True
+                self.progress.write(f"step {self.step}: no gain of {self.select} in {self.evals_without_gain} "
+                                    f"evaluations, stopping (best: step {self.best['step']})")
 
     def finish(self):
         """After the loop: the final metrics (evaluated again only if a resumed run had no step
@@ -149,11 +161,17 @@ class Run:
         if accelerator.is_main_process:
             samples = ((self.step - self.start_step) * args.per_device_train_batch_size * self.grad_accum *
                        accelerator.num_processes)
+            selected = {}
+            if self.validation:  # the test set scored with the weights chosen on the validation set
+                selected = {"validation_metrics": {k[4:]: v for k, v in self.best.items() if k.startswith("val_")},
+                            "test_metrics": {k: v for k, v in self.best.items()
+                                             if k != "step" and not k.startswith("val_")}}
             atomic_save_tensors(os.path.join(args.output_dir, "eval_logits.safetensors"), self.logits)
             atomic_write_json(os.path.join(args.output_dir, "results.json"), {
                 "task": args.task, "method": self.method, "model": args.model_name_or_path, "metrics": self.metrics,
-                "best_metrics": self.best, "log_history": self.log_history, "trainable_params": trainable,
-                "total_params": total, **extra, "train_runtime_s": self.runtime,
+                "best_metrics": self.best, **selected, "stopped_early_at_step": self.stopped_early_at,
+                "log_history": self.log_history, "trainable_params": trainable, "total_params": total, **extra,
+                "train_runtime_s": self.runtime,
                 "train_samples_per_s": samples / self.runtime if self.runtime else 0.0})
         accelerator.print(f"final {args.task} {self.method}: " +
                           " ".join(f"{k} {v:.4f}" for k, v in self.metrics.items()))

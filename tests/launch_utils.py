@@ -43,11 +43,13 @@ def free_port():
 
 
 def launch(script, config, args, timeout=900):
-    """Run `script` under `config`; returns the CompletedProcess (stdout and stderr captured)."""
-    if CONFIGS[config] is None:
+    """Run `script` under `config` (a name in CONFIGS, or accelerate launch's own arguments); returns
+    the CompletedProcess (stdout and stderr captured)."""
+    launch_args = config if isinstance(config, list) else CONFIGS[config]
+    if launch_args is None:
         cmd = [sys.executable, script]
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", *CONFIGS[config],
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_args,
                "--main_process_port", str(free_port()), script]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return subprocess.run(cmd + list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
