@@ -58,7 +58,7 @@ def test_adapters_equal_adapterhub(reference, kind, variant):
     torch.testing.assert_close(logits, theirs, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "bert"])
+@pytest.mark.parametrize("kind", ["gpt2", "bert", "llama"])  # Llama: grouped key/value heads, rotary positions
 def test_prefix_equals_peft(reference, kind):
     inputs = load_file(reference / "inputs.safetensors")
     ref = load_file(reference / f"{kind}-prefix.safetensors")

