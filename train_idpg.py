@@ -39,7 +39,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from transformers import AutoModel, get_scheduler
 
-from common.checkpoint import trainable_names
+from common.checkpoint import gathered, trainable_names
 from common.data import get_task
 from common.errors import fail, run_main, usage_errors
 from common.launch import (base_parser, check_args, count_params, freeze_backbone, load_model, make_accelerator,
@@ -59,6 +59,10 @@ def parse_args(argv=None):
                         help="PG: t learned encoder inputs replace the instance (one prompt for all inputs)")
     parser.add_argument("--generator", choices=["mlp", "phm"], default="mlp")
     parser.add_argument("--generator_hidden", type=int, default=384, help="the generator's bottleneck")
+    parser.add_argument("--generator_init", choices=["prompt", "original"], default="prompt",
+                        help="prompt: start as prompt tuning (last layer zero, its bias rows of the embedding "
+                             "table) from r at unit RMS; original: the original's generator as it was (PyTorch's "
+                             "default initialisation, raw r)")
     parser.add_argument("--phm_n", type=int, default=16, help="PHM: number of Kronecker summands")
     parser.add_argument("--prompt_layers", choices=["input", "all"], default="input",
                         help="input: S-IDPG, a prompt before the first layer; all: M-IDPG, every layer")
@@ -99,11 +103,33 @@ class PHMLinear(nn.Module):
         return x @ weight + self.bias
 
 
-def make_generator(d_enc, d, num_tokens, kind="mlp", hidden=384, phm_n=16):
-    """G: d_enc -> hidden -> t x d (MLP with ReLU, as the seed; or PHM layers with GELU, as the paper)."""
+class UnitRMS(nn.Module):
+    """r / RMS(r): the encoder's state at unit scale, whatever the model's (SmolLM2's r has an RMS
+    of about 2, a token embedding's entries about 0.14)."""
+
+    def forward(self, r):
+        return r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def make_generator(d_enc, d, num_tokens, kind="mlp", hidden=384, phm_n=16, normalize=False):
+    """G: d_enc -> hidden -> t x d (MLP with ReLU, as the seed; or PHM layers with GELU, as the paper),
+    after UnitRMS with `normalize`."""
+    first = [UnitRMS()] if normalize else []
     if kind == "mlp":
-        return nn.Sequential(nn.Linear(d_enc, hidden), nn.ReLU(), nn.Linear(hidden, num_tokens * d))
-    return nn.Sequential(PHMLinear(d_enc, hidden, phm_n), nn.GELU(), PHMLinear(hidden, num_tokens * d, phm_n))
+        return nn.Sequential(*first, nn.Linear(d_enc, hidden), nn.ReLU(), nn.Linear(hidden, num_tokens * d))
+    return nn.Sequential(*first, PHMLinear(d_enc, hidden, phm_n), nn.GELU(),
+                         PHMLinear(hidden, num_tokens * d, phm_n))
+
+
+def start_as_prompt_tuning(generator, model, num_tokens):
+    """G's last layer: zero weights, and as bias t rows of the embedding table (prompt tuning's start,
+    train_prompt.py's "vocab" init). G(r) is then that prompt for every input, and the
+    input-dependent part grows from zero as training moves the weights."""
+    last, emb = generator[-1], model.get_input_embeddings()
+    ids = torch.randint(0, model.config.vocab_size, (num_tokens,))
+    with torch.no_grad(), gathered([emb.weight]):  # the table may be partitioned (ZeRO-3): a collective
+        (last.weight if isinstance(last, nn.Linear) else last.A).zero_()
+        last.bias.copy_(emb.weight[ids].reshape(-1))
 
 
 def last_token_state(encoder, input_ids=None, attention_mask=None, inputs_embeds=None):
@@ -206,15 +232,19 @@ class IDPG(nn.Module):
 
 
 def build_idpg(model, encoder=None, *, num_tokens=20, generator="mlp", hidden=384, phm_n=16, prompt_only=False,
-               train_encoder=False, encoder_dropout=False, cache=True, prompt_layers="input"):
+               train_encoder=False, encoder_dropout=False, cache=True, prompt_layers="input", init="prompt"):
     """Wrap a loaded backbone (and encoder; None reads the backbone itself) into the IDPG of these
-    settings. Settings that cannot fit the model are a ValueError."""
+    settings. `init`: "prompt" starts as prompt tuning from r at unit scale; "original" is the
+    original's generator as it was (PyTorch's default initialisation, raw r). Settings that cannot
+    fit the model are a ValueError."""
     freeze_backbone(model)
     if encoder is not None:
         encoder.requires_grad_(train_encoder)
     d_enc, d = (encoder or model).config.hidden_size, model.config.hidden_size
     dtype = model.get_input_embeddings().weight.dtype  # ZeRO-3 + bf16 casts nothing after loading
-    g = make_generator(d_enc, d, num_tokens, generator, hidden, phm_n).to(dtype)
+    g = make_generator(d_enc, d, num_tokens, generator, hidden, phm_n, normalize=init == "prompt").to(dtype)
+    if init == "prompt":
+        start_as_prompt_tuning(g, model, num_tokens)
     # PG's inputs start small (std 0.02), as token embeddings do.
     instance = nn.Parameter(torch.randn(num_tokens, d_enc, dtype=dtype) / 50) if prompt_only else None
     layer_bias = None
@@ -255,7 +285,7 @@ def main(argv=None):
         model = build_idpg(model, encoder, num_tokens=args.num_virtual_tokens, generator=args.generator,
                            hidden=args.generator_hidden, phm_n=args.phm_n, prompt_only=args.prompt_only,
                            train_encoder=args.train_encoder, encoder_dropout=args.encoder_dropout,
-                           cache=not args.no_cache, prompt_layers=args.prompt_layers)
+                           cache=not args.no_cache, prompt_layers=args.prompt_layers, init=args.generator_init)
     names = trainable_names(model)
     trainable, total = count_params(model)
     accelerator.print(f"IDPG, {args.generator} generator, encoder {args.encoder_name_or_path}, cache "

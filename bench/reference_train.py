@@ -1,5 +1,6 @@
-"""One reference-library run for bench/accuracy.py: the same model, data, budget and learning
-rates as our script's run, with the method built by HF `peft` or AdapterHub `adapters`.
+"""One reference-library run for bench/accuracy.py and bench/accuracy_smollm2.py: the same model,
+data, budget and learning rates as our script's run, with the method built by HF `peft` or
+AdapterHub `adapters`.
 
     python bench/reference_train.py --library peft --method lora --task sst2 --seed 0 ...
 
@@ -19,6 +20,10 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.data import TASKS, TSV_FILES, Collator, read_tsv  # noqa: E402
 from common.metrics import glue_metrics  # noqa: E402
+
+
+LORA_TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}  # as train_lora.py's defaults
+HEAD = {"bert": "classifier", "llama": "score"}
 
 
 def parse_args():
@@ -49,7 +54,7 @@ def add_method(model, args):
         from peft import (LoraConfig, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TaskType,
                           get_peft_model)
         config = {"lora": lambda: LoraConfig(task_type=TaskType.SEQ_CLS, r=args.lora_r, lora_alpha=args.lora_alpha,
-                                             lora_dropout=0.0, target_modules=["query", "value"]),
+                                             lora_dropout=0.0, target_modules=LORA_TARGETS[model.config.model_type]),
                   "prefix": lambda: PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=args.num_prefix,
                                                        prefix_projection=True, encoder_hidden_size=512),
                   "prompt": lambda: PromptTuningConfig(task_type=TaskType.SEQ_CLS,
@@ -62,7 +67,7 @@ def add_method(model, args):
     config = {"houlsby": adapters.DoubleSeqBnConfig, "pfeiffer": adapters.SeqBnConfig}[args.method]
     model.add_adapter("bench", config=config(reduction_factor=args.reduction_factor))
     model.train_adapter("bench")  # freezes everything else, the HF head included
-    model.classifier.requires_grad_(True)
+    getattr(model, HEAD[model.config.model_type]).requires_grad_(True)
     return model
 
 
@@ -86,11 +91,15 @@ def main():
     folder = os.path.join(args.data_dir, task.tsv_dir)
     train = rows(os.path.join(folder, "train.tsv"), args.task, tokenizer, args.max_length)[:args.max_train_samples]
     dev = rows(os.path.join(folder, TSV_FILES[task.eval_splits[0]]), args.task, tokenizer, args.max_length)
-    collate = Collator(tokenizer.pad_token_id, tokenizer.padding_side, positions=False)
+    # peft's prompt tuning hands the model embeddings, and a decoder's classifier then reads the last
+    # position: pad on the left so that it is a real token (as train_prompt.py packs its rows).
+    side = "left" if args.method == "prompt" and model.config.model_type == "llama" else tokenizer.padding_side
+    collate = Collator(tokenizer.pad_token_id, side, positions=False)
     loader = DataLoader(train, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collate,
                         generator=torch.Generator().manual_seed(args.seed))
-    head = [p for n, p in model.named_parameters() if p.requires_grad and "classifier" in n]
-    method = [p for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n]
+    is_head = lambda name: HEAD[model.config.model_type] in name.split(".")  # noqa: E731
+    head = [p for n, p in model.named_parameters() if p.requires_grad and is_head(n)]
+    method = [p for n, p in model.named_parameters() if p.requires_grad and not is_head(n)]
     optimizer = torch.optim.AdamW([{"params": method, "lr": args.method_learning_rate},
                                    {"params": head, "lr": args.learning_rate}], weight_decay=0.0)
     steps = args.num_train_epochs * math.ceil(len(train) / args.per_device_train_batch_size)

