@@ -124,12 +124,16 @@ def add_adapters(model, variant="houlsby", m=64, train_layer_norms=False):
 def main(argv=None):
     args = parse_args(argv)
     accelerator = make_accelerator(args)
+    run = Run(args, accelerator, "adapter")  # owns OUTPUT_DIR: logs, best weights, checkpoints, results
     set_seed(args.seed)
     tokenizer, model = load_model(args, get_task(args.task))
 
     # The method: freeze the backbone, wrap each layer's places with a bottleneck adapter.
     freeze_backbone(model)
     m = args.adapter_size or model.config.hidden_size // args.reduction_factor
+    if m < 1:
+        fail(f"--reduction_factor {args.reduction_factor} leaves no bottleneck (hidden size "
+             f"{model.config.hidden_size}); use at most {model.config.hidden_size}, or --adapter_size")
     with usage_errors():  # a model type without an adapter layout: a one-line error
         wrapped = add_adapters(model, args.variant, m, args.variant == "houlsby" and not args.freeze_layer_norms)
     names = trainable_names(model)
@@ -140,8 +144,8 @@ def main(argv=None):
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, takes_position_ids(model))
     optimizer = torch.optim.AdamW(optimizer_groups(model.parameters(), args.weight_decay), lr=args.learning_rate,
                                   eps=args.adam_epsilon)
-    run = Run(args, accelerator, "adapter", len(train_loader))  # step counts, logs, best weights, checkpoints
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, run.max_steps)
+    max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, loaders))

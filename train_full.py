@@ -35,6 +35,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     accelerator = make_accelerator(args)
+    run = Run(args, accelerator, "full")  # owns OUTPUT_DIR: logs, best weights, checkpoints, results
     set_seed(args.seed)
     tokenizer, model = load_model(args, get_task(args.task))
 
@@ -46,8 +47,8 @@ def main(argv=None):
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, takes_position_ids(model))
     optimizer = torch.optim.AdamW(optimizer_groups(model.parameters(), args.weight_decay), lr=args.learning_rate,
                                   eps=args.adam_epsilon)
-    run = Run(args, accelerator, "full", len(train_loader))  # step counts, logs, best weights, checkpoints
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, run.max_steps)
+    max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, loaders))

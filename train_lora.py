@@ -202,6 +202,7 @@ def save_merged(accelerator, model, tokenizer, path):
 def main(argv=None):
     args = parse_args(argv)
     accelerator = make_accelerator(args)
+    run = Run(args, accelerator, "lora")  # owns OUTPUT_DIR: logs, best weights, checkpoints, results
     set_seed(args.seed)
     tokenizer, model = load_model(args, get_task(args.task))
 
@@ -219,8 +220,8 @@ def main(argv=None):
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, takes_position_ids(model))
     optimizer = torch.optim.AdamW(optimizer_groups(model.parameters(), args.weight_decay), lr=args.learning_rate,
                                   eps=args.adam_epsilon)
-    run = Run(args, accelerator, "lora", len(train_loader))  # step counts, logs, best weights, checkpoints
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, run.max_steps)
+    max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, loaders))

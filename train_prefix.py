@@ -109,8 +109,9 @@ class PrefixTuning(nn.Module):
 def main(argv=None):
     args = parse_args(argv)
     accelerator = make_accelerator(args)
+    run = Run(args, accelerator, "prefix")  # owns OUTPUT_DIR: logs, best weights, checkpoints, results
     set_seed(args.seed)
-    tokenizer, model = load_model(args, get_task(args.task))
+    tokenizer, model = load_model(args, get_task(args.task), extra_positions=args.num_prefix)
 
     # The method: freeze the backbone; every attention layer reads p trained key/value pairs first.
     with usage_errors():  # a model whose attention reads no cache: a one-line error
@@ -128,8 +129,8 @@ def main(argv=None):
     optimizer = torch.optim.AdamW([*optimizer_groups(prefix, args.weight_decay, lr=args.prefix_learning_rate),
                                    *optimizer_groups(head, args.weight_decay)], lr=args.learning_rate,
                                   eps=args.adam_epsilon)
-    run = Run(args, accelerator, "prefix", len(train_loader))  # step counts, logs, best weights, checkpoints
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, run.max_steps)
+    max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, loaders))

@@ -97,8 +97,9 @@ class PromptTuning(nn.Module):
 def main(argv=None):
     args = parse_args(argv)
     accelerator = make_accelerator(args)
+    run = Run(args, accelerator, "prompt")  # owns OUTPUT_DIR: logs, best weights, checkpoints, results
     set_seed(args.seed)
-    tokenizer, model = load_model(args, get_task(args.task))
+    tokenizer, model = load_model(args, get_task(args.task), extra_positions=args.num_virtual_tokens)
 
     # The method: freeze the backbone, put a trainable prompt before the input embeddings.
     freeze_backbone(model)
@@ -115,8 +116,8 @@ def main(argv=None):
     optimizer = torch.optim.AdamW([{"params": [model.prompt], "lr": args.prompt_learning_rate, "weight_decay": 0.0},
                                    *optimizer_groups(head, args.weight_decay)], lr=args.learning_rate,
                                   eps=args.adam_epsilon)
-    run = Run(args, accelerator, "prompt", len(train_loader))  # step counts, logs, best weights, checkpoints
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, run.max_steps)
+    max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, loaders))

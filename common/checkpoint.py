@@ -5,6 +5,7 @@ a half-written file where a finished one is expected.
 """
 import glob
 import json
+import math
 import os
 import shutil
 
@@ -20,8 +21,20 @@ def atomic_write_text(path, text):
     os.replace(tmp, path)
 
 
+def finite(obj):
+    """obj with every nan or infinite float replaced by None: JSON has no NaN (json.dumps would
+    write a bare NaN that other readers refuse)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(finite(obj), indent=2, allow_nan=False) + "\n")
 
 
 def atomic_save_tensors(path, tensors):
@@ -76,9 +89,10 @@ def load_trainable(model, path):
     return list(state)
 
 
-def save_checkpoint(accelerator, output_dir, step, extra):
+def save_checkpoint(accelerator, output_dir, step, extra, files=None):
     """A resumable checkpoint (model, optimizer, scheduler, RNG, and `extra` such as the step)
-    at OUTPUT_DIR/checkpoints/step_N, written under a temporary name and renamed when complete."""
+    at OUTPUT_DIR/checkpoints/step_N, written under a temporary name and renamed when complete.
+    `files` {name: path}: files to keep as they are now (hard-linked: no copy until they change)."""
     final = os.path.join(output_dir, "checkpoints", f"step_{step}")
     tmp = final + ".tmp"
     if accelerator.is_main_process and os.path.exists(tmp):
@@ -86,6 +100,11 @@ def save_checkpoint(accelerator, output_dir, step, extra):
     accelerator.wait_for_everyone()
     accelerator.save_state(tmp)
     if accelerator.is_main_process:
+        for name, path in (files or {}).items():
+            try:
+                os.link(path, os.path.join(tmp, name))  # the file is replaced, never rewritten, so this is a snapshot
+            except OSError:
+                shutil.copyfile(path, os.path.join(tmp, name))
         atomic_write_json(os.path.join(tmp, "trainer_state.json"), extra)
         if os.path.exists(final):
             shutil.rmtree(final)
@@ -102,7 +121,11 @@ def find_checkpoint(output_dir, which):
     return which if os.path.exists(os.path.join(which, "trainer_state.json")) else None
 
 
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def load_checkpoint(accelerator, path):
     accelerator.load_state(path)
-    with open(os.path.join(path, "trainer_state.json")) as f:
-        return json.load(f)
+    return read_json(os.path.join(path, "trainer_state.json"))

@@ -4,6 +4,7 @@ Labels follow the hub dataset `nyu-mll/glue` (for example MNLI: entailment 0, ne
 contradiction 2); STS-B is a regression with one output. Unlabeled test rows get label -1.
 """
 import csv
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -63,42 +64,74 @@ def get_task(name):
     return TASKS[name]
 
 
-def read_tsv(task_name, path):
-    """One GLUE TSV file as a dict of hub-style columns (texts, label, idx).
+def read_tsv(task_name, path, labeled=True):
+    """One GLUE TSV file as a dict of hub-style columns (texts, label, idx). `labeled`: the file
+    must hold a valid label on every row (train and dev); test files have none (label -1).
 
     GLUE's files hold bare double quotes, so they are read with quoting off. CoLA's train/dev
-    have no header; MRPC's header starts with a byte-order mark. Test files have no label.
-    """
+    have no header (a first row naming a "sentence" column is one); MRPC's header starts with a
+    byte-order mark. Anything else that does not fit (a row with another number of fields, a label
+    outside the task's set, an empty file, bytes that are not UTF-8) is a UsageError naming the
+    file and the line."""
     task = TASKS[task_name]
     csv.field_size_limit(sys.maxsize)
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    header = [h.strip() for h in rows[0]]
-    if isinstance(task.tsv_columns[0], int) and "sentence" not in header:  # CoLA train/dev
-        columns, body = task.tsv_columns, rows
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = [(n, r) for n, r in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1) if r]
+    except UnicodeDecodeError as e:
+        line = open(path, "rb").read()[:e.start].count(b"\n") + 1
+        raise UsageError(f"{path}, line {line}: byte 0x{e.object[e.start]:02x} is not UTF-8; "
+                         "save the file as UTF-8") from None
+    if not rows:
+        raise UsageError(f"{path} is empty; it must hold GLUE's {task.tsv_dir} rows")
+    header = [h.strip() for h in rows[0][1]]
+    positional = isinstance(task.tsv_columns[0], int)  # CoLA: source, label, original label, sentence
+    if positional and "sentence" not in header:
+        columns, body, width = task.tsv_columns, rows, 4
     else:
-        names = task.tsv_columns if not isinstance(task.tsv_columns[0], int) else ("sentence", "label")
-        columns = [header.index(n) if n in header else None for n in names]
-        body = rows[1:]
-        if None in columns[:-1]:
-            raise UsageError(f"{path}: expected columns {names[:-1]} in the header, found {header}")
-    out = {key: [r[c] for r in body] for key, c in zip(task.text_keys, columns)}
-    label_col = columns[-1]
-    raw = [r[label_col] for r in body] if label_col is not None else [None] * len(body)
-    out["label"] = [_label(task, x) for x in raw]
+        names = ("sentence", "label") if positional else task.tsv_columns
+        if not set(names[:-1]) <= set(header):
+            raise UsageError(f"{path}, line 1: expected a header with the columns {', '.join(names[:-1])}, "
+                             f"found {header[:6]}")
+        columns, body, width = [header.index(n) if n in header else None for n in names], rows[1:], len(header)
+    if not body:
+        raise UsageError(f"{path} has no rows after its header")
+    for line, row in body:
+        if len(row) != width:
+            raise UsageError(f"{path}, line {line}: {len(row)} fields where the header has {width} "
+                             "(a tab inside a text?)")
+    out = {key: [r[c] for _, r in body] for key, c in zip(task.text_keys, columns)}
+    if columns[-1] is None and labeled:
+        raise UsageError(f"{path}: no label column ('{task.tsv_columns[-1]}'); a train or dev file needs one")
+    out["label"] = [_label(task, r[columns[-1]], path, line) if labeled else (-1.0 if task.is_regression else -1)
+                    for line, r in body]
     idx_col = header.index("index") if "index" in header else None
-    out["idx"] = [int(r[idx_col]) if idx_col is not None else i for i, r in enumerate(body)]
+    out["idx"] = [i if idx_col is None else _index(r[idx_col], path, line) for i, (line, r) in enumerate(body)]
     return out
 
 
-def _label(task, raw):
-    if raw is None or raw == "":
-        return -1.0 if task.is_regression else -1
+def _label(task, raw, path, line):
+    """A label in the hub's encoding: the class id (from its name or its number), or STS-B's score."""
     if task.is_regression:
-        return float(raw)
+        try:
+            score = float(raw)
+        except ValueError:
+            score = math.nan
+        if not 0.0 <= score <= 5.0:  # also refuses nan and inf
+            raise UsageError(f"{path}, line {line}: STS-B's score must be a number from 0 to 5, got '{raw}'")
+        return score
     if raw in task.label_names:
         return task.label_names.index(raw)
-    return int(raw)  # CoLA, SST-2, MRPC, QQP, WNLI store the hub's integer already
+    if raw.strip().isdigit() and int(raw) < task.num_labels:  # CoLA, SST-2, MRPC, QQP, WNLI store the id
+        return int(raw)
+    raise UsageError(f"{path}, line {line}: label '{raw}' is not one of {', '.join(task.label_names)} "
+                     f"(or 0-{task.num_labels - 1})")
+
+
+def _index(raw, path, line):
+    if not raw.strip().isdigit():
+        raise UsageError(f"{path}, line {line}: the index column holds '{raw[:40]}', not a row number")
+    return int(raw)
 
 
 def load_glue(task_name, data_dir=None):
@@ -119,7 +152,7 @@ def load_glue(task_name, data_dir=None):
     for split in splits:
         path = os.path.join(data_dir, task.tsv_dir, TSV_FILES[split])
         if os.path.exists(path):
-            out[split] = datasets.Dataset.from_dict(read_tsv(task_name, path))
+            out[split] = datasets.Dataset.from_dict(read_tsv(task_name, path, labeled=split not in task.test_splits))
         elif split in ("train", task.eval_splits[0]):
             dev = TSV_FILES[task.eval_splits[0]]
             raise UsageError(f"missing {path}: --data_dir must hold GLUE's TSV layout "
@@ -138,11 +171,17 @@ def _first_line(e):
 
 
 def tokenize(dataset, task_name, tokenizer, max_length):
-    """Token ids (truncated to max_length, not padded) plus label and idx."""
+    """Token ids (truncated to max_length, not padded) plus label and idx.
+
+    A text is first cut to 100 (max_length + 1) characters: the tokens kept are the same (no
+    vocabulary we know has a token of 100 characters), and the tokenizer's memory stays bounded
+    whatever the input (truncating a long pair costs it memory that grows with the square of
+    the length: 23 GB for a pair of 15k and 12k words)."""
     keys = TASKS[task_name].text_keys
+    chars = 100 * (max_length + 1)
 
     def encode(batch):
-        enc = tokenizer(*[batch[k] for k in keys], truncation=True, max_length=max_length)
+        enc = tokenizer(*[[t[:chars] for t in batch[k]] for k in keys], truncation=True, max_length=max_length)
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                 **({"token_type_ids": enc["token_type_ids"]} if "token_type_ids" in enc else {})}
 

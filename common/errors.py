@@ -5,11 +5,17 @@ into any program. Only argument checking and a script's main() turn them into th
 error, and only `run_main` ends the process.
 """
 import contextlib
+import os
+import signal
 import sys
 
 
 class UsageError(Exception):
     """Bad input or settings; the message says what to do."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler stopping the job, `kill`), raised where the program is, like Ctrl-C."""
 
 
 def fail(message):
@@ -26,18 +32,35 @@ def usage_errors():
         raise UsageError(str(e)) from None
 
 
+# What an interrupted run says about its last checkpoint; the run (common/run.py) keeps it current.
+NO_CHECKPOINT = "no checkpoint was written (--checkpointing_steps N saves them)"
+resume_note = NO_CHECKPOINT
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def run_main(main):
-    """Run a script's main() as a command: a UsageError prints its one line and exits 2, and the
-    process group is destroyed on every way out (else a gloo rank can abort at interpreter exit)."""
-    code = 0
+    """Run a script's main() as a command. A UsageError prints its one line and exits 2; Ctrl-C
+    and SIGTERM print one line saying where the last checkpoint is and exit 130 and 143, without
+    a traceback. The process group is destroyed on every way out (else a gloo rank can abort at
+    interpreter exit). Under a distributed launch only the first process prints."""
+    signal.signal(signal.SIGTERM, _terminate)
+    code, message = 0, None
     try:
         main()
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        code = 2
+        code, message = 2, f"error: {e}"
+    except KeyboardInterrupt:
+        code, message = 130, f"interrupted: {resume_note}"
+    except Terminated:
+        code, message = 143, f"terminated: {resume_note}"
     finally:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+    if message and os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
     sys.exit(code)

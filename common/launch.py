@@ -59,6 +59,11 @@ def base_parser(description):
                    help="a checkpoint folder (OUTPUT_DIR/checkpoints/step_N), or 'latest'")
     p.add_argument("--do_predict", action="store_true",
                    help="write GLUE submission files for the test split(s) when they have been provided")
+    p.add_argument("--ignore_mismatched_sizes", action="store_true",
+                   help="start a new classification head when the model's has another number of outputs")
+    p.add_argument("--logging_steps", type=int, default=10,
+                   help="show the mean training loss every N steps (a host sync; a nan or infinite loss stops the "
+                        "run there)")
     p.add_argument("--with_tracking", action="store_true", help="log metrics with --report_to")
     p.add_argument("--report_to", default="tensorboard", help="tensorboard (works offline), wandb, all, ...")
     return p
@@ -73,7 +78,7 @@ def check_args(args, script):
         fail(f"--learning_rate must be positive, got {args.learning_rate}")
     for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
                  "max_train_steps", "max_train_samples", "max_eval_samples", "eval_steps", "validation_size",
-                 "early_stopping_patience"):
+                 "early_stopping_patience", "logging_steps"):
         value = getattr(args, name)
         if value is not None and value < 1:
             fail(f"--{name} must be at least 1, got {value}")
@@ -86,6 +91,15 @@ def check_args(args, script):
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         fail(f"--data_dir {args.data_dir} is not a folder; point it at GLUE's TSV layout (DIR/RTE/train.tsv)")
     args.output_dir = args.output_dir or os.path.join("runs", f"{script}-{args.task}")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        fail(f"--output_dir {args.output_dir} is a file; pass a folder")
+    try:  # can this process write there? (the folder is made if need be)
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, f".probe{os.getpid()}"), "w"):
+            pass
+        os.remove(os.path.join(args.output_dir, f".probe{os.getpid()}"))
+    except OSError as e:
+        fail(f"cannot write to --output_dir {args.output_dir} ({e.strerror}); pass a folder you can write to")
     if (os.path.exists(os.path.join(args.output_dir, "results.json")) and not args.overwrite_output_dir
             and args.resume_from_checkpoint is None):
         fail(f"{args.output_dir} holds another run's results.json; pass --overwrite_output_dir, "
@@ -118,17 +132,28 @@ def make_accelerator(args):
     )
 
 
-def load_model(args, task, model_class=None, **kwargs):
-    """Tokenizer and sequence-classification model, with a pad token set on both."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_model(args, task, extra_positions=0):
+    """Tokenizer and sequence-classification model, with a pad token set on both. `extra_positions`:
+    the positions a method puts before the input (a prompt, a prefix)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    model_class = model_class or AutoModelForSequenceClassification
     name = args.model_name_or_path
     try:
+        positions = getattr(AutoConfig.from_pretrained(name), "max_position_embeddings", None)
+        if positions and args.max_length + extra_positions > positions:
+            raise UsageError(f"--max_length {args.max_length}" + (f" + {extra_positions} method positions" if
+                             extra_positions else "") + f" is more than the {positions} positions of '{name}'; "
+                             f"use --max_length {positions - extra_positions} or less")
         tokenizer = AutoTokenizer.from_pretrained(name)
         labels = {} if task.is_regression else {"id2label": dict(enumerate(task.label_names)),
                                                 "label2id": {n: i for i, n in enumerate(task.label_names)}}
-        model = model_class.from_pretrained(name, num_labels=task.num_labels, **labels, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name, num_labels=task.num_labels, ignore_mismatched_sizes=args.ignore_mismatched_sizes, **labels)
+    except RuntimeError as e:
+        if "ignore_mismatched_sizes" not in str(e):
+            raise
+        raise UsageError(f"'{name}' has a classification head of another size than --task {args.task} needs "
+                         f"({task.num_labels} outputs); pass --ignore_mismatched_sizes to start a new head") from None
     except OSError as e:
         hint = ("HF_HUB_OFFLINE=1 is set: pass a local model directory or unset it"
                 if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")

@@ -1,12 +1,15 @@
-"""The bookkeeping between training steps, written once for every train_*.py: step counts, the
-running loss, evaluation, the log, the best weights, resumable checkpoints and results.json.
+"""The bookkeeping of a training run, written once for every train_*.py: the output folder it owns,
+step counts, the running loss, evaluation, the log, the best weights, resumable checkpoints and
+results.json.
 
 A script's loop keeps what a reader must see (the step math: accumulate, backward, optimizer and
-scheduler steps) and calls a Run after each batch:
+scheduler steps) and calls a Run around it:
 
-    run = Run(args, accelerator, "lora", len(train_loader))   # before prepare: run.max_steps for the scheduler
+    run = Run(args, accelerator, "lora")                 # claims OUTPUT_DIR before any work
+    ...
+    max_steps = run.count_steps(len(train_loader))       # before prepare: for the scheduler
     ... accelerator.prepare(...)
-    run.begin(model, eval_loaders, names)                     # after prepare: resumes a checkpoint
+    run.begin(model, eval_loaders, names)                # after prepare: resumes a checkpoint
     for epoch in run.epochs():
         model.train()
         train_loader.set_epoch(epoch)
@@ -14,74 +17,176 @@ scheduler steps) and calls a Run after each batch:
             ... the step ...
             run.add_loss(loss)
             if accelerator.sync_gradients:
-                run.step_done()                                # evaluate, save best/checkpoint when due
+                run.step_done()                          # evaluate, save best/checkpoint when due
             if run.stop:
                 break
-    run.finish()                                               # trainable.safetensors, predictions
-    run.close(trainable, total)                                # results.json
+    run.finish()                                         # trainable.safetensors, predictions
+    run.close(trainable, total)                          # results.json
 """
+import glob
 import math
 import os
+import shutil
+import socket
 import time
+import uuid
 
 import torch
 from tqdm.auto import tqdm
 
+from common import errors
 from common.checkpoint import (atomic_save_tensors, atomic_write_json, find_checkpoint, load_checkpoint,
-                               save_checkpoint, save_trainable)
+                               read_json, save_checkpoint, save_trainable)
 from common.data import TASKS
 from common.errors import UsageError
 from common.launch import evaluate, write_predictions
+
+# Flags that change how a run is done, not what it computes: everything else is the run's identity,
+# which a checkpoint records and a resume must match.
+OPERATIONAL = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "checkpointing_steps", "with_tracking",
+               "report_to", "do_predict", "per_device_eval_batch_size", "data_dir", "merge_and_save", "logging_steps",
+               "no_cache"}
+# What a run writes in OUTPUT_DIR, removed by --overwrite_output_dir (nothing else there is touched).
+OUTPUTS = ("checkpoints", "best", "results.json", "eval_logits.safetensors", "trainable.safetensors", "predictions",
+           "peft", "prefix.safetensors", "args.json")
+
+
+def identity(args, method):
+    return {"method": method, **{k: v for k, v in sorted(vars(args).items()) if k not in OPERATIONAL}}
+
+
+def differences(saved, ours):
+    """The flags in which two identities differ, as `--name value` pairs."""
+    show = lambda who, k: f"--{k} {who.get(k)}" if k != "method" else f"train_{who.get(k)}.py"  # noqa: E731
+    keys = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
+    return " ".join(show(saved, k) for k in keys), " ".join(show(ours, k) for k in keys)
 
 
 class Run:
     """One training run in OUTPUT_DIR: what has happened so far, and the files that record it."""
 
-    def __init__(self, args, accelerator, method, batches_per_epoch):
+    def __init__(self, args, accelerator, method):
+        """Claim OUTPUT_DIR (a lock file with this process's pid) and check that it is free for this
+        run: not written by a running run, not holding another run's checkpoints (unless
+        --overwrite_output_dir, which removes them), and that a checkpoint to resume was written by
+        a run with the same flags. Every rank gets the same verdict."""
+        from accelerate.utils import broadcast_object_list
+
         self.args, self.accelerator, self.method, self.task = args, accelerator, method, TASKS[args.task]
-        # Optimizer steps per epoch: the prepared loader gives each process 1/num_processes of the batches,
-        # and a step accumulates gradient_accumulation_steps of them (the epoch's last, shorter group steps too).
-        self.grad_accum = accelerator.gradient_accumulation_steps
-        self.steps_per_epoch = math.ceil(math.ceil(batches_per_epoch / accelerator.num_processes) / self.grad_accum)
-        self.max_steps = args.max_train_steps or args.num_train_epochs * self.steps_per_epoch
-        self.num_epochs = math.ceil(self.max_steps / self.steps_per_epoch)
-        self.eval_every = args.eval_steps or self.steps_per_epoch
-        self.checkpoint_every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
+        self.identity, self.run_id = identity(args, method), uuid.uuid4().hex[:12]
+        self.checkpoint = self.last_checkpoint = None
+        errors.resume_note = errors.NO_CHECKPOINT
+        verdict = [None]
+        try:
+            if args.resume_from_checkpoint:
+                self.checkpoint = self.check_resume(args.resume_from_checkpoint)
+            if accelerator.is_main_process:
+                self.claim(args.output_dir, args.overwrite_output_dir)
+        except UsageError as e:
+            verdict = [str(e)]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(verdict)
+        if verdict[0]:
+            raise UsageError(verdict[0])
+        if accelerator.is_main_process:
+            atomic_write_json(os.path.join(args.output_dir, "args.json"), vars(args))
+        if args.with_tracking:
+            config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+            accelerator.init_trackers(f"train_{method}", config)
         # The metric that picks best/ and stops early: the validation set's when there is one.
         self.validation = args.validation_size is not None or args.validation_dev_half
         self.select = ("val_" if self.validation else "") + self.task.metric
         self.step, self.log_history, self.best = 0, [], {}  # the checkpointed state (state_dict)
         self.evals_without_gain, self.stopped_early_at = 0, None
         self.stop, self.metrics, self.logits = False, None, None
-        if accelerator.is_main_process:
-            atomic_write_json(os.path.join(args.output_dir, "args.json"), vars(args))
-        if args.with_tracking:
-            config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
-            accelerator.init_trackers(f"train_{method}", config)
+
+    def check_resume(self, which):
+        path = find_checkpoint(self.args.output_dir, which)
+        if path is None:
+            raise UsageError(f"no checkpoint at '{which}'; pass OUTPUT_DIR/checkpoints/step_N or 'latest'")
+        saved = read_json(os.path.join(path, "trainer_state.json")).get("identity", {})
+        if saved != self.identity:
+            theirs, ours = differences(saved, self.identity)
+            raise UsageError(f"{path} was written by a run with {theirs}; this run has {ours}: resume with the "
+                             "same flags, or start a new run in another --output_dir")
+        return path
+
+    def claim(self, output_dir, overwrite):
+        """Main process: take OUTPUT_DIR's lock (a dead process's lock is taken over), then refuse or
+        clear another run's checkpoints."""
+        lock, me = os.path.join(output_dir, ".lock"), {"pid": os.getpid(), "host": socket.gethostname()}
+        os.makedirs(output_dir, exist_ok=True)
+        for _ in range(2):
+            try:
+                with open(lock, "x") as f:  # exclusive: of two runs starting at once, one gets it
+                    f.write(f"{me['pid']} {me['host']} {self.run_id}\n")
+                break
+            except FileExistsError:
+                pid, host = (open(lock).read().split() + ["0", ""])[:2]
+                if host == me["host"] and int(pid) != me["pid"] and alive(int(pid)):
+                    raise UsageError(f"another run (pid {pid}) is writing to {output_dir}: wait for it to end, "
+                                     "or pass another --output_dir") from None
+                os.remove(lock)  # the lock of a process that is gone (or of an earlier run in this one)
+        self.lock = lock
+        found = glob.glob(os.path.join(output_dir, "checkpoints", "step_*[0-9]"))
+        ours = self.checkpoint and os.path.realpath(os.path.dirname(os.path.dirname(self.checkpoint))) == \
+            os.path.realpath(output_dir)
+        if found and not ours and not overwrite:
+            newest = max(found, key=lambda p: int(p.rsplit("_", 1)[1]))
+            raise UsageError(f"{output_dir} holds another run's checkpoints ({newest}); resume it with "
+                             "--resume_from_checkpoint latest, or pass --overwrite_output_dir or another --output_dir")
+        if overwrite and not ours:  # remove what an earlier run left, so that none of it passes for this run's
+            for name in OUTPUTS:
+                path = os.path.join(output_dir, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+
+    def count_steps(self, batches_per_epoch):
+        """The run's length in optimizer steps, for the scheduler; call before prepare."""
+        # The prepared loader gives each process 1/num_processes of the batches, and a step accumulates
+        # gradient_accumulation_steps of them (the epoch's last, shorter group steps too).
+        self.grad_accum = self.accelerator.gradient_accumulation_steps
+        self.steps_per_epoch = math.ceil(math.ceil(batches_per_epoch / self.accelerator.num_processes) /
+                                         self.grad_accum)
+        self.max_steps = self.args.max_train_steps or self.args.num_train_epochs * self.steps_per_epoch
+        self.num_epochs = math.ceil(self.max_steps / self.steps_per_epoch)
+        self.eval_every = self.args.eval_steps or self.steps_per_epoch
+        return self.max_steps
 
     def state_dict(self):
-        """What a checkpoint stores beside the model, optimizer, scheduler and RNG states."""
+        """What a checkpoint stores beside the model, optimizer, scheduler and RNG states (every rank
+        calls it: the loss since the last evaluation is averaged over the ranks, a collective)."""
         return {"step": self.step, "log_history": self.log_history, "best_metrics": self.best,
-                "evals_without_gain": self.evals_without_gain, "stopped_early_at_step": self.stopped_early_at}
+                "evals_without_gain": self.evals_without_gain, "stopped_early_at_step": self.stopped_early_at,
+                "loss_sum": self.accelerator.reduce(self.loss_sum, "mean").item(), "loss_count": self.loss_count,
+                "identity": self.identity, "run_id": self.run_id}
 
     def load_state_dict(self, state):
         self.step, self.log_history, self.best = state["step"], state["log_history"], state["best_metrics"]
         self.evals_without_gain, self.stopped_early_at = state["evals_without_gain"], state["stopped_early_at_step"]
+        self.loss_sum = torch.tensor(state["loss_sum"], device=self.accelerator.device)
+        self.loss_count = state["loss_count"]
 
     def begin(self, model, eval_loaders, names, forward=None):
-        """Start (or, with --resume_from_checkpoint, continue) training the prepared `model`.
+        """Start (or continue the checkpoint of --resume_from_checkpoint) training the prepared `model`.
         `names`: the trainable parameters to save; `forward(batch) -> logits` for evaluation."""
         self.model, self.eval_loaders, self.names, self.forward = model, eval_loaders, names, forward
-        if self.args.resume_from_checkpoint:
-            path = find_checkpoint(self.args.output_dir, self.args.resume_from_checkpoint)
-            if path is None:
-                raise UsageError(f"no checkpoint at '{self.args.resume_from_checkpoint}'; "
-                                 "pass OUTPUT_DIR/checkpoints/step_N or 'latest'")
-            self.load_state_dict(load_checkpoint(self.accelerator, path))
-            self.accelerator.print(f"resumed from {path} at step {self.step}")
+        self.loss_sum, self.loss_count = torch.zeros((), device=self.accelerator.device), 0  # since the last evaluation
+        if self.checkpoint:
+            self.load_state_dict(load_checkpoint(self.accelerator, self.checkpoint))
+            kept = os.path.join(self.checkpoint, "best.safetensors")  # best/ as it was at the checkpoint
+            if self.accelerator.is_main_process and os.path.exists(kept):
+                best = os.path.join(self.args.output_dir, "best", "trainable.safetensors")
+                os.makedirs(os.path.dirname(best), exist_ok=True)
+                shutil.copyfile(kept, best + ".tmp")  # a new file: the checkpoint's stays as it is
+                os.replace(best + ".tmp", best)
+            self.noted(self.checkpoint)
+            self.accelerator.print(f"resumed from {self.checkpoint} at step {self.step}")
         self.stop = self.step >= self.max_steps or self.stopped_early_at is not None
         self.start_step, self.start_time = self.step, time.perf_counter()
-        self.loss_sum, self.loss_count = torch.zeros((), device=self.accelerator.device), 0
+        self.window_sum = torch.zeros((), device=self.accelerator.device)  # since the last log line
         self.progress = tqdm(total=self.max_steps, initial=self.step,
                              disable=not self.accelerator.is_local_main_process)
 
@@ -98,23 +203,46 @@ class Run:
         return self.accelerator.skip_first_batches(train_loader, done) if done else train_loader
 
     def add_loss(self, loss):
-        """Count one batch's loss (kept on the device: NCCL can only reduce device tensors)."""
-        self.loss_sum, self.loss_count = self.loss_sum + loss.detach().float(), self.loss_count + 1
-        self.last_loss = loss
+        """Count one batch's loss, on the device: no host sync here (NCCL also reduces only device tensors)."""
+        loss = loss.detach().float()
+        self.loss_sum, self.loss_count = self.loss_sum + loss, self.loss_count + 1
+        self.window_sum = self.window_sum + loss
 
     def step_done(self):
-        """After an optimizer step: evaluate, save the best weights and a checkpoint when due."""
+        """After an optimizer step: show the loss every --logging_steps steps, evaluate, save the best
+        weights and a checkpoint when due."""
         self.step += 1
         self.progress.update(1)
-        self.progress.set_postfix(loss=f"{self.last_loss.item():.4f}")
+        if self.step % self.args.logging_steps == 0:  # the loop's one host sync between evaluations
+            window = self.check_finite(self.window_sum) / (self.args.logging_steps * self.grad_accum)
+            self.progress.set_postfix(loss=f"{window:.4f}")
+            self.window_sum = torch.zeros_like(self.window_sum)
         if self.step % self.eval_every == 0 or self.step == self.max_steps:
             self.evaluate()
-        every_n = self.checkpoint_every and self.step % self.checkpoint_every == 0
-        epoch_end = (self.args.checkpointing_steps == "epoch" and self.step % self.steps_per_epoch == 0
-                     and self.step < self.max_steps)
+        every = self.args.checkpointing_steps
+        every_n = every not in (None, "epoch") and self.step % int(every) == 0
+        epoch_end = every == "epoch" and self.step % self.steps_per_epoch == 0 and self.step < self.max_steps
         if every_n or epoch_end:
-            save_checkpoint(self.accelerator, self.args.output_dir, self.step, self.state_dict())
+            self.check_finite(self.loss_sum)
+            best = os.path.join(self.args.output_dir, "best", "trainable.safetensors")
+            path = save_checkpoint(self.accelerator, self.args.output_dir, self.step, self.state_dict(),
+                                   files={"best.safetensors": best} if self.best else None)
+            self.noted(path)
         self.stop = self.stop or self.step >= self.max_steps
+
+    def check_finite(self, loss_sum):
+        """The loss so far as a float, or a one-line stop if it is nan or infinite (before anything is
+        saved: no nan weights on disk)."""
+        value = loss_sum.item()
+        if not math.isfinite(value):
+            raise UsageError(f"the training loss is {value} at step {self.step}: the run stopped; "
+                             f"{errors.resume_note}. Try a lower --learning_rate")
+        return value
+
+    def noted(self, path):
+        """Remember the last checkpoint, for the line an interrupted or failed run prints."""
+        self.last_checkpoint = path
+        errors.resume_note = f"the last checkpoint is {path} (resume with --resume_from_checkpoint latest)"
 
     def evaluate(self):
         """Every eval split and the validation set; log the metrics with the mean training loss since
@@ -122,7 +250,8 @@ class Run:
         improves, and stop after --early_stopping_patience evaluations without a gain."""
         args, accelerator = self.args, self.accelerator
         self.metrics, self.logits = evaluate(self.model, self.eval_loaders, accelerator, args.task, self.forward)
-        train_loss = accelerator.reduce(self.loss_sum, "mean").item() / max(self.loss_count, 1)
+        total = self.check_finite(accelerator.reduce(self.loss_sum, "mean"))
+        train_loss = total / max(self.loss_count, 1)
         self.loss_sum, self.loss_count = torch.zeros_like(self.loss_sum), 0
         epoch = (self.step - 1) // self.steps_per_epoch
         self.log_history.append({"step": self.step, "epoch": epoch, "train_loss": train_loss, **self.metrics})
@@ -156,7 +285,7 @@ class Run:
 
     def close(self, trainable, total, **extra):
         """results.json (the output contract every script follows) and the final eval logits;
-        print the final line; close the trackers and the process group."""
+        print the final line; close the trackers and the process group; free OUTPUT_DIR."""
         args, accelerator = self.args, self.accelerator
         if accelerator.is_main_process:
             samples = ((self.step - self.start_step) * args.per_device_train_batch_size * self.grad_accum *
@@ -173,6 +302,17 @@ class Run:
                 "log_history": self.log_history, "trainable_params": trainable, "total_params": total, **extra,
                 "train_runtime_s": self.runtime,
                 "train_samples_per_s": samples / self.runtime if self.runtime else 0.0})
+            os.remove(self.lock)
         accelerator.print(f"final {args.task} {self.method}: " +
                           " ".join(f"{k} {v:.4f}" for k, v in self.metrics.items()))
         accelerator.end_training()  # closes the trackers and the process group
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

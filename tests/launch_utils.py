@@ -69,6 +69,20 @@ def run_in_process(script, args):
         GradientState._reset_state()
 
 
+def cli(script, args):
+    """`python script.py args` without the interpreter start: the script's main() under run_main,
+    as its `if __name__ == "__main__"` runs it. Returns (exit status, stderr)."""
+    import contextlib
+    import io
+
+    from common.errors import run_main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
+        run_main(lambda: run_in_process(script, args))
+    return e.value.code, err.getvalue()
+
+
 def check_ok(proc):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
