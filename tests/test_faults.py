@@ -273,16 +273,24 @@ def test_resume_is_bitwise_equal_for_every_script(script, tiny_gpt2, glue_dir, t
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow  # three fresh processes, about 30 s; the in-process resume test above runs by default
 def test_kill_9_then_resume_is_bitwise_equal(tiny_gpt2, glue_dir, tmp_path):
     """A real kill -9 in the middle of a run (after its checkpoint at step 4), then resume 'latest'
-    in the same folder: the dead run's lock is taken over and the end is the uninterrupted run's."""
+    in the same folder: the dead run's lock is taken over and the end is the uninterrupted run's.
+    All three runs are fresh processes with one thread: the same float sums, whatever this process
+    (or the machine's core count) would have chosen."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     extra = {"max_train_samples": 96, "num_train_epochs": 3, "checkpointing_steps": 4, "lora_r": 4}
-    run_in_process("train_lora.py", args_for(tiny_gpt2, glue_dir, whole, **extra))
-    threads = str(torch.get_num_threads())  # as this process, where the other runs go: the same float sums
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+    def run(out, **more):  # to the end
+        command = [sys.executable, "train_lora.py", *args_for(tiny_gpt2, glue_dir, str(out), **extra, **more)]
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    run(whole)
     proc = subprocess.Popen([sys.executable, "train_lora.py", *args_for(tiny_gpt2, glue_dir, str(killed), **extra)],
-                            cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS=threads), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(600):
         if (killed / "checkpoints" / "step_4").exists():
             break
@@ -290,7 +298,7 @@ def test_kill_9_then_resume_is_bitwise_equal(tiny_gpt2, glue_dir, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "results.json").exists()
-    run_in_process("train_lora.py", args_for(tiny_gpt2, glue_dir, killed, **extra, resume_from_checkpoint="latest"))
+    run(killed, resume_from_checkpoint="latest")
     a, b = results(whole), results(killed)
     assert a["log_history"] == b["log_history"]
     wa, wb = load_file(whole / "trainable.safetensors"), load_file(killed / "trainable.safetensors")
