@@ -22,16 +22,21 @@ Adapters go in by wrapping modules of each layer (never by editing model classes
     python train_adapter.py --task rte --variant houlsby
     accelerate launch --config_file accelerate_configs/zero3.yaml train_adapter.py --task rte --variant pfeiffer
 """
+import json
+import os
+import re
+
 import torch
 from accelerate.utils import set_seed
+from safetensors.torch import load_file
 from torch import nn
 from transformers import get_scheduler
 
-from common.checkpoint import trainable_names
+from common.checkpoint import atomic_save_tensors, atomic_write_text, trainable_names
 from common.data import get_task
 from common.errors import fail, run_main, usage_errors
-from common.launch import (base_parser, check_args, count_params, freeze_backbone, load_model, make_accelerator,
-                           make_dataloaders, optimizer_groups, takes_position_ids)
+from common.launch import (adamw, base_parser, check_args, count_params, freeze_backbone, load_model,
+                           make_accelerator, make_dataloaders, optimizer_groups, takes_position_ids)
 from common.run import Run
 
 # Where the adapters go, per model type, as paths inside each layer ("" is the layer itself).
@@ -121,6 +126,52 @@ def add_adapters(model, variant="houlsby", m=64, train_layer_norms=False):
     return wrapped
 
 
+# AdapterHub's save format (adapters 1.3): the layers' path in the model, and its name for each place of
+# LAYOUT. Other model types are not exported.
+ADAPTERHUB = {"gpt2": ("transformer.h", {"attn.c_proj": "attention_adapters", "mlp.c_proj": "output_adapters",
+                                         "": "output_adapters"}),
+              **{t: (f"{t}.encoder.layer", {"attention.output.dense": "attention.output", "output.dense": "output",
+                                            "output.LayerNorm": "output"}) for t in ("bert", "roberta")}}
+
+
+def export_adapterhub(trained, model, variant, m, path, base_model, name="glue"):
+    """OUTPUT_DIR/adapterhub: the adapters and the head in AdapterHub's own save format, which
+    `adapters` 1.3 loads (model.load_adapter(path), then set_active_adapters). Layer norms trained
+    here have no place in it: they go to layer_norms.safetensors beside it. Returns that file's
+    tensor count (0: the export is the whole trained state)."""
+    layers, places = ADAPTERHUB[model.config.model_type]
+    d, heads = model.config.hidden_size, {n for n, c in model.named_children() if n != model.base_model_prefix}
+    pattern = rf"{re.escape(layers)}\.(\d+)\.(?:(.*)\.)?adapter\.(down|up)\.(weight|bias)$"  # ours
+    found = {k: re.match(pattern, k) for k in trained}
+    state = {f"{layers}.{f[1]}.{places[f[2] or '']}.adapters.{name}.adapter_{'down.0' if f[3] == 'down' else 'up'}."
+             f"{f[4]}": trained[k] for k, f in found.items() if f}
+    head = {k: t for k, t in trained.items() if k.split(".")[0] in heads}
+    norms = {k: t for k, t in trained.items() if not found[k] and k not in head}
+    houlsby = variant == "houlsby"
+    config = {"adapter_residual_before_ln": False, "cross_adapter": False, "dropout": 0.0, "factorized_phm_W": True,
+              "factorized_phm_rule": False, "hypercomplex_nonlinearity": "glorot-uniform", "init_weights": "bert",
+              "init_weights_seed": None, "inv_adapter": None, "inv_adapter_reduction_factor": None,
+              "is_parallel": False, "learn_phm": True, "leave_out": [], "ln_after": False, "ln_before": False,
+              "mh_adapter": houlsby, "non_linearity": "swish" if houlsby else "relu", "original_ln_after": True,
+              "original_ln_before": not houlsby, "output_adapter": True, "phm_bias": True, "phm_c_init": "normal",
+              "phm_dim": 4, "phm_init_range": 0.0001, "phm_layer": False, "phm_rank": 1, "reduction_factor": d / m,
+              "residual_before_ln": True, "scaling": 1.0, "shared_W_phm": False, "shared_phm_rule": True,
+              "stochastic_depth": 0.0, "use_gating": False}
+    about = {"hidden_size": d, "model_class": type(model).__name__, "model_name": base_model,
+             "model_type": model.config.model_type, "version": "adapters.1.3.0"}
+    atomic_write_text(os.path.join(path, "adapter_config.json"),
+                      json.dumps({"config": config, "name": name, **about}, indent=2) + "\n")
+    atomic_write_text(os.path.join(path, "head_config.json"), json.dumps(
+        {"config": None, "name": None, "label2id": model.config.label2id, "num_labels": model.config.num_labels,
+         **about}, indent=2) + "\n")
+    for file, tensors in (("pytorch_adapter.bin", state), ("pytorch_model_head.bin", head)):
+        torch.save(tensors, os.path.join(path, file + ".tmp"))
+        os.replace(os.path.join(path, file + ".tmp"), os.path.join(path, file))
+    if norms:
+        atomic_save_tensors(os.path.join(path, "layer_norms.safetensors"), norms)
+    return len(norms)
+
+
 def main(argv=None):
     args = parse_args(argv)
     accelerator = make_accelerator(args)
@@ -142,8 +193,7 @@ def main(argv=None):
                       f"{total:,} ({100 * trainable / total:.3f}%)")
 
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, takes_position_ids(model))
-    optimizer = torch.optim.AdamW(optimizer_groups(model.parameters(), args.weight_decay), lr=args.learning_rate,
-                                  eps=args.adam_epsilon)
+    optimizer = adamw(optimizer_groups(model.parameters(), args.weight_decay), args)
     max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
@@ -163,13 +213,21 @@ def main(argv=None):
                 if accelerator.sync_gradients:  # one scheduler step per optimizer step
                     scheduler.step()
                 optimizer.zero_grad()
-            run.add_loss(loss)
+            run.add_loss(loss, batch)
             if accelerator.sync_gradients:
                 run.step_done()  # evaluate, save the best weights and a checkpoint when due
             if run.stop:
                 break
 
     run.finish()  # the final metrics, trainable.safetensors, --do_predict files
+    plain = accelerator.unwrap_model(model, keep_torch_compile=False)
+    if accelerator.is_main_process and plain.config.model_type in ADAPTERHUB:  # OUTPUT_DIR/adapterhub
+        trained = load_file(os.path.join(args.output_dir, "trainable.safetensors"))
+        if export_adapterhub(trained, plain, args.variant, m, os.path.join(args.output_dir, "adapterhub"),
+                             args.model_name_or_path):
+            accelerator.print("adapterhub/ holds the adapters and the head; AdapterHub has no place for the trained "
+                              "layer norms: they are in adapterhub/layer_norms.safetensors (or pass "
+                              "--freeze_layer_norms)")
     run.close(trainable, total, variant=args.variant)  # results.json
 
 

@@ -11,18 +11,20 @@ checkpoint is the whole model. The PEFT scripts share this loop and change what 
         --model_name_or_path gpt2-xl
 
 Outputs in --output_dir: results.json (final and best metrics, parameter counts, speed),
-trainable.safetensors (here: every weight), best/trainable.safetensors, args.json, and
-checkpoints/step_N when --checkpointing_steps is set.
+model/ (a standard transformers folder: from_pretrained, pipeline), trainable.safetensors (here:
+every weight), best/trainable.safetensors, args.json, and checkpoints/step_N when
+--checkpointing_steps is set.
 """
-import torch
+import os
+
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from common.checkpoint import trainable_names
+from common.checkpoint import save_model_folder, trainable_names
 from common.data import get_task
 from common.errors import run_main
-from common.launch import (base_parser, check_args, count_params, load_model, make_accelerator, make_dataloaders,
-                           optimizer_groups, takes_position_ids)
+from common.launch import (adamw, base_parser, check_args, count_params, load_model, make_accelerator,
+                           make_dataloaders, optimizer_groups, takes_position_ids)
 from common.run import Run
 
 
@@ -45,8 +47,7 @@ def main(argv=None):
     accelerator.print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, takes_position_ids(model))
-    optimizer = torch.optim.AdamW(optimizer_groups(model.parameters(), args.weight_decay), lr=args.learning_rate,
-                                  eps=args.adam_epsilon)
+    optimizer = adamw(optimizer_groups(model.parameters(), args.weight_decay), args)
     max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
@@ -66,13 +67,15 @@ def main(argv=None):
                 if accelerator.sync_gradients:  # one scheduler step per optimizer step
                     scheduler.step()
                 optimizer.zero_grad()
-            run.add_loss(loss)
+            run.add_loss(loss, batch)
             if accelerator.sync_gradients:
                 run.step_done()  # evaluate, save the best weights and a checkpoint when due
             if run.stop:
                 break
 
     run.finish()  # the final metrics, trainable.safetensors, --do_predict files
+    # OUTPUT_DIR/model: a standard transformers folder, for from_pretrained and pipeline() (gathered under ZeRO-3)
+    save_model_folder(accelerator, model, tokenizer, os.path.join(args.output_dir, "model"))
     run.close(trainable, total)  # results.json
 
 

@@ -11,39 +11,34 @@ front of the token embeddings of the frozen backbone, as in prompt tuning.
     x ──> encoder (frozen) ──> r ──> G: d_enc -> 384 -> t x d ──> [G(r)][x] ──> frozen model ──> head
 
 Variants (defaults: the seed's "IDPG (Original)": a separate frozen GPT-2 encoder, MLP generator):
-  --train_encoder         the seed's "IDPG (Trained)": the encoder trains too
-  --prompt_only           the seed's control "PG": t learned encoder inputs replace the instance,
-                          so every input gets the same (generated) prompt
-  --encoder_name_or_path self
-                          the paper's choice: the backbone itself, in a first no-grad pass
-  --generator phm --phm_n 16 --generator_hidden 16
-                          the paper's PHM generator (W = sum_i S_i kron A_i, GELU)
-  --prompt_layers all     the paper's M-IDPG: before every later layer, G (shared) plus a per-layer
-                          bias turns the previous layer's state of the last token into a prompt
-                          that is added at the prompt positions (needs d_enc = d, e.g.
-                          --encoder_name_or_path self)
+  --train_encoder            the seed's "IDPG (Trained)": the encoder trains too
+  --prompt_only              the seed's "PG": t learned encoder inputs replace the instance
+  --encoder_name_or_path self     the paper's choice: the backbone itself, in a first no-grad pass
+  --generator phm --phm_n 16 --generator_hidden 16     the paper's PHM generator (sum_i S_i kron A_i)
+  --prompt_layers all        the paper's M-IDPG: before every later layer, G (shared) plus a per-layer
+                             bias turns the last token's state into a prompt added at the prompt positions
+  --generator_init original  the original's generator as it was; the default starts as prompt tuning
+                             (G's last layer zero, embedding rows as its bias) from r at unit scale
 
-A frozen encoder gives each input the same r in every epoch, so r is computed once per example
-and cached on the device (--no_cache turns it off); every rank still runs the same forwards.
-The original ran its frozen encoder with dropout on while training (r changes every step):
---encoder_dropout does the same, without the cache.
+A frozen encoder gives each input the same r every epoch: r of every training row is computed
+once before training and kept on the device (--no_cache: every step). The original ran its frozen
+encoder with dropout on while training (r changes every step): --encoder_dropout, without cache.
 
-    python train_idpg.py --task rte
+    python train_idpg.py --task rte      # read it beside train_prompt.py: `diff train_prompt.py train_idpg.py`
     accelerate launch --config_file accelerate_configs/zero3.yaml train_idpg.py --task rte
-Read it beside train_prompt.py (`diff train_prompt.py train_idpg.py` shows the generator).
 """
 import math
 
 import torch
 from accelerate.utils import set_seed
 from torch import nn
-from transformers import AutoModel, get_scheduler
+from transformers import get_scheduler
 
 from common.checkpoint import gathered, trainable_names
-from common.data import get_task
+from common.data import get_task, pack_left
 from common.errors import fail, run_main, usage_errors
-from common.launch import (base_parser, check_args, count_params, freeze_backbone, load_model, make_accelerator,
-                           make_dataloaders, optimizer_groups, split_params)
+from common.launch import (adamw, base_parser, check_args, count_params, freeze_backbone, load_encoder, load_model,
+                           make_accelerator, make_dataloaders, optimizer_groups, split_params)
 from common.run import Run
 
 
@@ -104,8 +99,7 @@ class PHMLinear(nn.Module):
 
 
 class UnitRMS(nn.Module):
-    """r / RMS(r): the encoder's state at unit scale, whatever the model's (SmolLM2's r has an RMS
-    of about 2, a token embedding's entries about 0.14)."""
+    """r / RMS(r): the encoder's state at unit scale, whatever the model (SmolLM2's RMS is about 2)."""
 
     def forward(self, r):
         return r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + 1e-6)
@@ -122,9 +116,8 @@ def make_generator(d_enc, d, num_tokens, kind="mlp", hidden=384, phm_n=16, norma
 
 
 def start_as_prompt_tuning(generator, model, num_tokens):
-    """G's last layer: zero weights, and as bias t rows of the embedding table (prompt tuning's start,
-    train_prompt.py's "vocab" init). G(r) is then that prompt for every input, and the
-    input-dependent part grows from zero as training moves the weights."""
+    """G's last layer: zero weights, t rows of the embedding table as bias (train_prompt.py's "vocab"
+    start). G(r) is then that prompt for every input; the input-dependent part grows from zero."""
     last, emb = generator[-1], model.get_input_embeddings()
     ids = torch.randint(0, model.config.vocab_size, (num_tokens,))
     with torch.no_grad(), gathered([emb.weight]):  # the table may be partitioned (ZeRO-3): a collective
@@ -141,16 +134,11 @@ def last_token_state(encoder, input_ids=None, attention_mask=None, inputs_embeds
 
 
 class IDPG(nn.Module):
-    """A frozen sequence classifier with a generated prompt before its input embeddings.
-
-    model: the backbone (frozen but for its head); generator: r -> t x d; num_tokens: t.
-    encoder: reads each input (None: the backbone's own body, in a first pass without prompts).
-    instance: PG's learned encoder inputs (t x d_enc), read instead of the input.
-    train_encoder: the encoder trains (gradients through it, so no cache).
-    encoder_dropout: a frozen encoder runs in the model's mode, its dropout on while training (no cache).
-    cache: keep each example's r (a frozen encoder in eval mode gives it the same r every time).
-    layer_bias: M-IDPG's per-layer biases ((layers - 1) x t d), for a prompt before every later layer.
-    """
+    """A frozen sequence classifier (`model`) with a generated prompt (`generator`: r -> t x d) before its
+    input embeddings. `encoder` reads each input (None: the backbone's body, in a first pass without
+    prompts); `instance`: PG's learned encoder inputs, read instead; `train_encoder`: the encoder trains;
+    `encoder_dropout`: a frozen encoder keeps its dropout on while training; `cache`: while training,
+    r from a table of every training row's (cache_states); `layer_bias`: M-IDPG's per-layer biases."""
 
     def __init__(self, model, generator, num_tokens, *, encoder=None, instance=None, train_encoder=False,
                  encoder_dropout=False, cache=False, layer_bias=None):
@@ -158,12 +146,10 @@ class IDPG(nn.Module):
         self.model, self.config = model, model.config  # config: DeepSpeed sizes its buckets from it
         self.generator, self.t, self.encoder = generator, num_tokens, encoder
         self.instance, self.train_encoder, self.layer_bias = instance, train_encoder, layer_bias
-        self.encoder_dropout = encoder_dropout
-        # The cache maps an example's real token ids to its r, on the device, and grows by one d_enc vector
-        # per distinct example seen, training and eval (GPT-2's 768 floats: 150 MB for MNLI-10% and its dev).
-        self.cache = {} if cache else None
-        # True only during the prompted pass: M-IDPG's hooks (below) must not fire in the first pass of
-        # --encoder_name_or_path self, which runs the same layers to compute r.
+        self.encoder_dropout, self.cache = encoder_dropout, cache
+        self.keys = self.states = None  # the table of cache_states: rows' idx (sorted) and their r
+        # True only during the prompted pass: M-IDPG's hooks (below) must not fire in --encoder_name_or_path
+        # self's first pass, which runs the same layers to compute r.
         self.prompting = False
         if layer_bias is not None:
             layers = next(m for m in model.base_model.modules() if isinstance(m, nn.ModuleList))
@@ -181,43 +167,43 @@ class IDPG(nn.Module):
             return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
         return hook
 
-    def represent(self, input_ids, attention_mask):
-        """r, one vector per row, as the variant computes it."""
+    def represent(self, input_ids, attention_mask, idx=None):
+        """r, one vector per row, as the variant computes it (from the table: the rows' idx given)."""
         encoder = self.encoder if self.encoder is not None else self.model.base_model
         if self.instance is not None:  # PG: the same learned inputs for every row; gradients reach them
             return last_token_state(encoder, inputs_embeds=self.instance[None]).expand(len(input_ids), -1)
         if self.train_encoder:
             return last_token_state(encoder, input_ids, attention_mask)
-        if self.encoder_dropout and self.training:  # the original: a new dropout mask, so a new r, every step
-            with torch.no_grad():
-                return last_token_state(encoder, input_ids, attention_mask)
-        return self.frozen_state(encoder, input_ids, attention_mask)
+        if self.training and self.keys is not None and idx is not None:
+            return self.states[torch.searchsorted(self.keys, idx)]  # on the device: no sync, no collective
+        was_training = encoder.training
+        encoder.train(self.training and self.encoder_dropout)  # the original: dropout on while training
+        with torch.no_grad():
+            r = last_token_state(encoder, input_ids, attention_mask)
+        encoder.train(was_training)
+        return r
 
-    def frozen_state(self, encoder, input_ids, attention_mask):
-        """r from the frozen encoder: eval mode, no gradients, from the cache when every row is there.
+    @torch.no_grad()
+    def cache_states(self, loader, gather=lambda tensors: tensors):
+        """The table: r of every row of the (prepared) training loader, once, gathered from every rank
+        (`gather` = accelerator.gather) and kept on the device by idx: rows x d_enc values (GPT-2's 768
+        floats: 120 MB for MNLI-10%). Training forwards then never run the encoder, so no rank has to
+        ask the others whether to (under ZeRO-3 its forward is a collective). Every rank calls this."""
+        keys, states = [], []
+        for batch in loader:
+            input_ids, attention_mask, _ = pack_left(batch["input_ids"], batch["attention_mask"])
+            idx, r = gather((batch["idx"], self.represent(input_ids, attention_mask)))
+            keys.append(idx)
+            states.append(r)
+        keys, states = torch.cat(keys), torch.cat(states)
+        order = keys.argsort()  # (a row twice, from the even split of the last batch, has the same r twice)
+        self.keys, self.states = keys[order], states[order]
 
-        Under ZeRO-3 the encoder's forward is a collective: if any rank misses a row, every rank
-        must run it. The ranks agree by an all-reduce (the max of "something is missing")."""
-        keys = [ids[m.bool()].cpu().numpy().tobytes() for ids, m in zip(input_ids, attention_mask)]
-        cache = self.cache if self.cache is not None else {}
-        missing = torch.tensor(float(any(k not in cache for k in keys)), device=input_ids.device)
-        if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(missing, torch.distributed.ReduceOp.MAX)
-        if missing:
-            was_training = encoder.training
-            with torch.no_grad():
-                states = last_token_state(encoder.eval(), input_ids, attention_mask)
-            encoder.train(was_training)
-            cache.update(zip(keys, states))
-        return torch.stack([cache[k] for k in keys])
-
-    def forward(self, input_ids, attention_mask, labels=None, token_type_ids=None, **_):
-        order = attention_mask.argsort(dim=-1, stable=True)  # pads first: every row becomes left-padded
-        input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
-        token_type_ids = None if token_type_ids is None else token_type_ids.gather(1, order)
+    def forward(self, input_ids, attention_mask, labels=None, token_type_ids=None, idx=None, **_):
+        input_ids, attention_mask, token_type_ids = pack_left(input_ids, attention_mask, token_type_ids)
         embeds = self.model.get_input_embeddings()(input_ids)  # calling the module works under ZeRO-3
         batch, t = input_ids.shape[0], self.t
-        r = self.represent(input_ids, attention_mask)
+        r = self.represent(input_ids, attention_mask, idx)
         prompt = self.generator(r.to(embeds.dtype)).view(batch, t, -1)
         mask = torch.cat([attention_mask.new_ones(batch, t), attention_mask], 1)
         extra = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}  # prompt 0..t-1, then the tokens
@@ -233,10 +219,9 @@ class IDPG(nn.Module):
 
 def build_idpg(model, encoder=None, *, num_tokens=20, generator="mlp", hidden=384, phm_n=16, prompt_only=False,
                train_encoder=False, encoder_dropout=False, cache=True, prompt_layers="input", init="prompt"):
-    """Wrap a loaded backbone (and encoder; None reads the backbone itself) into the IDPG of these
-    settings. `init`: "prompt" starts as prompt tuning from r at unit scale; "original" is the
-    original's generator as it was (PyTorch's default initialisation, raw r). Settings that cannot
-    fit the model are a ValueError."""
+    """The IDPG of these settings around a loaded backbone (and encoder; None: the backbone reads).
+    `init`: "prompt" starts as prompt tuning from r at unit scale; "original": the original's
+    generator as it was (PyTorch's initialisation, raw r). Settings that cannot fit: a ValueError."""
     freeze_backbone(model)
     if encoder is not None:
         encoder.requires_grad_(train_encoder)
@@ -245,8 +230,7 @@ def build_idpg(model, encoder=None, *, num_tokens=20, generator="mlp", hidden=38
     g = make_generator(d_enc, d, num_tokens, generator, hidden, phm_n, normalize=init == "prompt").to(dtype)
     if init == "prompt":
         start_as_prompt_tuning(g, model, num_tokens)
-    # PG's inputs start small (std 0.02), as token embeddings do.
-    instance = nn.Parameter(torch.randn(num_tokens, d_enc, dtype=dtype) / 50) if prompt_only else None
+    instance = nn.Parameter(torch.randn(num_tokens, d_enc, dtype=dtype) / 50) if prompt_only else None  # std 0.02
     layer_bias = None
     if prompt_layers == "all":
         if d_enc != d:
@@ -256,21 +240,6 @@ def build_idpg(model, encoder=None, *, num_tokens=20, generator="mlp", hidden=38
     return IDPG(model, g, num_tokens, encoder=encoder, instance=instance, train_encoder=train_encoder,
                 encoder_dropout=encoder_dropout, cache=cache and not (train_encoder or prompt_only or encoder_dropout),
                 layer_bias=layer_bias)
-
-
-def load_encoder(name, vocab_size):
-    """The separate encoder (None for 'self'), or a ValueError that says what to pass."""
-    if name == "self":
-        return None
-    try:
-        encoder = AutoModel.from_pretrained(name)
-    except OSError as e:
-        raise ValueError(f"cannot load encoder '{name}' ({str(e).splitlines()[0][:160]}); "
-                         "pass a local directory or --encoder_name_or_path self") from None
-    if encoder.config.vocab_size != vocab_size:
-        raise ValueError(f"the encoder must share the backbone's tokenizer (vocab {encoder.config.vocab_size} vs "
-                         f"{vocab_size}); pick another --encoder_name_or_path or 'self'")
-    return encoder
 
 
 def main(argv=None):
@@ -290,26 +259,26 @@ def main(argv=None):
     names = trainable_names(model)
     trainable, total = count_params(model)
     accelerator.print(f"IDPG, {args.generator} generator, encoder {args.encoder_name_or_path}, cache "
-                      f"{model.cache is not None}: trainable {trainable:,} of {total:,} "
-                      f"({100 * trainable / total:.3f}%)")
+                      f"{model.cache}: trainable {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, position_ids=False)  # made in forward
     generator_params, head = split_params(model, model.model)  # generator (+ PG's inputs, a trained encoder)
-    optimizer = torch.optim.AdamW(
-        [*optimizer_groups(generator_params, args.weight_decay, lr=args.prompt_learning_rate),
-         *optimizer_groups(head, args.weight_decay)], lr=args.learning_rate, eps=args.adam_epsilon)
+    optimizer = adamw([*optimizer_groups(generator_params, args.weight_decay, lr=args.prompt_learning_rate),
+                       *optimizer_groups(head, args.weight_decay)], args)
     max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, loaders))
     run.begin(model, eval_loaders, names)  # after prepare: a resumed run restores the prepared states
+    if accelerator.unwrap_model(model).cache:  # r of every training row, once (a frozen encoder in eval mode)
+        accelerator.unwrap_model(model).cache_states(train_loader, accelerator.gather)
 
     for epoch in run.epochs():
         model.train()
         train_loader.set_epoch(epoch)  # a new shuffle, the same on every rank and after a resume
         for batch in run.remaining(train_loader, epoch):  # a resumed run skips the batches it trained on
-            batch.pop("idx")  # the row number, for putting predictions in order; not a model input
+            # (the batch keeps its rows' idx: IDPG looks their r up in its table by it)
             with accelerator.accumulate(model):  # gradients sync (and the optimizer steps) every N batches
                 loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -317,7 +286,7 @@ def main(argv=None):
                 if accelerator.sync_gradients:  # one scheduler step per optimizer step
                     scheduler.step()
                 optimizer.zero_grad()
-            run.add_loss(loss)
+            run.add_loss(loss, batch)
             if accelerator.sync_gradients:
                 run.step_done()  # evaluate, save the best weights and a checkpoint when due
             if run.stop:

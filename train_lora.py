@@ -22,17 +22,18 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from torch import nn
 from transformers import get_scheduler
 from transformers.pytorch_utils import Conv1D
 
-from common.checkpoint import atomic_save_tensors, atomic_write_text, gathered, trainable_names
+from common.checkpoint import atomic_save_tensors, atomic_write_text, save_model_folder, trainable_names
 from common.data import get_task
 from common.errors import fail, run_main, usage_errors
-from common.launch import (base_parser, check_args, count_params, freeze_backbone, load_model, make_accelerator,
-                           make_dataloaders, optimizer_groups, takes_position_ids)
+from common.launch import (adamw, base_parser, check_args, count_params, freeze_backbone, load_model,
+                           make_accelerator, make_dataloaders, optimizer_groups, takes_position_ids)
 from common.run import Run
 
 # Default projections per model type, and the fused projections whose output is [q | k | v].
@@ -82,17 +83,21 @@ class LoRALinear(nn.Module):
             nn.init.kaiming_uniform_(A, a=math.sqrt(5))  # as nn.Linear and peft
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        # The output columns of the adapted slices, in order (q and v of [q | k | v]: 0..d-1, 2d..3d-1).
+        columns = torch.cat([torch.arange(s * self.part, (s + 1) * self.part) for s in self.slices])
+        self.register_buffer("columns", columns, persistent=False)
 
     def forward(self, x):
         y = self.base_layer(x)
         if self.merged:
             return y
         x = self.dropout(x)
-        updates = [(x @ A.t()) @ B.t() * self.scale for A, B in zip(self.lora_A, self.lora_B)]  # two thin matmuls
-        if self.n_parts == 1:  # one pair over the whole output (no split: its backward would copy the gradient)
+        updates = [F.linear(F.linear(x, A), B) * self.scale for A, B in zip(self.lora_A, self.lora_B)]  # thin matmuls
+        if self.n_parts == 1:  # one pair over the whole output
             return y + updates[0]
-        new = dict(zip(self.slices, updates))  # slice index -> its update, in [q | k | v] of a fused projection
-        return torch.cat([p + new[i] if i in new else p for i, p in enumerate(y.split(self.part, -1))], -1)
+        # Each slice's update into its columns of y in one out-of-place index_add: y is neither split nor
+        # concatenated (its backward passes y's gradient through and gathers only the adapted columns').
+        return y.index_add(-1, self.columns, torch.cat(updates, -1))
 
     def add_delta(self, weight, sign=1):
         """Add sign * (alpha / r) B A, per slice, to a full weight in the base layer's layout."""
@@ -178,25 +183,24 @@ def export_peft(model, trainable, heads, path, base_model, r, alpha, dropout):
     atomic_save_tensors(os.path.join(path, "adapter_model.safetensors"), state)
 
 
-def save_merged(accelerator, model, tokenizer, path):
-    """Write a plain transformers model with every update merged in. Every rank calls this: under
-    ZeRO-3 each weight is gathered (with its LoRA pair), a collective; the main process writes."""
-    model, state = accelerator.unwrap_model(model), {}
+def merged_tensors(model):
+    """The weights of a plain transformers model with every update folded into its base weight, as
+    save_model_folder takes them: (name, parameters to gather, value). Under ZeRO-3 a base weight is
+    gathered with its LoRA pair."""
     lora = {f"{n}.base_layer.weight": m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+    def merged(param, m):
+        weight = param.detach().float().clone()
+        m.add_delta(weight)
+        return weight.to(param.dtype)
+
+    tensors = []
     for name, param in model.named_parameters():
-        if ".lora_" in name:
-            continue
         m = lora.get(name)
-        with gathered([param, *m.lora_A, *m.lora_B] if m else [param]):
-            if accelerator.is_main_process:
-                weight = param.detach().float().cpu().clone()
-                if m:
-                    m.add_delta(weight)
-                state[name.replace(".base_layer.", ".")] = weight.to(param.dtype)
-    if accelerator.is_main_process:
-        atomic_save_tensors(os.path.join(path, "model.safetensors"), state)
-        model.config.save_pretrained(path)
-        tokenizer.save_pretrained(path)
+        if ".lora_" not in name:
+            tensors.append((name.replace(".base_layer.", "."), [param, *m.lora_A, *m.lora_B] if m else [param],
+                            (lambda p=param, m=m: merged(p, m)) if m else param.detach))
+    return tensors
 
 
 def main(argv=None):
@@ -218,8 +222,7 @@ def main(argv=None):
                       f"params; trainable with the head {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, takes_position_ids(model))
-    optimizer = torch.optim.AdamW(optimizer_groups(model.parameters(), args.weight_decay), lr=args.learning_rate,
-                                  eps=args.adam_epsilon)
+    optimizer = adamw(optimizer_groups(model.parameters(), args.weight_decay), args)
     max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
@@ -239,19 +242,20 @@ def main(argv=None):
                 if accelerator.sync_gradients:  # one scheduler step per optimizer step
                     scheduler.step()
                 optimizer.zero_grad()
-            run.add_loss(loss)
+            run.add_loss(loss, batch)
             if accelerator.sync_gradients:
                 run.step_done()  # evaluate, save the best weights and a checkpoint when due
             if run.stop:
                 break
 
     run.finish()  # the final metrics, trainable.safetensors, --do_predict files
-    if args.merge_and_save:
-        save_merged(accelerator, model, tokenizer, args.merge_and_save)
+    plain = accelerator.unwrap_model(model, keep_torch_compile=False)
+    if args.merge_and_save:  # a plain transformers model folder, no LoRA left (a collective under ZeRO-3)
+        save_model_folder(accelerator, model, tokenizer, args.merge_and_save, merged_tensors(plain))
     if accelerator.is_main_process:
         trained = load_file(os.path.join(args.output_dir, "trainable.safetensors"))
-        export_peft(accelerator.unwrap_model(model), trained, heads, os.path.join(args.output_dir, "peft"),
-                    args.model_name_or_path, args.lora_r, args.lora_alpha, args.lora_dropout)
+        export_peft(plain, trained, heads, os.path.join(args.output_dir, "peft"), args.model_name_or_path,
+                    args.lora_r, args.lora_alpha, args.lora_dropout)
     run.close(trainable, total, lora_params=lora_params)  # results.json
 
 

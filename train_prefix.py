@@ -23,18 +23,20 @@ Models whose attention takes a cache: decoders (GPT-2, Llama, Qwen, ...) and BER
 (BERT, RoBERTa, MiniLM, ...); not DistilBERT or DeBERTa.
 """
 import inspect
+import json
 import os
 
 import torch
 from accelerate.utils import set_seed
+from safetensors.torch import load_file
 from torch import nn
 from transformers import DynamicCache, get_scheduler
 
-from common.checkpoint import atomic_save_tensors, gathered, trainable_names
+from common.checkpoint import atomic_save_tensors, atomic_write_text, gathered, trainable_names
 from common.data import get_task
 from common.errors import fail, run_main, usage_errors
-from common.launch import (base_parser, check_args, count_params, freeze_backbone, load_model, make_accelerator,
-                           make_dataloaders, optimizer_groups, split_params)
+from common.launch import (adamw, base_parser, check_args, count_params, freeze_backbone, load_model,
+                           make_accelerator, make_dataloaders, optimizer_groups, split_params)
 from common.run import Run
 
 
@@ -45,7 +47,7 @@ def parse_args(argv=None):
     parser.add_argument("--no_prefix_projection", dest="prefix_projection", action="store_false",
                         help="train the pairs directly instead of through the MLP")
     parser.add_argument("--prefix_hidden", type=int, default=None, help="the MLP's hidden size (default 512)")
-    parser.add_argument("--prefix_learning_rate", type=float, default=1e-2,
+    parser.add_argument("--prefix_learning_rate", type=float, default=1e-3,
                         help="learning rate of the prefix (--learning_rate is the head's)")
     args = check_args(parser.parse_args(argv), "prefix")
     if args.num_prefix < 1 or args.prefix_learning_rate <= 0:
@@ -106,6 +108,22 @@ class PrefixTuning(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=True, **kwargs)
 
 
+def export_peft(kv, head, model, path, base_model):
+    """OUTPUT_DIR/peft: a peft prefix-tuning adapter for sequence classification (the computed pairs
+    `kv`, no MLP; the head with it) that peft's PeftModel.from_pretrained(base, path) loads (peft
+    0.17; peft 0.21 refuses prefix tuning on transformers 5.2x's cache argument)."""
+    token_dim = model.heads * model.head_dim  # peft sizes the pairs by the key/value heads
+    peft_config = {"peft_type": "PREFIX_TUNING", "task_type": "SEQ_CLS", "base_model_name_or_path": base_model,
+                   "num_virtual_tokens": model.p, "token_dim": token_dim, "encoder_hidden_size": token_dim,
+                   "num_layers": model.layers, "num_attention_heads": model.heads, "num_transformer_submodules": 1,
+                   "prefix_projection": False, "modules_to_save": sorted({n.split(".")[0] for n in head}),
+                   "inference_mode": True}
+    atomic_write_text(os.path.join(path, "adapter_config.json"), json.dumps(peft_config, indent=2) + "\n")
+    pairs = kv.permute(3, 0, 1, 2, 4).reshape(model.p, -1)  # back to (p, layers x 2 x heads x head_dim)
+    atomic_save_tensors(os.path.join(path, "adapter_model.safetensors"),
+                        {"prompt_embeddings": pairs, **{f"base_model.{n}": t for n, t in head.items()}})
+
+
 def main(argv=None):
     args = parse_args(argv)
     accelerator = make_accelerator(args)
@@ -126,9 +144,8 @@ def main(argv=None):
 
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer)
     prefix, head = split_params(model, model.model)  # the prefix (embedding and MLP) and the classifier
-    optimizer = torch.optim.AdamW([*optimizer_groups(prefix, args.weight_decay, lr=args.prefix_learning_rate),
-                                   *optimizer_groups(head, args.weight_decay)], lr=args.learning_rate,
-                                  eps=args.adam_epsilon)
+    optimizer = adamw([*optimizer_groups(prefix, args.weight_decay, lr=args.prefix_learning_rate),
+                       *optimizer_groups(head, args.weight_decay)], args)
     max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
@@ -148,18 +165,22 @@ def main(argv=None):
                 if accelerator.sync_gradients:  # one scheduler step per optimizer step
                     scheduler.step()
                 optimizer.zero_grad()
-            run.add_loss(loss)
+            run.add_loss(loss, batch)
             if accelerator.sync_gradients:
                 run.step_done()  # evaluate, save the best weights and a checkpoint when due
             if run.stop:
                 break
 
     run.finish()  # the final metrics, trainable.safetensors, --do_predict files
-    plain = accelerator.unwrap_model(model)  # what inference needs: the computed pairs (a ZeRO-3 gather)
+    plain = accelerator.unwrap_model(model, keep_torch_compile=False)
+    # What inference needs: the computed pairs (a ZeRO-3 gather)
     with torch.no_grad(), gathered(split_params(plain, plain.model)[0]):
         kv = plain.prefix().detach().cpu().clone()
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # the pairs alone, and as a peft adapter with the head (OUTPUT_DIR/peft)
         atomic_save_tensors(os.path.join(args.output_dir, "prefix.safetensors"), {"prefix": kv})
+        trained = load_file(os.path.join(args.output_dir, "trainable.safetensors"))
+        head = {n[len("model."):]: t for n, t in trained.items() if n.startswith("model.")}
+        export_peft(kv, head, plain, os.path.join(args.output_dir, "peft"), args.model_name_or_path)
     run.close(trainable, total)  # results.json
 
 

@@ -19,18 +19,21 @@ position is then its last real token. Positions come from the mask, so padding n
 
 train_idpg.py is this script plus a prompt generator: `diff train_prompt.py train_idpg.py`.
 """
+import json
 import math
+import os
 
 import torch
 from accelerate.utils import set_seed
+from safetensors.torch import load_file
 from torch import nn
 from transformers import get_scheduler
 
-from common.checkpoint import gathered, trainable_names
-from common.data import get_task
+from common.checkpoint import atomic_save_tensors, atomic_write_text, gathered, trainable_names
+from common.data import get_task, pack_left
 from common.errors import fail, run_main, usage_errors
-from common.launch import (base_parser, check_args, count_params, freeze_backbone, load_model, make_accelerator,
-                           make_dataloaders, optimizer_groups, split_params)
+from common.launch import (adamw, base_parser, check_args, count_params, freeze_backbone, load_model,
+                           make_accelerator, make_dataloaders, optimizer_groups, split_params)
 from common.run import Run
 
 
@@ -80,9 +83,7 @@ class PromptTuning(nn.Module):
         self.prompt = nn.Parameter(prompt)
 
     def forward(self, input_ids, attention_mask, labels=None, token_type_ids=None, **_):
-        order = attention_mask.argsort(dim=-1, stable=True)  # pads first: every row becomes left-padded
-        input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
-        token_type_ids = None if token_type_ids is None else token_type_ids.gather(1, order)
+        input_ids, attention_mask, token_type_ids = pack_left(input_ids, attention_mask, token_type_ids)
         embeds = self.model.get_input_embeddings()(input_ids)  # calling the module works under ZeRO-3
         batch, t = input_ids.shape[0], self.prompt.shape[0]
         prompt = self.prompt.to(embeds.dtype).expand(batch, -1, -1)
@@ -92,6 +93,21 @@ class PromptTuning(nn.Module):
             extra["token_type_ids"] = torch.cat([token_type_ids.new_zeros(batch, t), token_type_ids], 1)
         return self.model(inputs_embeds=torch.cat([prompt, embeds], 1), attention_mask=mask, labels=labels,
                           **extra)
+
+
+def export_peft(prompt, head, config, path, base_model):
+    """OUTPUT_DIR/peft: a peft prompt-tuning adapter for sequence classification, the head with it,
+    that peft.PeftModel.from_pretrained(base, path) loads. `prompt`: t x d; `head`: the classifier's
+    tensors by their names in the model ("score.weight"). peft's classifier reads the last position:
+    give it unpadded or left-padded rows (right padding makes it read a pad)."""
+    peft_config = {"peft_type": "PROMPT_TUNING", "task_type": "SEQ_CLS", "base_model_name_or_path": base_model,
+                   "num_virtual_tokens": prompt.shape[0], "token_dim": prompt.shape[1], "num_transformer_submodules": 1,
+                   "num_attention_heads": config.num_attention_heads, "num_layers": config.num_hidden_layers,
+                   "prompt_tuning_init": "RANDOM", "modules_to_save": sorted({n.split(".")[0] for n in head}),
+                   "inference_mode": True}
+    atomic_write_text(os.path.join(path, "adapter_config.json"), json.dumps(peft_config, indent=2) + "\n")
+    atomic_save_tensors(os.path.join(path, "adapter_model.safetensors"),
+                        {"prompt_embeddings": prompt, **{f"base_model.{n}": t for n, t in head.items()}})
 
 
 def main(argv=None):
@@ -113,9 +129,8 @@ def main(argv=None):
 
     train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, position_ids=False)  # made in forward
     _, head = split_params(model, model.model)
-    optimizer = torch.optim.AdamW([{"params": [model.prompt], "lr": args.prompt_learning_rate, "weight_decay": 0.0},
-                                   *optimizer_groups(head, args.weight_decay)], lr=args.learning_rate,
-                                  eps=args.adam_epsilon)
+    optimizer = adamw([{"params": [model.prompt], "lr": args.prompt_learning_rate, "weight_decay": 0.0},
+                       *optimizer_groups(head, args.weight_decay)], args)
     max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
@@ -135,13 +150,18 @@ def main(argv=None):
                 if accelerator.sync_gradients:  # one scheduler step per optimizer step
                     scheduler.step()
                 optimizer.zero_grad()
-            run.add_loss(loss)
+            run.add_loss(loss, batch)
             if accelerator.sync_gradients:
                 run.step_done()  # evaluate, save the best weights and a checkpoint when due
             if run.stop:
                 break
 
     run.finish()  # the final metrics, trainable.safetensors, --do_predict files
+    if accelerator.is_main_process:  # OUTPUT_DIR/peft: the prompt and the head as a peft adapter
+        trained = load_file(os.path.join(args.output_dir, "trainable.safetensors"))
+        head = {n[len("model."):]: t for n, t in trained.items() if n.startswith("model.")}
+        export_peft(trained["prompt"], head, accelerator.unwrap_model(model).config,
+                    os.path.join(args.output_dir, "peft"), args.model_name_or_path)
     run.close(trainable, total)  # results.json
 
 

@@ -1,20 +1,32 @@
-"""Time every method at GPT2-XL shape on one GPU: random weights (no download), bf16 weights and
-activations, one fixed batch. Prints and writes tokens/s, model FLOPs utilisation and peak memory.
+"""Every method at GPT2-XL shape on one GPU, in the scripts' own precision: tokens/s, MFU, memory.
 
-    python bench/gpu.py                       # GPT2-XL shape, batch 8 x 256 tokens
-    python bench/gpu.py --layers 2 --device cpu --dtype fp32 --batch 2 --seq 32 --steps 2   # CPU smoke run
+    python bench/gpu.py                         # the default shapes and methods (under 8 minutes on an H100)
+    python bench/gpu.py --shapes 32x128 --methods full,lora,peft_lora --rounds 4
+    python bench/gpu.py --profile lora          # top CUDA kernels and the GPU-busy share of one method
+    python bench/gpu.py --device cpu --layers 2 --shapes 2x16 --steps 1 --warmup 0 --rounds 1   # a CPU smoke run
 
-Model FLOPs per step: 6 N T for full fine-tuning (forward 2 N T, backward 4 N T), 4 N T for the
-frozen-backbone methods (no weight gradients), N the backbone's parameters and T the tokens of the
-step, prompt and prefix tokens included for the methods that add them; attention's own FLOPs are
-left out. MFU = model FLOPs / step time / the card's dense bf16 peak (--peak_tflops).
+Fair by construction:
+- Precision as `accelerate launch --config_file accelerate_configs/bf16.yaml` runs the scripts: fp32
+  weights (the master copy the optimizer updates) under bf16 autocast; `full_pure_bf16` (bf16
+  weights and optimizer state) is an extra row for reference only.
+- The optimizer the scripts use on a GPU: fused AdamW, over the trainable parameters.
+- Interleaved rounds (A B C ... C B A, the order reversed every other round) timed with CUDA events,
+  the median step of each round, the median over rounds; each method's model is built alone (the
+  previous one and its last loss freed first), so its peak memory is its own.
+- Model FLOPs per step counted by torch.utils.flop_counter.FlopCounterMode on one step (matmuls and
+  attention, forward and backward); MFU = FLOPs / step time / --peak_tflops.
+Rows: full fine-tuning; the floor (the frozen model with gradients to its input embeddings: no PEFT
+method that trains a bottom-layer parameter can be cheaper); ours and peft for LoRA (one pair on
+the fused c_attn: the same math) and prompt tuning; LoRA on the q and v slices; Houlsby; Pfeiffer;
+prefix; IDPG (warm cache) and M-IDPG. Random weights, no download: torch and transformers (and peft
+for its rows) are all it needs.
 """
 import argparse
+import gc
 import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2Model
@@ -27,85 +39,206 @@ from train_lora import add_lora  # noqa: E402
 from train_prefix import PrefixTuning  # noqa: E402
 from train_prompt import PromptTuning  # noqa: E402
 
-p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-p.add_argument("--layers", type=int, default=48)
-p.add_argument("--batch", type=int, default=8)
-p.add_argument("--seq", type=int, default=256)
-p.add_argument("--steps", type=int, default=10)
-p.add_argument("--warmup", type=int, default=3)
-p.add_argument("--device", default="cuda")
-p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="fp32 for a CPU smoke run")
-p.add_argument("--peak_tflops", type=float, default=989.0, help="dense bf16 peak of the card (H100 SXM: 989)")
-p.add_argument("--methods", default="full,lora,prefix,houlsby,pfeiffer,prompt,idpg")
-p.add_argument("--out", default="bench/results/gpu.json")
-args = p.parse_args()
-dev, dtype = torch.device(args.device), torch.bfloat16 if args.dtype == "bf16" else torch.float32
-config = GPT2Config(n_embd=1600, n_layer=args.layers, n_head=25, num_labels=3, pad_token_id=50256)
+METHODS = ["full", "floor", "lora", "peft_lora", "lora_qv", "prompt", "peft_prompt", "houlsby", "pfeiffer", "prefix",
+           "idpg", "m_idpg", "full_pure_bf16"]
+EXTRA_TOKENS = {"prompt": 20, "peft_prompt": 20, "idpg": 20, "m_idpg": 20, "prefix": 10}
 
 
-def make(method):
-    """The method's model on the device, in bf16, and its extra sequence length."""
-    with dev:
-        model = GPT2ForSequenceClassification(config).to(dtype)
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", type=int, default=48)
+    p.add_argument("--shapes", default="32x128,8x128,8x256", help="batch x tokens, comma-separated")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the first shape (others: 1)")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per round")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="dense bf16 peak of the card (default: H100 SXM 989, H200 989, A100 312)")
+    p.add_argument("--profile", default=None, metavar="METHOD", help="profile one method at the first shape")
+    p.add_argument("--out", default=None, help="default: bench/results/gpu-<card>.json")
+    return p.parse_args()
+
+
+def config(layers):
+    return GPT2Config(n_embd=1600, n_layer=layers, n_head=25, num_labels=3, pad_token_id=50256)
+
+
+def build(method, layers, device):
+    """The method's model on the device (fp32 weights; bf16 for full_pure_bf16)."""
+    with torch.device(device):
+        model = GPT2ForSequenceClassification(config(layers))
+        if method == "full_pure_bf16":
+            return model.to(torch.bfloat16)
         if method == "full":
-            return model, 0
+            return model
+        if method == "floor":
+            return model.requires_grad_(False)
+        if method.startswith("peft_"):
+            import peft
+
+            kind = {"peft_lora": peft.LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"], fan_in_fan_out=True,
+                                                 task_type="SEQ_CLS"),
+                    "peft_prompt": peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20)}[method]
+            return peft.get_peft_model(model, kind)
         freeze_backbone(model)
-        if method == "lora":
-            add_lora(model, ["c_attn"], r=8, alpha=16, slices=["q", "v"])
+        if method in ("lora", "lora_qv"):
+            add_lora(model, ["c_attn"], r=8, alpha=16, slices=["q", "v"] if method == "lora_qv" else None)
         elif method in ("houlsby", "pfeiffer"):
-            add_adapters(model, method, 1600 // 16, train_layer_norms=method == "houlsby")
+            add_adapters(model, method, 1600 // 16, train_layer_norms=False)
         elif method == "prefix":
-            return PrefixTuning(model, 10), 10
+            return PrefixTuning(model, 10)
         elif method == "prompt":
-            return PromptTuning(model, torch.randn(20, 1600, dtype=dtype) * 0.02), 20
+            return PromptTuning(model, torch.randn(20, 1600) * 0.02)
         elif method == "idpg":
-            return build_idpg(model, GPT2Model(GPT2Config()).to(dtype), num_tokens=20), 20
-        return model.to(dtype), 0
+            return build_idpg(model, GPT2Model(GPT2Config()), num_tokens=20)
+        elif method == "m_idpg":
+            return build_idpg(model, num_tokens=20, prompt_layers="all")
+        return model
 
 
-backbone = sum(p.numel() for p in GPT2ForSequenceClassification(GPT2Config(n_embd=1600, n_layer=args.layers, n_head=25,
-                                                                             num_labels=3)).transformer.parameters())
-ids = torch.randint(0, 50000, (args.batch, args.seq), device=dev)
-batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 3, (args.batch,),
-                                                                                          device=dev)}
-rows = []
-for method in args.methods.split(","):
-    if dev.type == "cuda":
+def make_batch(batch, seq, device, method):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50000, (batch, seq), generator=g).to(device)
+    out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 3, (batch,)).to(device)}
+    if method in ("idpg", "m_idpg"):
+        out["idx"] = torch.arange(batch, device=device)  # the rows' keys in IDPG's table of r
+    return out
+
+
+def step_fn(method, model, batch, device):
+    """One training step as the scripts run it under the bf16 config."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda") if params else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=method != "full_pure_bf16")
+    embeddings = model.get_input_embeddings() if method == "floor" else None
+
+    def step():
+        with autocast:
+            if method == "floor":  # gradients flow to the input embeddings only
+                embeds = embeddings(batch["input_ids"]).detach().requires_grad_()
+                loss = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+            else:
+                loss = model(**batch).loss
+        loss.backward()
+        if optimizer:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return step, sum(p.numel() for p in params)
+
+
+def measure(method, layers, batch_size, seq, args, device, count_flops):
+    """Median step time (CUDA events), peak memory and, once, the FLOPs of one step."""
+    model = build(method, layers, device).train()
+    batch = make_batch(batch_size, seq, device, method)
+    if method in ("idpg", "m_idpg"):
+        model.cache_states([batch])  # a warm cache, as train_idpg.py fills it before training
+    step, trainable = step_fn(method, model, batch, device)
+    flops = None
+    if count_flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        flops = counter.get_total_flops()
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.steps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            import time
+
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    del model, batch, step
+    return statistics.median(times), peak, flops, trainable
+
+
+def free(device):
+    gc.collect()
+    if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model, extra = make(method)
-    model.train()
-    params = [q for q in model.parameters() if q.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
-    times = []
-    for step in range(args.warmup + args.steps):
-        if dev.type == "cuda":
+
+
+def profile(method, layers, batch_size, seq, device):
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    model = build(method, layers, device).train()
+    batch = make_batch(batch_size, seq, device, method)
+    if method in ("idpg", "m_idpg"):
+        model.cache_states([batch])
+    step, _ = step_fn(method, model, batch, device)
+    for _ in range(3):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-    step_s = statistics.median(times)
-    tokens = args.batch * (args.seq + extra)
-    flops = (6 if method == "full" else 4) * backbone * tokens
-    row = {"method": method, "step_s": step_s, "tokens_per_s": args.batch * args.seq / step_s,
-           "mfu": flops / step_s / (args.peak_tflops * 1e12), "trainable": sum(q.numel() for q in params),
-           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None}
-    rows.append(row)
-    print(json.dumps(row), flush=True)
-    del model, optimizer, params
-info = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-        "layers": args.layers, "batch": args.batch, "seq": args.seq, "dtype": args.dtype, "steps": args.steps,
-        "peak_tflops": args.peak_tflops, "results": rows}
-os.makedirs(os.path.dirname(args.out), exist_ok=True)
-with open(args.out, "w") as f:
-    json.dump(info, f, indent=1)
-print(f"{'method':10} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9} {'trainable':>13}")
-for r in rows:
-    mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
-    print(f"{r['method']:10} {r['tokens_per_s']:10.0f} {r['mfu']:6.1%} {mem:>9} {r['trainable']:13,}")
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=15))
+    if device.type == "cuda":
+        kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+        busy = sum(e.device_time for e in kernels)
+        span = max(e.time_range.end for e in kernels) - min(e.time_range.start for e in kernels)
+        print(f"GPU busy: {busy / span:.1%} of the 3 steps' span ({len(kernels) / 3:.0f} kernels a step)")
+
+
+def main():
+    args = parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    peak = args.peak_tflops or next((v for k, v in {"A100": 312, "H100": 989, "H200": 989}.items() if k in name), 989)
+    shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    methods = args.methods.split(",")
+    if args.profile:
+        return profile(args.profile, args.layers, *shapes[0], device)
+    rows = []
+    for n, (batch_size, seq) in enumerate(shapes):
+        times, info = {m: [] for m in methods}, {}
+        for r in range(args.rounds if n == 0 else 1):
+            for method in methods if r % 2 == 0 else methods[::-1]:  # A B C ... C B A: none always goes first
+                free(device)
+                t, mem, flops, trainable = measure(method, args.layers, batch_size, seq, args, device,
+                                                   count_flops=method not in info)
+                times[method].append(t)
+                info.setdefault(method, {"flops": flops, "trainable": trainable, "peak_mem_gib": mem})
+                print(f"{batch_size}x{seq} round {r} {method:15s} {t * 1000:8.1f} ms", flush=True)
+        for method in methods:
+            step_s = statistics.median(times[method])
+            tokens = batch_size * seq  # the input's tokens (prompt and prefix positions are the method's cost)
+            rows.append({"method": method, "batch": batch_size, "seq": seq, "step_s": step_s,
+                         "tokens_per_s": tokens / step_s, "mfu": info[method]["flops"] / step_s / (peak * 1e12),
+                         "flops_per_step": info[method]["flops"], "trainable": info[method]["trainable"],
+                         "peak_mem_gib": info[method]["peak_mem_gib"], "rounds": len(times[method])})
+    result = {"device": name, "torch": torch.__version__, "layers": args.layers, "precision":
+              "fp32 weights, bf16 autocast (full_pure_bf16: bf16 weights)", "optimizer": "AdamW (fused on CUDA)",
+              "steps": args.steps, "peak_tflops": peak, "results": rows}
+    short = name.split()[-1 if device.type == "cpu" else 1].lower()
+    out = args.out or os.path.join("bench", "results", f"gpu-{short}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"\n{'shape':>7} {'method':15} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}  vs full  (written to {out})")
+    for r in rows:
+        full = next(x for x in rows if x["method"] == "full" and x["batch"] == r["batch"] and x["seq"] == r["seq"]) \
+            if "full" in methods else r
+        mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
+        print(f"{r['batch']:>3}x{r['seq']:<3} {r['method']:15} {r['tokens_per_s']:10.0f} {r['mfu']:6.1%} {mem:>9}  "
+              f"{r['tokens_per_s'] / full['tokens_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One short GPU run (under 8 minutes on an H100): every method at GPT2-XL shape, random weights,
-# bf16, batch 8 x 256 tokens. Writes bench/results/gpu.json. Needs torch and transformers only.
+# One GPU run: every method at GPT2-XL shape, random weights, fp32 weights under bf16 autocast (the
+# scripts' bf16 config), fused AdamW, batch 32 x 128, 8 x 128 and 8 x 256. Writes
+# bench/results/gpu-<card>.json; `python bench/report.py` puts it in the README. Needs torch and
+# transformers (peft for its rows). Add `--profile lora` for one method's top kernels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 bench/gpu.py "$@"

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import re
+import statistics
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -14,13 +15,42 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 def gpu_table(path):
     r = json.load(open(path))
-    lines = [f"{r['device']}, torch {r['torch']}, GPT2-XL shape ({r['layers']} layers, random weights), {r['dtype']}, "
-             f"batch {r['batch']} x {r['seq']} tokens, median of {r['steps']} steps (`{os.path.relpath(path, ROOT)}`):",
-             "", "| method | tokens/s | MFU | peak memory (GiB) | trainable parameters |", "|---|---|---|---|---|"]
-    for row in r["results"]:
-        lines.append(f"| {row['method']} | {row['tokens_per_s']:,.0f} | {row['mfu']:.1%} | {row['peak_mem_gib']:.1f} | "
-                     f"{row['trainable']:,} |")
-    return "\n".join(lines)
+    if "precision" not in r:  # the first benchmark (pure bf16 weights, foreach AdamW): kept as it was measured
+        lines = [f"{r['device']}, torch {r['torch']}, GPT2-XL shape ({r['layers']} layers, random weights), "
+                 f"{r['dtype']} weights and optimizer state (not the scripts' precision), batch {r['batch']} x "
+                 f"{r['seq']} tokens, median of {r['steps']} steps, the first version of bench/gpu.py "
+                 f"(`{os.path.relpath(path, ROOT)}`):", "",
+                 "| method | tokens/s | MFU (6NT or 4NT) | peak memory (GiB) | trainable parameters |",
+                 "|---|---|---|---|---|"]
+        for row in r["results"]:
+            lines.append(f"| {row['method']} | {row['tokens_per_s']:,.0f} | {row['mfu']:.1%} | "
+                         f"{row['peak_mem_gib']:.1f} | {row['trainable']:,} |")
+        return "\n".join(lines)
+    lines = [f"{r['device']}, torch {r['torch']}, GPT2-XL shape ({r['layers']} layers, random weights), "
+             f"{r['precision']}, {r['optimizer']}, median of {r['steps']} steps per round "
+             f"(`{os.path.relpath(path, ROOT)}`):", "",
+             "| batch x tokens | method | tokens/s | vs full | MFU | peak memory (GiB) | trainable |",
+             "|---|---|---|---|---|---|---|"]
+    rows = r["results"]
+    for row in rows:
+        full = next((x for x in rows if x["method"] == "full" and (x["batch"], x["seq"]) == (row["batch"], row["seq"])),
+                    None)
+        ratio = f"{row['tokens_per_s'] / full['tokens_per_s']:.2f}x" if full else ""
+        lines.append(f"| {row['batch']} x {row['seq']} | {row['method']} | {row['tokens_per_s']:,.0f} | {ratio} | "
+                     f"{row['mfu']:.1%} | {row['peak_mem_gib']:.1f} | {row['trainable']:,} |")
+    at = {x["method"]: x for x in rows if (x["batch"], x["seq"]) == (32, 128)}
+    checks = []
+    if "full" in at:
+        checks.append(f"full fine-tuning MFU {at['full']['mfu']:.1%} (target >= 35%)")
+        for name, target in (("lora", 1.3), ("prompt", 1.45)):
+            if name in at:
+                checks.append(f"{name} / full tokens/s {at[name]['tokens_per_s'] / at['full']['tokens_per_s']:.2f} "
+                              f"(target >= {target})")
+    for name in ("lora", "prompt"):
+        if name in at and f"peft_{name}" in at:
+            checks.append(f"{name} / peft step time {at[name]['step_s'] / at[f'peft_{name}']['step_s']:.2f} "
+                          "(target <= 0.95)")
+    return "\n".join(lines + (["", "At 32 x 128: " + "; ".join(checks) + "."] if checks else []))
 
 
 def speed_table(path):
@@ -67,6 +97,30 @@ def accuracy_table(path):
     return "\n".join(lines + (["", "Failed runs:", *errors] if errors else []))
 
 
+def smollm2_sweep_table(path):
+    """Validation accuracy of each method at each swept learning rate (bench/accuracy_smollm2.py)."""
+    r = json.load(open(path))
+    b = r["budget"]
+    lines = [f"{r['model']}, SST-2: the first {b['rows']} training rows of which {b['validation']} held out "
+             f"(--validation_size) and scored, {b['epochs']} epoch at batch {b['batch']} "
+             f"({(b['rows'] - b['validation']) // b['batch']} steps), max {b['max_length']} tokens, seed 0; "
+             f"{r['threads_per_run']} torch threads per run (`{os.path.relpath(path, ROOT)}`):", "",
+             "| method | swept flag | validation accuracy (%) by rate | trainable | minutes per run |",
+             "|---|---|---|---|---|"]
+    for name, spec in r["methods"].items():
+        runs = [x for x in r["runs"].values() if x["method"] == name]
+        if not runs or not spec["swept"]:
+            continue
+        cells = ", ".join(f"{x['rate']:g}: " + (f"{100 * x['validation_metrics']['accuracy']:.2f}"
+                                                if "validation_metrics" in x else "failed")
+                          for x in sorted(runs, key=lambda x: x["rate"]))
+        done = [x for x in runs if "train_runtime_s" in x]
+        minutes = statistics.mean(x["train_runtime_s"] for x in done) / 60 if done else float("nan")
+        lines.append(f"| {name} | `{spec['swept'][0]}` | {cells} | "
+                     f"{done[0]['trainable_params'] if done else 0:,} | {minutes:.1f} |")
+    return "\n".join(lines)
+
+
 def support_table(path):
     from support import table
 
@@ -95,8 +149,12 @@ def main():
     text = replace(text, "gpu", [gpu_table(p) for p in sorted(glob.glob(os.path.join(results, "gpu*.json")))])
     speed = sorted(glob.glob(os.path.join(results, "speed*.json")), key=newest_first)
     text = replace(text, "speed", [speed_table(p) for p in speed])
-    text = replace(text, "accuracy", [accuracy_table(p) for p in sorted(glob.glob(os.path.join(
-        results, "accuracy*.json")), key=lambda p: (os.path.basename(p) != "accuracy.json", p))])
+    minilm = [p for p in glob.glob(os.path.join(results, "accuracy*.json")) if "smollm2" not in p]
+    text = replace(text, "accuracy", [accuracy_table(p) for p in sorted(
+        minilm, key=lambda p: (os.path.basename(p) != "accuracy.json", p))])
+    sweep = os.path.join(results, "accuracy-smollm2-sweep.json")
+    if os.path.exists(sweep):
+        text = replace(text, "smollm2", [smollm2_sweep_table(sweep)])
     text = replace(text, "support", [support_table(os.path.join(results, "support.json"))])
     open(readme, "w").write(text)
 

@@ -37,7 +37,7 @@ CONFIGS = {
 # (config, baseline, target ratio)
 RATIOS = [("lora", "floor", 1.10), ("lora_fused", "floor", 1.10), ("houlsby", "floor", 1.10),
           ("pfeiffer", "floor", 1.10), ("prompt", "floor+20", 1.05), ("prefix", "floor+10", 1.05),
-          ("idpg", "prompt", 1.15), ("full", "floor", None),
+          ("idpg", "prompt", 1.10), ("full", "floor", None),
           ("lora_fused", "peft_lora", 1.0), ("prompt", "peft_prompt", 1.0), ("prefix", "peft_prefix", 1.0),
           ("houlsby", "adapters_houlsby", 1.0), ("pfeiffer", "adapters_pfeiffer", 1.0)]
 
@@ -104,6 +104,9 @@ def one(name, args):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1, 50000, (args.batch, args.seq), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (args.batch,))}
+    if method == "idpg":  # a warm cache, as after train_idpg.py's cache_states: r looked up by the rows' idx
+        batch["idx"] = torch.arange(args.batch)
+        model.cache_states([batch])
     if method == "floor":
         wide = torch.randint(1, 50000, (args.batch, args.seq + extra), generator=g)
     params = [p for p in model.parameters() if p.requires_grad]

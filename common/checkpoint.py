@@ -65,7 +65,7 @@ def save_trainable(accelerator, model, names, path):
 
     Every rank must call this (under ZeRO-3 the gather is a collective); the main process writes.
     """
-    params = dict(accelerator.unwrap_model(model).named_parameters())
+    params = dict(accelerator.unwrap_model(model, keep_torch_compile=False).named_parameters())
     state = {}
     for name in names:  # one tensor at a time: a full fine-tune never holds two copies of the model
         with gathered([params[name]]):
@@ -73,6 +73,28 @@ def save_trainable(accelerator, model, names, path):
                 state[name] = params[name].detach().cpu().clone().contiguous()
     if accelerator.is_main_process:
         atomic_save_tensors(path, state)
+    accelerator.wait_for_everyone()
+
+
+def save_model_folder(accelerator, model, tokenizer, path, tensors=None):
+    """A standard transformers model folder (model.safetensors, config.json with the task's label
+    names, the tokenizer) that AutoModelForSequenceClassification.from_pretrained and
+    pipeline("text-classification") open. `tensors`: (name, parameters to gather, value) triples,
+    value() computed while those are gathered; by default every parameter as it is. Every rank
+    calls this: under ZeRO-3 each is gathered in turn (a collective, one weight in memory at a
+    time); the main process writes."""
+    plain = accelerator.unwrap_model(model, keep_torch_compile=False)
+    if tensors is None:
+        tensors = [(name, [p], p.detach) for name, p in plain.named_parameters()]
+    state = {}
+    for name, params, value in tensors:
+        with gathered(params):
+            if accelerator.is_main_process:
+                state[name] = value().detach().cpu().clone()
+    if accelerator.is_main_process:
+        atomic_save_tensors(os.path.join(path, "model.safetensors"), state)
+        plain.config.save_pretrained(path)
+        tokenizer.save_pretrained(path)
     accelerator.wait_for_everyone()
 
 

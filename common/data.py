@@ -189,19 +189,52 @@ def tokenize(dataset, task_name, tokenizer, max_length):
     return dataset.map(encode, batched=True, remove_columns=[c for c in dataset.column_names if c not in keep])
 
 
+def pack_left(input_ids, attention_mask, token_type_ids=None):
+    """Every row of a batch left-padded (pads first), whatever the collator did: the last position is
+    then the last real token (where a decoder's classifier pools, given embeddings instead of ids)."""
+    order = attention_mask.argsort(dim=-1, stable=True)
+    token_type_ids = None if token_type_ids is None else token_type_ids.gather(1, order)
+    return input_ids.gather(1, order), attention_mask.gather(1, order), token_type_ids
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Row indices in a new random order each epoch, grouped by length (transformers' Trainer does
+    the same with group_by_length): shuffled, cut into groups of `group` batches, each group sorted
+    longest first. A batch then holds rows of similar lengths, so it carries little padding, and
+    every row still comes exactly once per epoch. set_epoch reseeds it (the loops call it)."""
+
+    def __init__(self, lengths, batch_size, seed, group=50):
+        self.lengths, self.size, self.seed, self.epoch = lengths, group * batch_size, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        groups = [sorted(order[i:i + self.size].tolist(), key=lambda j: -self.lengths[j])
+                  for i in range(0, len(order), self.size)]
+        return iter([j for g in groups for j in g])
+
+
 class Collator:
-    """Dynamic padding to the longest row of the batch, on the tokenizer's padding side.
+    """Dynamic padding to the longest row of the batch (rounded up to a multiple of
+    `pad_to_multiple_of`: tensor cores like multiples of 8), on the tokenizer's padding side.
 
     Position ids are computed from the attention mask, so a row's positions start at 0 at its
     first real token whatever the padding side; with `positions=False` the model's own are used
     (for models whose forward takes no position_ids).
     """
 
-    def __init__(self, pad_token_id, padding_side="right", positions=True):
+    def __init__(self, pad_token_id, padding_side="right", positions=True, pad_to_multiple_of=1):
         self.pad_token_id, self.padding_side, self.positions = pad_token_id, padding_side, positions
+        self.multiple = pad_to_multiple_of
 
     def __call__(self, rows):
         width = max(len(r["input_ids"]) for r in rows)
+        width = -(-width // self.multiple) * self.multiple
         batch = {}
         for key, fill in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
             if key not in rows[0]:

@@ -15,7 +15,7 @@ scheduler steps) and calls a Run around it:
         train_loader.set_epoch(epoch)
         for batch in run.remaining(train_loader, epoch):
             ... the step ...
-            run.add_loss(loss)
+            run.add_loss(loss, batch)
             if accelerator.sync_gradients:
                 run.step_done()                          # evaluate, save best/checkpoint when due
             if run.stop:
@@ -45,7 +45,7 @@ from common.launch import evaluate, write_predictions
 # which a checkpoint records and a resume must match.
 OPERATIONAL = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "checkpointing_steps", "with_tracking",
                "report_to", "do_predict", "per_device_eval_batch_size", "data_dir", "merge_and_save", "logging_steps",
-               "no_cache"}
+               "no_cache", "torch_compile", "pad_to_multiple_of"}
 # What a run writes in OUTPUT_DIR, removed by --overwrite_output_dir (nothing else there is touched).
 OUTPUTS = ("checkpoints", "best", "results.json", "eval_logits.safetensors", "trainable.safetensors", "predictions",
            "peft", "prefix.safetensors", "args.json")
@@ -185,8 +185,9 @@ class Run:
             self.noted(self.checkpoint)
             self.accelerator.print(f"resumed from {self.checkpoint} at step {self.step}")
         self.stop = self.step >= self.max_steps or self.stopped_early_at is not None
-        self.start_step, self.start_time = self.step, time.perf_counter()
+        self.start_step, self.start_time, self.aside = self.step, time.perf_counter(), 0.0  # aside: eval and saving
         self.window_sum = torch.zeros((), device=self.accelerator.device)  # since the last log line
+        self.tokens, self.padded = torch.zeros((), dtype=torch.long, device=self.accelerator.device), 0  # this run's
         self.progress = tqdm(total=self.max_steps, initial=self.step,
                              disable=not self.accelerator.is_local_main_process)
 
@@ -202,11 +203,14 @@ class Run:
         done = (self.step - epoch * self.steps_per_epoch) * self.grad_accum
         return self.accelerator.skip_first_batches(train_loader, done) if done else train_loader
 
-    def add_loss(self, loss):
-        """Count one batch's loss, on the device: no host sync here (NCCL also reduces only device tensors)."""
+    def add_loss(self, loss, batch):
+        """Count one batch's loss and tokens, on the device: no host sync here (NCCL also reduces only
+        device tensors)."""
         loss = loss.detach().float()
         self.loss_sum, self.loss_count = self.loss_sum + loss, self.loss_count + 1
         self.window_sum = self.window_sum + loss
+        mask = batch["attention_mask"]
+        self.tokens, self.padded = self.tokens + mask.sum(), self.padded + mask.numel()
 
     def step_done(self):
         """After an optimizer step: show the loss every --logging_steps steps, evaluate, save the best
@@ -217,6 +221,7 @@ class Run:
             window = self.check_finite(self.window_sum) / (self.args.logging_steps * self.grad_accum)
             self.progress.set_postfix(loss=f"{window:.4f}")
             self.window_sum = torch.zeros_like(self.window_sum)
+        started = time.perf_counter()
         if self.step % self.eval_every == 0 or self.step == self.max_steps:
             self.evaluate()
         every = self.args.checkpointing_steps
@@ -228,6 +233,7 @@ class Run:
             path = save_checkpoint(self.accelerator, self.args.output_dir, self.step, self.state_dict(),
                                    files={"best.safetensors": best} if self.best else None)
             self.noted(path)
+        self.aside += time.perf_counter() - started  # train_runtime_s counts training only
         self.stop = self.stop or self.step >= self.max_steps
 
     def check_finite(self, loss_sum):
@@ -274,7 +280,7 @@ class Run:
         """After the loop: the final metrics (evaluated again only if a resumed run had no step
         left), trainable.safetensors, and with --do_predict the GLUE submission files."""
         self.progress.close()
-        self.runtime = time.perf_counter() - self.start_time
+        self.runtime = time.perf_counter() - self.start_time - self.aside
         if self.metrics is None:
             self.metrics, self.logits = evaluate(self.model, self.eval_loaders, self.accelerator, self.args.task,
                                                  self.forward)
@@ -287,6 +293,7 @@ class Run:
         """results.json (the output contract every script follows) and the final eval logits;
         print the final line; close the trackers and the process group; free OUTPUT_DIR."""
         args, accelerator = self.args, self.accelerator
+        tokens, padded = accelerator.reduce(torch.stack([self.tokens, self.tokens.new_tensor(self.padded)])).tolist()
         if accelerator.is_main_process:
             samples = ((self.step - self.start_step) * args.per_device_train_batch_size * self.grad_accum *
                        accelerator.num_processes)
@@ -300,8 +307,9 @@ class Run:
                 "task": args.task, "method": self.method, "model": args.model_name_or_path, "metrics": self.metrics,
                 "best_metrics": self.best, **selected, "stopped_early_at_step": self.stopped_early_at,
                 "log_history": self.log_history, "trainable_params": trainable, "total_params": total, **extra,
-                "train_runtime_s": self.runtime,
-                "train_samples_per_s": samples / self.runtime if self.runtime else 0.0})
+                "train_runtime_s": self.runtime, "train_samples_per_s": samples / self.runtime if self.runtime else 0.0,
+                "train_tokens": tokens, "train_padded_tokens": padded,
+                "train_tokens_per_s": tokens / self.runtime if self.runtime else 0.0})
             os.remove(self.lock)
         accelerator.print(f"final {args.task} {self.method}: " +
                           " ".join(f"{k} {v:.4f}" for k, v in self.metrics.items()))

@@ -124,7 +124,7 @@ def test_encoder_dropout_changes_r_every_training_forward(encoder_dropout):
                                    resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1))
     model = build_idpg(tiny.gpt2(), encoder, num_tokens=4, hidden=8, encoder_dropout=encoder_dropout,
                        init="original").train()  # (the default's last layer starts at zero: r has no effect yet)
-    assert (model.cache is None) == encoder_dropout
+    assert model.cache == (not encoder_dropout)
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
     with torch.no_grad():
         a, b = (model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits for _ in range(2))

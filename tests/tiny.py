@@ -5,6 +5,7 @@
 - `make_tiny_gpt2(path)`: a model folder for the scripts' real from_pretrained path: a byte-level
   BPE tokenizer trained on the GLUE fixtures (GPT-2 style: eos, no pad token) and a random
   2-layer GPT-2 body (from_pretrained adds and seeds the classification head).
+- `make_tiny_bert(path)`: the same with a 2-layer BERT body (and the same tokenizer).
 """
 import os
 
@@ -69,4 +70,15 @@ def make_tiny_gpt2(path, n_layer=2, n_embd=32, n_head=2, dropout=0.1):
                         resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
                         bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
     GPT2Model(config).save_pretrained(path)
+    return path
+
+
+def make_tiny_bert(path):
+    """A model folder: the fixture-trained tokenizer and a random 2-layer BERT body."""
+    from transformers import BertConfig, BertModel
+
+    tok = make_gpt2_tokenizer(path)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=256)).save_pretrained(path)
     return path
