@@ -6,7 +6,6 @@ Random batches (the default sampler) against --group_by_length (common.data.Leng
 one epoch each, with the scripts' own loading and tokenizing; also checks that the grouped epoch
 holds every row exactly once. Writes bench/results/padding.json.
 """
-import json
 import os
 import sys
 
