@@ -29,6 +29,7 @@ METHODS = {
     "full": ("train_full.py", [], ("--learning_rate", [2e-6, 2e-5, 2e-4])),
     "lora": ("train_lora.py", [], ("--learning_rate", [5e-5, 5e-4, 5e-3])),
     "prefix": ("train_prefix.py", [], ("--prefix_learning_rate", [1e-4, 1e-3, 1e-2])),
+    "prefix-random": ("train_prefix.py", ["--prefix_init", "random"], ("--prefix_learning_rate", [1e-4, 1e-3, 1e-2])),
     "houlsby": ("train_adapter.py", ["--variant", "houlsby"], ("--learning_rate", [1e-4, 1e-3, 1e-2])),
     "pfeiffer": ("train_adapter.py", ["--variant", "pfeiffer"], ("--learning_rate", [1e-4, 1e-3, 1e-2])),
     "prompt": ("train_prompt.py", [], ("--prompt_learning_rate", [3e-3, 3e-2, 3e-1])),
@@ -96,9 +97,9 @@ def run(name, seed, model, data_dir, part, rate, threads):
         return {k: res[k] for k in keep if k in res}
 
 
-def jobs(part, methods, seeds):
+def jobs(part, methods, seeds, rates=None):
     if part == "sweep":
-        return [(n, 0, r) for n in methods if METHODS[n][2] for r in METHODS[n][2][1]]
+        return [(n, 0, r) for n in methods if METHODS[n][2] for r in rates or METHODS[n][2][1]]
     return [(n, s, None) for s in seeds for n in methods if s in SEEDS.get(n, [0])]
 
 
@@ -132,6 +133,8 @@ def main():
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "glue"))
+    p.add_argument("--rates", nargs="+", type=float, default=None,
+                   help="sweep: these rates of the swept flag instead of each method's three")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the one run at a time")
     p.add_argument("--out", default=None, help="default: bench/results/accuracy-smollm2-PART.json")
     args = p.parse_args()
@@ -142,7 +145,8 @@ def main():
     saved = json.load(open(out)) if os.path.exists(out) else {}
     runs = saved.get("runs", {})
     key = lambda n, s, r: f"{n}/{s}" + (f"/{r:g}" if r is not None else "")  # noqa: E731
-    todo = [j for j in jobs(args.part, args.methods, args.seeds) if key(*j) not in runs or "error" in runs[key(*j)]]
+    todo = [j for j in jobs(args.part, args.methods, args.seeds, args.rates)
+            if key(*j) not in runs or "error" in runs[key(*j)]]
     print(f"{len(todo)} runs to do ({len(runs)} saved in {out})", flush=True)
     for name, seed, rate in todo:
         result = run(name, seed, model, data_dir, args.part, rate, args.threads)

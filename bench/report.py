@@ -104,7 +104,8 @@ def smollm2_sweep_table(path):
     lines = [f"{r['model']}, SST-2: the first {b['rows']} training rows of which {b['validation']} held out "
              f"(--validation_size) and scored, {b['epochs']} epoch at batch {b['batch']} "
              f"({(b['rows'] - b['validation']) // b['batch']} steps), max {b['max_length']} tokens, seed 0; "
-             f"{r['threads_per_run']} torch threads per run (`{os.path.relpath(path, ROOT)}`):", "",
+             f"minutes per run on 1-2 threads, often beside other work: an upper bound "
+             f"(`{os.path.relpath(path, ROOT)}`):", "",
              "| method | swept flag | validation accuracy (%) by rate | trainable | minutes per run |",
              "|---|---|---|---|---|"]
     for name, spec in r["methods"].items():

@@ -67,7 +67,7 @@ accelerate launch --config_file accelerate_configs/zero2.yaml --mixed_precision 
 accelerate launch --config_file accelerate_configs/zero2.yaml --mixed_precision fp16 \
     train_prefix.py --task mnli --max_train_samples 40000 --validation_size 1000 \
     --model_name_or_path gpt2-xl --learning_rate 5e-5 --prefix_learning_rate 5e-5 --num_train_epochs 20 \
-    --num_prefix 10 --prefix_hidden 16 \
+    --num_prefix 10 --prefix_hidden 16 --prefix_init random \
     --per_device_train_batch_size 12 --max_length 128 --seed 1234 --early_stopping_patience 5 \
     --adam_epsilon 1e-6 --weight_decay 0 --num_warmup_steps 1000 --output_dir runs/seed/prefix-mnli
 
@@ -75,7 +75,7 @@ accelerate launch --config_file accelerate_configs/zero2.yaml --mixed_precision 
 accelerate launch --config_file accelerate_configs/zero2.yaml --mixed_precision fp16 \
     train_prefix.py --task sst2 --validation_size 1000 \
     --model_name_or_path gpt2-xl --learning_rate 1e-4 --prefix_learning_rate 1e-4 --num_train_epochs 30 \
-    --num_prefix 10 --prefix_hidden 16 \
+    --num_prefix 10 --prefix_hidden 16 --prefix_init random \
     --per_device_train_batch_size 12 --max_length 128 --seed 1234 --early_stopping_patience 5 \
     --adam_epsilon 1e-6 --weight_decay 0 --num_warmup_steps 1000 --output_dir runs/seed/prefix-sst2
 
@@ -84,6 +84,7 @@ accelerate launch --config_file accelerate_configs/zero2.yaml --mixed_precision 
     train_idpg.py --task mnli --max_train_samples 40000 --validation_size 1000 \
     --model_name_or_path gpt2-xl --learning_rate 5e-5 --prompt_learning_rate 5e-5 --num_train_epochs 40 \
     --encoder_name_or_path gpt2 --encoder_dropout --generator_hidden 384 --num_virtual_tokens 20 \
+    --generator_init original \
     --per_device_train_batch_size 12 --max_length 128 --seed 1234 --early_stopping_patience 5 \
     --adam_epsilon 1e-6 --weight_decay 0 --num_warmup_steps 1000 --output_dir runs/seed/idpg-mnli
 
@@ -92,6 +93,7 @@ accelerate launch --config_file accelerate_configs/zero2.yaml --mixed_precision 
     train_idpg.py --task sst2 --validation_size 1000 \
     --model_name_or_path gpt2-xl --learning_rate 1e-3 --prompt_learning_rate 1e-3 --num_train_epochs 30 \
     --encoder_name_or_path gpt2 --encoder_dropout --generator_hidden 384 --num_virtual_tokens 20 \
+    --generator_init original \
     --per_device_train_batch_size 12 --max_length 128 --seed 1234 --early_stopping_patience 5 \
     --adam_epsilon 1e-6 --weight_decay 0 --num_warmup_steps 1000 --output_dir runs/seed/idpg-sst2
 
@@ -100,6 +102,7 @@ accelerate launch --config_file accelerate_configs/zero2.yaml --mixed_precision 
     train_idpg.py --task rte --validation_dev_half \
     --model_name_or_path gpt2-xl --learning_rate 1e-2 --prompt_learning_rate 1e-2 --num_train_epochs 120 \
     --encoder_name_or_path gpt2 --encoder_dropout --generator_hidden 384 --num_virtual_tokens 20 \
+    --generator_init original \
     --per_device_train_batch_size 12 --max_length 128 --seed 1234 --early_stopping_patience 5 \
     --adam_epsilon 1e-6 --weight_decay 0 --num_warmup_steps 1000 --output_dir runs/seed/idpg-rte
 
@@ -108,6 +111,7 @@ accelerate launch --config_file accelerate_configs/zero2.yaml --mixed_precision 
     train_idpg.py --task mnli --max_train_samples 40000 --validation_size 1000 \
     --model_name_or_path gpt2-xl --learning_rate 5e-5 --prompt_learning_rate 5e-5 --num_train_epochs 40 \
     --encoder_name_or_path gpt2 --train_encoder --generator_hidden 384 --num_virtual_tokens 20 \
+    --generator_init original \
     --per_device_train_batch_size 12 --max_length 128 --seed 1234 --early_stopping_patience 5 \
     --adam_epsilon 1e-6 --weight_decay 0 --num_warmup_steps 1000 --output_dir runs/seed/idpg-trained-mnli
 
@@ -116,6 +120,7 @@ accelerate launch --config_file accelerate_configs/zero2.yaml --mixed_precision 
     train_idpg.py --task sst2 --validation_size 1000 \
     --model_name_or_path gpt2-xl --learning_rate 1e-3 --prompt_learning_rate 1e-3 --num_train_epochs 30 \
     --encoder_name_or_path gpt2 --train_encoder --generator_hidden 384 --num_virtual_tokens 20 \
+    --generator_init original \
     --per_device_train_batch_size 12 --max_length 128 --seed 1234 --early_stopping_patience 5 \
     --adam_epsilon 1e-6 --weight_decay 0 --num_warmup_steps 1000 --output_dir runs/seed/idpg-trained-sst2
 
@@ -125,6 +130,7 @@ accelerate launch --config_file accelerate_configs/zero2.yaml --mixed_precision 
     train_idpg.py --task mnli --max_train_samples 40000 --validation_size 1000 \
     --model_name_or_path gpt2-xl --learning_rate 5e-5 --prompt_learning_rate 5e-5 --num_train_epochs 40 \
     --encoder_name_or_path gpt2 --prompt_only --generator_hidden 384 --num_virtual_tokens 20 \
+    --generator_init original \
     --per_device_train_batch_size 12 --max_length 128 --seed 1234 --early_stopping_patience 5 \
     --adam_epsilon 1e-6 --weight_decay 0 --num_warmup_steps 1000 --output_dir runs/seed/pg-mnli
 

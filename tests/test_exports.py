@@ -19,7 +19,8 @@ from reference_env import python as reference_python
 from tiny import make_tiny_bert
 from train_adapter import add_adapters
 from train_lora import add_lora
-from train_prefix import PrefixTuning
+from train_prefix import PrefixTuning, prefix_text_ids
+from train_prefix import parse_args as parse_prefix_args
 from train_prompt import PromptTuning
 
 
@@ -98,7 +99,9 @@ def test_prefix_tuning_loads_in_peft_0_17(config, tiny_gpt2, glue_dir, tmp_path)
     out = tmp_path / "out"
     train("train_prefix.py", config, tiny_gpt2, glue_dir, out, "--num_prefix", "4", "--prefix_hidden", "16")
     batch = inputs(tiny_gpt2)
-    model = PrefixTuning(plain(tiny_gpt2), 4, hidden=16)
+    text = parse_prefix_args(["--task", "sst2"]).prefix_init_text  # the script's default init
+    text_ids = prefix_text_ids(AutoTokenizer.from_pretrained(tiny_gpt2), text, 4)
+    model = PrefixTuning(plain(tiny_gpt2), 4, hidden=16, text_ids=text_ids)
     load_trainable(model, out / "trainable.safetensors")
     [theirs] = reference_logits([spec(tiny_gpt2, "peft", out / "peft", batch, tmp_path, "prefix")], tmp_path)
     torch.testing.assert_close(theirs, with_batch(model, batch), atol=1e-5, rtol=0)

@@ -4,12 +4,13 @@ with -m slow)."""
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DistilBertConfig,
+                          DistilBertForSequenceClassification)
 
 import tiny
 from common.checkpoint import load_trainable
 from launch_utils import check_ok, eval_batches, launch, logits_of, matrix, results, run_in_process, saved_eval_logits
-from train_prefix import PrefixTuning, check_supported
+from train_prefix import PrefixTuning, check_supported, is_encoder, parse_args, prefix_text_ids
 
 
 # Equality with peft's prefix tuning: tests/test_references.py (peft 0.21 refuses prefix tuning beside
@@ -38,6 +39,33 @@ def test_models_without_a_cache_are_refused_up_front():
     check_supported(tiny.llama())
 
 
+@pytest.mark.parametrize("make", [tiny.gpt2, tiny.llama])
+def test_text_init_is_reading_the_text_first(make):
+    """--prefix_init text: at the start, the prefix is exactly the model's keys and values for the
+    text, so a row reads as the text followed by the row (rotary positions included: the row's
+    positions come after the prefix's)."""
+    text = [17, 23, 5, 42]
+    model = PrefixTuning(make(), 4, hidden=16, text_ids=text).train()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        ours = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(5)[None]).logits
+        assert model.model.training  # the pairs were computed in eval mode, and the mode restored
+        read = model.model.eval()(input_ids=torch.tensor([text + [5, 6, 7, 8, 9]])).logits
+    torch.testing.assert_close(ours, read, atol=1e-5, rtol=0)
+    assert all(p.abs().sum() == 0 for p in model.mlp[-1].parameters())  # the learned change starts at zero
+
+
+def test_text_init_ids_and_encoders():
+    class Tok:  # a stand-in tokenizer: one id per word, its length
+        def __call__(self, text):
+            return {"input_ids": [len(w) for w in text.split()]}
+
+    assert prefix_text_ids(Tok(), "a bb ccc", 7) == [1, 2, 3, 1, 2, 3, 1]  # repeated as often as p needs
+    with pytest.raises(ValueError, match="--prefix_init random"):
+        prefix_text_ids(Tok(), "", 4)
+    assert is_encoder(tiny.bert()) and not is_encoder(tiny.gpt2()) and not is_encoder(tiny.llama())
+
+
 def test_bert_rows_do_not_depend_on_padding():
     model = PrefixTuning(tiny.bert(layers=1), 4).eval()
     model.embedding.data.normal_()
@@ -49,6 +77,9 @@ def test_bert_rows_do_not_depend_on_padding():
         base = model.model(input_ids=ids[:1, :3], attention_mask=mask[:1, :3]).logits
     torch.testing.assert_close(both[:1], one, atol=1e-5, rtol=0)
     assert (one - base).abs().max() > 1e-3  # the prefix is read
+
+
+PREFIX_TEXT = parse_args(["--task", "sst2"]).prefix_init_text
 
 
 def prefix_args(tiny_gpt2, glue_dir, out):
@@ -66,7 +97,8 @@ def check_prefix_run(out, tiny_gpt2, glue_dir, bf16):
     assert all(n.startswith(("embedding", "mlp.", "model.score.")) for n in saved)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2)
     model.config.pad_token_id = 0
-    model = PrefixTuning(model, 4, hidden=16).eval()
+    text_ids = prefix_text_ids(AutoTokenizer.from_pretrained(tiny_gpt2), PREFIX_TEXT, 4)  # the script's default
+    model = PrefixTuning(model, 4, hidden=16, text_ids=text_ids).eval()
     load_trainable(model, out / "trainable.safetensors")
     ours = logits_of(model, eval_batches(tiny_gpt2, glue_dir, "sst2", 32))
     torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=5e-2 if bf16 else 1e-5, rtol=0)
