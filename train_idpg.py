@@ -66,8 +66,7 @@ def parse_args(argv=None):
                         help="run the frozen encoder in train mode while training (its dropout on, so r changes "
                              "every step), as the original did; turns the cache off")
     parser.add_argument("--prompt_learning_rate", type=float, default=1e-4,
-                        help="learning rate of the generator (--learning_rate is the head's); 1e-4: the best of "
-                             "1e-4, 1e-3, 1e-2 on held-out SST-2 rows with SmolLM2-135M (README)")
+                        help="learning rate of the generator (--learning_rate is the head's; README: why 1e-4)")
     args = check_args(parser.parse_args(argv), "idpg")
     if args.num_virtual_tokens < 1 or args.prompt_learning_rate <= 0 or args.generator_hidden < 1:
         fail("--num_virtual_tokens and --generator_hidden must be >= 1 and --prompt_learning_rate > 0")
