@@ -63,7 +63,7 @@ def parse_args(argv=None):
                              "as peft does")
     parser.add_argument("--prefix_init_text", default="Read the text that follows and say what it expresses.",
                         help="the text whose first --num_prefix tokens (repeated if it is shorter) start the prefix")
-    parser.add_argument("--prefix_learning_rate", type=float, default=1e-2,
+    parser.add_argument("--prefix_learning_rate", type=float, default=1e-3,
                         help="learning rate of the prefix (--learning_rate is the head's); 1e-3: the best of 1e-4, "
                              "1e-3, 1e-2 on held-out SST-2 rows with SmolLM2-135M (README)")
     args = check_args(parser.parse_args(argv), "prefix")
