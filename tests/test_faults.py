@@ -227,10 +227,10 @@ def test_two_runs_on_one_folder(tiny_gpt2, glue_dir, tmp_path):
 def test_interrupts_say_where_the_last_checkpoint_is(tiny_gpt2, glue_dir, tmp_path, sig, code, word):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "train_full.py", *args_for(
-        tiny_gpt2, glue_dir, str(out), "--num_train_epochs", "400", "--checkpointing_steps", "5")], cwd=ROOT,
+        tiny_gpt2, glue_dir, str(out), "--num_train_epochs", "100000", "--checkpointing_steps", "5")], cwd=ROOT,
         env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    for _ in range(600):
-        if (out / "checkpoints" / "step_5").exists():
+    for _ in range(600):  # any checkpoint: older ones are removed as newer ones land, so step_5 may be gone
+        if list((out / "checkpoints").glob("step_*[0-9]")):  # not step_N.tmp
             break
         time.sleep(0.1)
     proc.send_signal(sig)
@@ -280,7 +280,7 @@ def test_kill_9_then_resume_is_bitwise_equal(tiny_gpt2, glue_dir, tmp_path):
     All three runs are fresh processes with one thread: the same float sums, whatever this process
     (or the machine's core count) would have chosen."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    extra = {"max_train_samples": 96, "num_train_epochs": 3, "checkpointing_steps": 4, "lora_r": 4}
+    extra = {"max_train_samples": 96, "num_train_epochs": 20, "checkpointing_steps": 4, "lora_r": 4}
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
     def run(out, **more):  # to the end
@@ -291,8 +291,8 @@ def test_kill_9_then_resume_is_bitwise_equal(tiny_gpt2, glue_dir, tmp_path):
     run(whole)
     proc = subprocess.Popen([sys.executable, "train_lora.py", *args_for(tiny_gpt2, glue_dir, str(killed), **extra)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        if (killed / "checkpoints" / "step_4").exists():
+    for _ in range(600):  # killed at its first checkpoint seen, long before its 240 steps end
+        if list((killed / "checkpoints").glob("step_*[0-9]")):  # not step_N.tmp
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
