@@ -122,6 +122,69 @@ def smollm2_sweep_table(path):
     return "\n".join(lines)
 
 
+SST2_DEV_MAJORITY = 100 * 444 / 872  # SST-2 dev: 444 positive of 872 (files written before dev_majority)
+TASK_NAMES = {"sst2": "SST-2", "rte": "RTE", "mrpc": "MRPC"}
+
+
+def smollm2_grid_table(path):
+    """Dev accuracy of every method at its script's defaults, mean +- std over seeds, and ours
+    minus the reference library's (bench/accuracy_smollm2.py --part grid)."""
+    r = json.load(open(path))
+    b, summary, majority = r["budget"], r["summary"], r.get("dev_majority", SST2_DEV_MAJORITY)
+    lines = [f"{r['model']}, {TASK_NAMES[r['task']]}: the first {b['rows']} training rows, {b['epochs']} epoch at "
+             f"batch {b['batch']} ({-(-b['rows'] // b['batch'])} steps), max {b['max_length']} tokens, every script at "
+             f"its defaults, scored on the full dev set (majority class {majority:.2f}); minutes per run, "
+             f"{r.get('jobs', 1)} run(s) at a time on {r['threads_per_run']} threads each, often beside other work "
+             f"(`{os.path.relpath(path, ROOT)}`):", "",
+             "| method | trainable | dev accuracy (%), mean +- std (seeds) | above majority | ours - reference "
+             "(reference's std) | minutes per run |", "|---|---|---|---|---|---|"]
+    for name in sorted(summary, key=lambda n: -summary[n]["mean"]):
+        row = summary[name]
+        runs = [x for x in r["runs"].values() if x["method"] == name and "metrics" in x]
+        gap = (f"{row['minus_reference']:+.2f} ({row['reference_std']:.2f})" if "minus_reference" in row else "")
+        minutes = statistics.mean(x["train_runtime_s"] for x in runs) / 60
+        lines.append(f"| {name} | {runs[0]['trainable_params']:,} | {row['mean']:.2f} +- {row['std']:.2f} "
+                     f"({row['n']}) | {row['mean'] - majority:+.2f} | {gap} | {minutes:.1f} |")
+    errors = [f"- {k}: {x['error']}" for k, x in r["runs"].items() if "error" in x]
+    return "\n".join(lines + (["", "Failed runs:", *errors] if errors else []))
+
+
+def smollm2_figure(path, png):
+    """Dev accuracy against trainable parameters (log scale), one point per method, the seed
+    spread as error bars, the majority class as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = json.load(open(path))
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    params = {name: next(x["trainable_params"] for x in r["runs"].values() if x["method"] == name and "metrics" in x)
+              for name in r["summary"]}
+    for name, row in r["summary"].items():
+        reference = name.startswith("peft:")
+        ax.errorbar(params[name], row["mean"], yerr=row["std"], fmt="s" if reference else "o", capsize=3,
+                    color="gray" if reference else "C0")
+        # The label goes below the point when a close neighbour (within 2x the parameters) scores higher.
+        below = any(params[name] / 2 <= params[o] <= params[name] * 2 and r["summary"][o]["mean"] > row["mean"]
+                    for o in params if o != name)
+        ax.annotate(f"{name} ({row['n']})", (params[name], row["mean"]), textcoords="offset points",
+                    xytext=(5, -11 if below else 4), fontsize=8)
+    ax.axhline(r.get("dev_majority", SST2_DEV_MAJORITY), color="C3", linestyle="--", linewidth=1,
+               label="majority class")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel(f"{TASK_NAMES[r['task']]} dev accuracy (%)")
+    ax.set_title(f"SmolLM2-135M, {TASK_NAMES[r['task']]}, {-(-r['budget']['rows'] // r['budget']['batch'])} steps, "
+                 "script defaults "
+                 "(mean +- std over seeds)", fontsize=9)
+    ax.margins(x=0.2)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
 def support_table(path):
     from support import table
 
@@ -156,6 +219,10 @@ def main():
     sweep = os.path.join(results, "accuracy-smollm2-sweep.json")
     if os.path.exists(sweep):
         text = replace(text, "smollm2", [smollm2_sweep_table(sweep)])
+    grid = os.path.join(results, "accuracy-smollm2-grid.json")
+    if os.path.exists(grid):
+        text = replace(text, "smollm2-grid", [smollm2_grid_table(grid)])
+        smollm2_figure(grid, os.path.join(results, "accuracy-smollm2-grid.png"))
     text = replace(text, "support", [support_table(os.path.join(results, "support.json"))])
     open(readme, "w").write(text)
 
