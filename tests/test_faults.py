@@ -228,14 +228,15 @@ def test_interrupts_say_where_the_last_checkpoint_is(tiny_gpt2, glue_dir, tmp_pa
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "train_full.py", *args_for(
         tiny_gpt2, glue_dir, str(out), "--num_train_epochs", "100000", "--checkpointing_steps", "5")], cwd=ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=open(tmp_path / "stderr", "w"), stdout=subprocess.DEVNULL)
+    # stderr goes to a file: a pipe nobody reads while we wait fills with progress bars and blocks the run.
     for _ in range(600):  # any checkpoint: older ones are removed as newer ones land, so step_5 may be gone
         if list((out / "checkpoints").glob("step_*[0-9]")):  # not step_N.tmp
             break
         time.sleep(0.1)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    message = one_line(proc.returncode, err, expected_code=code)
+    proc.wait(timeout=120)
+    message = one_line(proc.returncode, (tmp_path / "stderr").read_text(), expected_code=code)
     assert message.startswith(f"{word}: the last checkpoint is {out}/checkpoints/step_")
     assert "--resume_from_checkpoint latest" in message
 
