@@ -226,16 +226,27 @@ def test_two_runs_on_one_folder(tiny_gpt2, glue_dir, tmp_path):
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_interrupts_say_where_the_last_checkpoint_is(tiny_gpt2, glue_dir, tmp_path, sig, code, word):
     out = tmp_path / "out"
+    inherited = (signal.getsignal(sig), signal.pthread_sigmask(signal.SIG_BLOCK, []))  # for the message below
+
+    def as_from_a_shell():  # a child inherits ignored and blocked signals: the run gets what a shell gives
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        signal.signal(sig, signal.SIG_DFL)
+
     proc = subprocess.Popen([sys.executable, "train_full.py", *args_for(
         tiny_gpt2, glue_dir, str(out), "--num_train_epochs", "100000", "--checkpointing_steps", "5")], cwd=ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=open(tmp_path / "stderr", "w"), stdout=subprocess.DEVNULL)
+        env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=open(tmp_path / "stderr", "w"), stdout=subprocess.DEVNULL,
+        preexec_fn=as_from_a_shell)
     # stderr goes to a file: a pipe nobody reads while we wait fills with progress bars and blocks the run.
     for _ in range(600):  # any checkpoint: older ones are removed as newer ones land, so step_5 may be gone
         if list((out / "checkpoints").glob("step_*[0-9]")):  # not step_N.tmp
             break
         time.sleep(0.1)
     proc.send_signal(sig)
-    proc.wait(timeout=120)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"the run ignored signal {sig}; this process had handler, blocked: {inherited}")
     message = one_line(proc.returncode, (tmp_path / "stderr").read_text(), expected_code=code)
     assert message.startswith(f"{word}: the last checkpoint is {out}/checkpoints/step_")
     assert "--resume_from_checkpoint latest" in message
