@@ -142,9 +142,10 @@ def smollm2_grid_table(path):
         row = summary[name]
         runs = [x for x in r["runs"].values() if x["method"] == name and "metrics" in x]
         gap = (f"{row['minus_reference']:+.2f} ({row['reference_std']:.2f})" if "minus_reference" in row else "")
-        minutes = statistics.mean(x["train_runtime_s"] for x in runs) / 60
+        timed = [x["train_runtime_s"] for x in runs if "train_runtime_s" in x]  # the references' are not
+        minutes = f"{statistics.mean(timed) / 60:.1f}" if timed else ""
         lines.append(f"| {name} | {runs[0]['trainable_params']:,} | {row['mean']:.2f} +- {row['std']:.2f} "
-                     f"({row['n']}) | {row['mean'] - majority:+.2f} | {gap} | {minutes:.1f} |")
+                     f"({row['n']}) | {round(row['mean'] - majority, 2) + 0.0:+.2f} | {gap} | {minutes} |")  # no -0.00
     errors = [f"- {k}: {x['error']}" for k, x in r["runs"].items() if "error" in x]
     return "\n".join(lines + (["", "Failed runs:", *errors] if errors else []))
 
