@@ -27,8 +27,7 @@ pack)
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d .whl datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 gguf==0.19.0
     gguf=$(python3 -c "import sys; sys.path.insert(0, 'bench'); import smollm2; print(smollm2.gguf_path())")
-    split -n 2 -d "$gguf" .gpu/part-a  # .gpu/part-a00 and .gpu/part-a01, 49 MB each
-    mv .gpu/part-a00 .gpu/part-aa && mv .gpu/part-a01 .gpu/part-ab
+    split -n 2 "$gguf" .gpu/part-  # .gpu/part-aa and .gpu/part-ab, 49 MB each
     for task in SST-2 RTE MRPC; do
         mkdir -p ".gpu/glue/$task"
         cp "$GLUE/$task/dev.tsv" ".gpu/glue/$task/"
