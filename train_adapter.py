@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import get_scheduler
 
-from common.checkpoint import atomic_save_tensors, atomic_write_text, trainable_names
+from common.checkpoint import atomic_save_tensors, atomic_write_text, replacing, trainable_names
 from common.data import get_task
 from common.errors import fail, run_main, usage_errors
 from common.launch import (adamw, base_parser, check_args, count_params, freeze_backbone, load_model,
@@ -165,8 +165,8 @@ def export_adapterhub(trained, model, variant, m, path, base_model, name="glue")
         {"config": None, "name": None, "label2id": model.config.label2id, "num_labels": model.config.num_labels,
          **about}, indent=2) + "\n")
     for file, tensors in (("pytorch_adapter.bin", state), ("pytorch_model_head.bin", head)):
-        torch.save(tensors, os.path.join(path, file + ".tmp"))
-        os.replace(os.path.join(path, file + ".tmp"), os.path.join(path, file))
+        with replacing(os.path.join(path, file)) as tmp:
+            torch.save(tensors, tmp)
     if norms:
         atomic_save_tensors(os.path.join(path, "layer_norms.safetensors"), norms)
     return len(norms)
@@ -175,7 +175,7 @@ def export_adapterhub(trained, model, variant, m, path, base_model, name="glue")
 def main(argv=None):
     args = parse_args(argv)
     accelerator = make_accelerator(args)
-    run = Run(args, accelerator, "adapter")  # owns OUTPUT_DIR: logs, best weights, checkpoints, results
+    run = Run(args, accelerator, "adapter", outputs=["adapterhub"])  # owns OUTPUT_DIR: logs, weights, results
     set_seed(args.seed)
     tokenizer, model = load_model(args, get_task(args.task))
 

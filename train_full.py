@@ -37,7 +37,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     accelerator = make_accelerator(args)
-    run = Run(args, accelerator, "full")  # owns OUTPUT_DIR: logs, best weights, checkpoints, results
+    run = Run(args, accelerator, "full", outputs=["model"])  # owns OUTPUT_DIR: logs, weights, results
     set_seed(args.seed)
     tokenizer, model = load_model(args, get_task(args.task))
 

@@ -251,7 +251,7 @@ def main(argv=None):
 
     # The method: freeze the backbone, generate a prompt per input and put it before the embeddings.
     with usage_errors():  # an encoder that cannot serve, settings that do not fit: a one-line error
-        encoder = load_encoder(args.encoder_name_or_path, model.config.vocab_size)
+        encoder = load_encoder(args.encoder_name_or_path, tokenizer)
         model = build_idpg(model, encoder, num_tokens=args.num_virtual_tokens, generator=args.generator,
                            hidden=args.generator_hidden, phm_n=args.phm_n, prompt_only=args.prompt_only,
                            train_encoder=args.train_encoder, encoder_dropout=args.encoder_dropout,

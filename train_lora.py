@@ -34,6 +34,7 @@ from common.data import get_task
 from common.errors import fail, run_main, usage_errors
 from common.launch import (adamw, base_parser, check_args, count_params, freeze_backbone, load_model,
                            make_accelerator, make_dataloaders, optimizer_groups, takes_position_ids)
+from common.outputs import in_checkpoint, inside, same_path, writable
 from common.run import Run
 
 # Default projections per model type, and the fused projections whose output is [q | k | v].
@@ -59,6 +60,13 @@ def parse_args(argv=None):
     args = check_args(parser.parse_args(argv), "lora")
     if args.lora_r < 1 or args.lora_alpha <= 0 or not 0 <= args.lora_dropout < 1:
         fail("--lora_r must be >= 1, --lora_alpha > 0 and --lora_dropout in [0, 1)")
+    target = args.merge_and_save
+    if target and os.path.isdir(args.model_name_or_path) and same_path(target, args.model_name_or_path):
+        fail(f"--merge_and_save {target} is the base model's folder: the merged model would replace it; pass a new folder")
+    if target and in_checkpoint(target):
+        fail(f"--merge_and_save {target} lies in a run's checkpoint folder; pass a folder of its own")
+    if target and writable(target):
+        fail(f"cannot write to --merge_and_save {target} ({writable(target)}); pass a folder you can write to")
     return args
 
 
@@ -206,7 +214,9 @@ def merged_tensors(model):
 def main(argv=None):
     args = parse_args(argv)
     accelerator = make_accelerator(args)
-    run = Run(args, accelerator, "lora")  # owns OUTPUT_DIR: logs, best weights, checkpoints, results
+    merged = [os.path.relpath(args.merge_and_save, args.output_dir)] if args.merge_and_save and inside(
+        args.merge_and_save, args.output_dir) else []  # a folder in OUTPUT_DIR is one of the run's outputs
+    run = Run(args, accelerator, "lora", outputs=["peft", *merged])  # owns OUTPUT_DIR: logs, weights, results
     set_seed(args.seed)
     tokenizer, model = load_model(args, get_task(args.task))
 

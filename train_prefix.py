@@ -196,7 +196,7 @@ def save_pairs(accelerator, model, args):
 def main(argv=None):
     args = parse_args(argv)
     accelerator = make_accelerator(args)
-    run = Run(args, accelerator, "prefix")  # owns OUTPUT_DIR: logs, best weights, checkpoints, results
+    run = Run(args, accelerator, "prefix", outputs=["prefix.safetensors", "peft"])  # owns OUTPUT_DIR: logs, weights, results
     set_seed(args.seed)
     tokenizer, model = load_model(args, get_task(args.task), extra_positions=args.num_prefix)
 

@@ -113,7 +113,7 @@ def export_peft(prompt, head, config, path, base_model):
 def main(argv=None):
     args = parse_args(argv)
     accelerator = make_accelerator(args)
-    run = Run(args, accelerator, "prompt")  # owns OUTPUT_DIR: logs, best weights, checkpoints, results
+    run = Run(args, accelerator, "prompt", outputs=["peft"])  # owns OUTPUT_DIR: logs, weights, results
     set_seed(args.seed)
     tokenizer, model = load_model(args, get_task(args.task), extra_positions=args.num_virtual_tokens)
 

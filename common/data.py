@@ -65,7 +65,9 @@ def get_task(name):
 
 
 def read_tsv(task_name, path, labeled=True):
-    """One GLUE TSV file as a dict of hub-style columns (texts, label, idx). `labeled`: the file
+    """One GLUE TSV file as a dict of hub-style columns: the texts, label, idx (the row's position in
+    the file, 0..n-1: the key the scripts use) and index (the file's own index column, written back
+    in prediction files; the position when there is none). `labeled`: the file
     must hold a valid label on every row (train and dev); test files have none (label -1).
 
     GLUE's files hold bare double quotes, so they are read with quoting off. CoLA's train/dev
@@ -106,7 +108,8 @@ def read_tsv(task_name, path, labeled=True):
     out["label"] = [_label(task, r[columns[-1]], path, line) if labeled else (-1.0 if task.is_regression else -1)
                     for line, r in body]
     idx_col = header.index("index") if "index" in header else None
-    out["idx"] = [i if idx_col is None else _index(r[idx_col], path, line) for i, (line, r) in enumerate(body)]
+    out["idx"] = list(range(len(body)))
+    out["index"] = [i if idx_col is None else _index(r[idx_col], path, line) for i, (line, r) in enumerate(body)]
     return out
 
 
@@ -147,7 +150,9 @@ def load_glue(task_name, data_dir=None):
         except Exception as e:  # offline, no cache, hub down
             raise UsageError(f"cannot load GLUE '{task_name}' from the hub ({type(e).__name__}: {_first_line(e)}); "
                              f"pass --data_dir DIR holding GLUE's TSV files (DIR/{task.tsv_dir}/train.tsv, ...)")
-        return {s: hub[s] for s in splits if s in hub}
+        # The hub's idx column is GLUE's index; idx becomes the row's position, as for the TSV files.
+        return {s: hub[s].rename_column("idx", "index").add_column("idx", list(range(len(hub[s]))))
+                for s in splits if s in hub}
     out = {}
     for split in splits:
         path = os.path.join(data_dir, task.tsv_dir, TSV_FILES[split])
@@ -185,7 +190,7 @@ def tokenize(dataset, task_name, tokenizer, max_length):
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                 **({"token_type_ids": enc["token_type_ids"]} if "token_type_ids" in enc else {})}
 
-    keep = ["label", "idx"]
+    keep = ["label", "idx", "index"]
     return dataset.map(encode, batched=True, remove_columns=[c for c in dataset.column_names if c not in keep])
 
 

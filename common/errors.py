@@ -33,6 +33,17 @@ def usage_errors():
         raise UsageError(str(e)) from None
 
 
+def agree(accelerator, error):
+    """Every rank's `error` (a message, or None), shared: if any rank has one, every rank raises the
+    first as a UsageError, so that all of them leave the same way (a collective: every rank calls it)."""
+    from accelerate.utils import gather_object
+
+    messages = gather_object([error]) if accelerator.num_processes > 1 else [error]
+    first = next((m for m in messages if m), None)
+    if first:
+        raise UsageError(first)
+
+
 # What an interrupted run says about its last checkpoint; the run (common/run.py) keeps it current.
 NO_CHECKPOINT = "no checkpoint was written (--checkpointing_steps N saves them)"
 resume_note = NO_CHECKPOINT

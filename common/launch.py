@@ -7,8 +7,9 @@ import os
 import torch
 
 from common.data import TASKS, Collator, LengthGroupedSampler, get_task, hold_out, load_glue, tokenize
-from common.errors import UsageError, fail
+from common.errors import UsageError, agree, fail
 from common.metrics import glue_metrics
+from common.outputs import writable
 
 HELD_OUT = "heldout"  # the validation set's name among the eval loaders (--validation_size, --validation_dev_half)
 DEV_HALF_SEED = 0  # --validation_dev_half: the same halves for every run, whatever its --seed
@@ -20,7 +21,8 @@ def base_parser(description):
     Gradient accumulation is not here on purpose: it comes from the accelerate config
     (`gradient_accumulation_steps` in the yaml or `accelerate launch --gradient_accumulation_steps N`).
     """
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                allow_abbrev=False)  # --max_train_sample is a typo, not --max_train_samples
     p.add_argument("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
     p.add_argument("--model_name_or_path", default="gpt2", help="hub id or local model directory")
     p.add_argument("--data_dir", default=None,
@@ -38,7 +40,7 @@ def base_parser(description):
                    choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                             "constant_with_warmup"])
     p.add_argument("--num_warmup_steps", type=int, default=0)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="0 to 2**32 - 1")
     p.add_argument("--max_length", type=int, default=128, help="tokens per example (truncated)")
     p.add_argument("--group_by_length", action="store_true",
                    help="batch rows of similar lengths together (less padding; each row still once per epoch)")
@@ -92,24 +94,19 @@ def check_args(args, script):
         fail("--validation_size and --validation_dev_half both choose the validation set; pass one of them")
     if args.adam_epsilon <= 0:
         fail(f"--adam_epsilon must be positive, got {args.adam_epsilon}")
-    if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
-        fail(f"--checkpointing_steps takes a number of steps or 'epoch', got '{args.checkpointing_steps}'")
+    every = args.checkpointing_steps
+    if every not in (None, "epoch") and not (str(every).isdigit() and int(every) >= 1):
+        fail(f"--checkpointing_steps takes a number of steps (at least 1) or 'epoch', got '{every}'")
+    if not 0 <= args.seed < 2**32:
+        fail(f"--seed must be from 0 to 2**32 - 1 (numpy's range), got {args.seed}")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         fail(f"--data_dir {args.data_dir} is not a folder; point it at GLUE's TSV layout (DIR/RTE/train.tsv)")
     args.output_dir = args.output_dir or os.path.join("runs", f"{script}-{args.task}")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         fail(f"--output_dir {args.output_dir} is a file; pass a folder")
-    try:  # can this process write there? (the folder is made if need be)
-        os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, f".probe{os.getpid()}"), "w"):
-            pass
-        os.remove(os.path.join(args.output_dir, f".probe{os.getpid()}"))
-    except OSError as e:
-        fail(f"cannot write to --output_dir {args.output_dir} ({e.strerror}); pass a folder you can write to")
-    if (os.path.exists(os.path.join(args.output_dir, "results.json")) and not args.overwrite_output_dir
-            and args.resume_from_checkpoint is None):
-        fail(f"{args.output_dir} holds another run's results.json; pass --overwrite_output_dir, "
-             "--resume_from_checkpoint, or another --output_dir")
+    why = writable(args.output_dir)
+    if why:
+        fail(f"cannot write to --output_dir {args.output_dir} ({why}); pass a folder you can write to")
     return args
 
 
@@ -139,10 +136,27 @@ def make_accelerator(args):
     )
 
 
+def load_tokenizer(name):
+    """The tokenizer of a model folder or hub id; a UsageError when the folder has none that works
+    (transformers then builds an empty one, or fails deep inside the backend)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError:
+        raise  # no such model: load_model says so
+    except Exception:  # what a broken or missing tokenizer raises varies by backend
+        tokenizer = None
+    if tokenizer is None or len(tokenizer) < 2 or not tokenizer("a test")["input_ids"]:
+        raise UsageError(f"'{name}' has no working tokenizer (tokenizer.json, or vocab and merges files): save the "
+                         "model's tokenizer into the folder (tokenizer.save_pretrained)")
+    return tokenizer
+
+
 def load_model(args, task, extra_positions=0):
     """Tokenizer and sequence-classification model, with a pad token set on both. `extra_positions`:
     the positions a method puts before the input (a prompt, a prefix)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     name = args.model_name_or_path
     try:
@@ -152,7 +166,7 @@ def load_model(args, task, extra_positions=0):
             raise UsageError(f"--max_length {args.max_length}" + (f" + {extra_positions} method positions" if
                              extra_positions else "") + f" is more than the {positions} positions of '{name}'; "
                              f"use --max_length {positions - extra_positions} or less")
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = load_tokenizer(name)
         labels = {} if task.is_regression else {"id2label": dict(enumerate(task.label_names)),
                                                 "label2id": {n: i for i, n in enumerate(task.label_names)}}
         # GPT-2's gelu_new runs as about 8 elementwise kernels; gelu_pytorch_tanh is the same formula in
@@ -180,21 +194,29 @@ def load_model(args, task, extra_positions=0):
     return tokenizer, model
 
 
-def load_encoder(name, vocab_size):
-    """A bare model (no head) that reads the inputs for a method (IDPG's encoder), sharing the
-    backbone's tokenizer; None for 'self'. A ValueError says what to pass instead."""
-    from transformers import AutoModel
+def load_encoder(name, tokenizer):
+    """A bare model (no head) that reads the inputs for a method (IDPG's encoder); None for 'self'.
+    It reads the backbone's token ids, so its tokenizer must be the backbone's `tokenizer`: the same
+    vocabulary and special tokens (a vocabulary of the same size is not enough). A ValueError says
+    what to pass instead."""
+    from transformers import AutoModel, AutoTokenizer
 
     if name == "self":
         return None
     try:
         encoder = AutoModel.from_pretrained(name)
+        theirs = AutoTokenizer.from_pretrained(name)
     except OSError as e:
-        raise ValueError(f"cannot load encoder '{name}' ({str(e).splitlines()[0][:160]}); "
+        raise ValueError(f"cannot load encoder '{name}' with its tokenizer ({str(e).splitlines()[0][:160]}); "
                          "pass a local directory or --encoder_name_or_path self") from None
-    if encoder.config.vocab_size != vocab_size:
-        raise ValueError(f"the encoder must share the backbone's tokenizer (vocab {encoder.config.vocab_size} vs "
-                         f"{vocab_size}); pick another --encoder_name_or_path or 'self'")
+    special = lambda t: {k: getattr(t, k) for k in ("bos_token", "eos_token", "unk_token")}  # noqa: E731
+    if theirs.get_vocab() != tokenizer.get_vocab() or special(theirs) != special(tokenizer):
+        raise ValueError(f"the encoder '{name}' has another tokenizer than the backbone (vocabulary or special "
+                         "tokens differ), so it would read other tokens than the ids it is given; pick an encoder "
+                         "of the backbone's family, or --encoder_name_or_path self")
+    if encoder.config.vocab_size < len(tokenizer):
+        raise ValueError(f"the encoder '{name}' embeds {encoder.config.vocab_size} token ids, fewer than the "
+                         f"tokenizer's {len(tokenizer)}; pick another --encoder_name_or_path or 'self'")
     return encoder
 
 
@@ -205,32 +227,53 @@ def takes_position_ids(model):
     return "position_ids" in inspect.signature(model.forward).parameters
 
 
+def load_splits(args, tokenizer):
+    """The tokenized splits of the task as the flags choose them (rows kept, the validation set)."""
+    raw = load_glue(args.task, args.data_dir)
+    if args.max_train_samples is not None:
+        raw["train"] = raw["train"].select(range(min(args.max_train_samples, len(raw["train"]))))
+    task = TASKS[args.task]
+    for split in task.eval_splits:
+        if split in raw and args.max_eval_samples is not None:
+            raw[split] = raw[split].select(range(min(args.max_eval_samples, len(raw[split]))))
+    if args.validation_size is not None:  # never trained on: gone from train before any batch is drawn
+        if args.validation_size >= len(raw["train"]):
+            raise UsageError(f"--validation_size {args.validation_size} leaves nothing to train on: the "
+                             f"training set has {len(raw['train'])} rows; hold out fewer")
+        raw["train"], raw[HELD_OUT] = hold_out(raw["train"], args.validation_size, args.seed)
+    elif args.validation_dev_half:
+        dev = task.eval_splits[0]
+        if len(raw[dev]) < 2:
+            raise UsageError(f"--validation_dev_half splits the {len(raw[dev])} dev row(s) in two halves; it needs "
+                             "at least 2 (raise --max_eval_samples)")
+        raw[dev], raw[HELD_OUT] = hold_out(raw[dev], len(raw[dev]) // 2, DEV_HALF_SEED)
+    least = 2 if task.is_regression else 1  # a correlation needs two points
+    for split in (*task.eval_splits, HELD_OUT):
+        if split in raw and len(raw[split]) < least:
+            name = "the validation set" if split == HELD_OUT else f"the {split} split"
+            raise UsageError(f"{name} has {len(raw[split])} row(s); {args.task}'s {task.metric} needs at least "
+                             f"{least} (raise --max_eval_samples or --validation_size)")
+    return {s: tokenize(d, args.task, tokenizer, args.max_length) for s, d in raw.items()}
+
+
 def make_dataloaders(args, accelerator, tokenizer, position_ids=True):
     """Train loader (shuffled) and one loader per eval split; test loaders when --do_predict.
 
-    Each batch holds input_ids, attention_mask, labels, `idx` (the row number, to put predictions
-    back in dataset order; not a model input) and, with `position_ids`, positions counted from the
+    Each batch holds input_ids, attention_mask, labels, `idx` (the row's position in its file: the
+    key that puts predictions back in file order, whatever the file's own index column says; not a
+    model input) and, with `position_ids`, positions counted from the
     attention mask (so that left and right padding give the same logits). With --validation_size
     or --validation_dev_half the eval loaders include the validation set, named HELD_OUT."""
     from torch.utils.data import DataLoader
 
-    with accelerator.main_process_first():
-        raw = load_glue(args.task, args.data_dir)
-        if args.max_train_samples is not None:
-            raw["train"] = raw["train"].select(range(min(args.max_train_samples, len(raw["train"]))))
-        task = TASKS[args.task]
-        for split in task.eval_splits:
-            if split in raw and args.max_eval_samples is not None:
-                raw[split] = raw[split].select(range(min(args.max_eval_samples, len(raw[split]))))
-        if args.validation_size is not None:  # never trained on: gone from train before any batch is drawn
-            if args.validation_size >= len(raw["train"]):
-                raise UsageError(f"--validation_size {args.validation_size} leaves nothing to train on: the "
-                                 f"training set has {len(raw['train'])} rows; hold out fewer")
-            raw["train"], raw[HELD_OUT] = hold_out(raw["train"], args.validation_size, args.seed)
-        elif args.validation_dev_half:
-            dev = task.eval_splits[0]
-            raw[dev], raw[HELD_OUT] = hold_out(raw[dev], len(raw[dev]) // 2, DEV_HALF_SEED)
-        data = {s: tokenize(d, args.task, tokenizer, args.max_length) for s, d in raw.items()}
+    error = None
+    with accelerator.main_process_first():  # the hub's download once; then the others read its cache
+        try:
+            data = load_splits(args, tokenizer)
+        except UsageError as e:  # kept, not raised here: the main process would skip the others' barrier
+            error = str(e)
+    agree(accelerator, error)  # every rank leaves with the same one line
+    task = TASKS[args.task]
     multiple = args.pad_to_multiple_of or (8 if torch.cuda.is_available() else 1)
     collate = Collator(tokenizer.pad_token_id, tokenizer.padding_side, position_ids, multiple)
     # Loaders draw their seeds from their own generator, not from the global RNG that dropout uses:
@@ -255,7 +298,7 @@ def make_dataloaders(args, accelerator, tokenizer, position_ids=True):
 
 @torch.no_grad()
 def predict(model, loader, accelerator, forward=None):
-    """Logits and idx of a whole split, gathered from every rank in dataset order, in eval mode.
+    """Logits and idx of a whole split, gathered from every rank in file order (by idx), in eval mode.
 
     `forward(batch) -> logits` lets a method wrap the model; every rank runs the same batches.
     gather_for_metrics drops the duplicated rows that pad an uneven last batch.
@@ -286,11 +329,23 @@ def evaluate(model, loaders, accelerator, task_name, forward=None):
     for split, (prefix, suffix) in {**names, HELD_OUT: ("val_", "")}.items():
         if split not in loaders:
             continue
-        logits[split], _ = predict(model, loaders[split], accelerator, forward)
-        labels = loaders[split].dataset["label"]
+        logits[split], idx = predict(model, loaders[split], accelerator, forward)
+        labels = in_file_order(loaders[split].dataset, idx, "label")
         preds = logits[split].squeeze(-1) if task.is_regression else logits[split].argmax(-1)
         metrics.update({prefix + k + suffix: v for k, v in glue_metrics(task_name, preds.numpy(), labels).items()})
     return metrics, logits
+
+
+def in_file_order(dataset, idx, column):
+    """`column` of `dataset` for the rows `idx` (sorted: as predict returns them), which must be
+    every row of the dataset exactly once."""
+    rows = torch.tensor(list(dataset["idx"]))  # (list first: torch.tensor turns an exception raised while
+    order = rows.argsort()                      # it reads a dataset column, e.g. Ctrl-C, into a TypeError)
+    if not torch.equal(rows[order], idx):
+        raise RuntimeError(f"the gathered predictions are not every row of the split once ({len(idx)} for "
+                           f"{len(order)} rows)")
+    values = dataset[column]
+    return [values[i] for i in order.tolist()]
 
 
 def write_predictions(model, loaders, accelerator, args, forward=None):
@@ -303,6 +358,7 @@ def write_predictions(model, loaders, accelerator, args, forward=None):
         if split not in loaders:
             continue
         logits, idx = predict(model, loaders[split], accelerator, forward)
+        index = in_file_order(loaders[split].dataset, idx, "index")  # the file's own ids, for GLUE's server
         if task.is_regression:
             preds = [f"{min(max(x, 0.0), 5.0):.3f}" for x in logits.squeeze(-1).tolist()]
         elif args.task in ("mnli", "qnli", "rte"):
@@ -310,7 +366,7 @@ def write_predictions(model, loaders, accelerator, args, forward=None):
         else:
             preds = [str(i) for i in logits.argmax(-1).tolist()]
         if accelerator.is_main_process:
-            rows = "".join(f"{i}\t{p}\n" for i, p in zip(idx.tolist(), preds))
+            rows = "".join(f"{i}\t{p}\n" for i, p in zip(index, preds))
             atomic_write_text(os.path.join(args.output_dir, "predictions", f"{names[split]}.tsv"),
                               "index\tprediction\n" + rows)
 

@@ -23,11 +23,9 @@ scheduler steps) and calls a Run around it:
     run.finish()                                         # trainable.safetensors, predictions
     run.close(trainable, total)                          # results.json
 """
-import glob
 import math
 import os
 import shutil
-import socket
 import time
 import uuid
 
@@ -36,28 +34,34 @@ from tqdm.auto import tqdm
 
 from common import errors
 from common.checkpoint import (atomic_save_tensors, atomic_write_json, find_checkpoint, load_checkpoint,
-                               read_json, save_checkpoint, save_trainable)
+                               read_json, replacing, save_checkpoint, save_trainable)
 from common.data import TASKS
 from common.errors import UsageError
 from common.launch import evaluate, write_predictions
+from common.outputs import claim, inside
 
 # Flags that change how a run is done, not what it computes: everything else is the run's identity,
 # which a checkpoint records and a resume must match.
 OPERATIONAL = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "checkpointing_steps", "with_tracking",
                "report_to", "do_predict", "per_device_eval_batch_size", "data_dir", "merge_and_save", "logging_steps",
                "no_cache", "torch_compile", "pad_to_multiple_of"}
-# What a run writes in OUTPUT_DIR, removed by --overwrite_output_dir (nothing else there is touched).
-OUTPUTS = ("checkpoints", "best", "results.json", "eval_logits.safetensors", "trainable.safetensors", "predictions",
-           "peft", "prefix.safetensors", "args.json")
+# What every run writes in OUTPUT_DIR (a script names its own outputs beside these).
+OUTPUTS = ("args.json", "results.json", "eval_logits.safetensors", "trainable.safetensors", "best", "checkpoints")
 
 
-def identity(args, method):
-    return {"method": method, **{k: v for k, v in sorted(vars(args).items()) if k not in OPERATIONAL}}
+def identity(args, method, accelerator):
+    """What a checkpoint must have been written with to be resumed: the script, every flag that
+    changes the result, and the launch settings that shape the saved states and the data order."""
+    launch = {"num_processes": accelerator.num_processes,
+              "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+              "mixed_precision": str(accelerator.mixed_precision), "distributed_type": str(accelerator.distributed_type)}
+    return {"method": method, **launch, **{k: v for k, v in sorted(vars(args).items()) if k not in OPERATIONAL}}
 
 
 def differences(saved, ours):
     """The flags in which two identities differ, as `--name value` pairs."""
     show = lambda who, k: f"--{k} {who.get(k)}" if k != "method" else f"train_{who.get(k)}.py"  # noqa: E731
+    # (num_processes, gradient_accumulation_steps and mixed_precision are accelerate launch's flags)
     keys = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
     return " ".join(show(saved, k) for k in keys), " ".join(show(ours, k) for k in keys)
 
@@ -65,28 +69,38 @@ def differences(saved, ours):
 class Run:
     """One training run in OUTPUT_DIR: what has happened so far, and the files that record it."""
 
-    def __init__(self, args, accelerator, method):
-        """Claim OUTPUT_DIR (a lock file with this process's pid) and check that it is free for this
-        run: not written by a running run, not holding another run's checkpoints (unless
-        --overwrite_output_dir, which removes them), and that a checkpoint to resume was written by
-        a run with the same flags. Every rank gets the same verdict."""
+    def __init__(self, args, accelerator, method, outputs=()):
+        """Claim OUTPUT_DIR for a run that writes `outputs` there (the script's own, beside OUTPUTS)
+        and check that it is free for this run (common/outputs.py: not written by a running run,
+        not holding another run's results unless --overwrite_output_dir), and that a checkpoint to
+        resume is complete and was written by a run with the same flags and launch settings.
+        Every rank gets the same verdict."""
         from accelerate.utils import broadcast_object_list
 
         self.args, self.accelerator, self.method, self.task = args, accelerator, method, TASKS[args.task]
-        self.identity, self.run_id = identity(args, method), uuid.uuid4().hex[:12]
+        ids = [uuid.uuid4().hex[:12]]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(ids)  # the main process's: names the temporary folders every rank writes to
+        self.identity, self.run_id = identity(args, method, accelerator), ids[0]
         self.checkpoint = self.last_checkpoint = None
         errors.resume_note = errors.NO_CHECKPOINT
+        outputs = [*OUTPUTS, *outputs, *(["predictions"] if args.do_predict else []),
+                   *([f"train_{method}"] if args.with_tracking else [])]  # the trackers' logs
         verdict = [None]
         try:
             if args.resume_from_checkpoint:
                 self.checkpoint = self.check_resume(args.resume_from_checkpoint)
             if accelerator.is_main_process:
-                self.claim(args.output_dir, args.overwrite_output_dir)
+                here = self.checkpoint is not None and inside(self.checkpoint, os.path.join(args.output_dir,
+                                                                                           "checkpoints"))
+                self.lock = claim(args.output_dir, outputs, self.run_id, args.overwrite_output_dir, here)
         except UsageError as e:
             verdict = [str(e)]
         if accelerator.num_processes > 1:
             broadcast_object_list(verdict)
         if verdict[0]:
+            if accelerator.is_main_process and hasattr(self, "lock"):
+                os.remove(self.lock)
             raise UsageError(verdict[0])
         if accelerator.is_main_process:
             atomic_write_json(os.path.join(args.output_dir, "args.json"), vars(args))
@@ -101,7 +115,9 @@ class Run:
         self.stop, self.metrics, self.logits = False, None, None
 
     def check_resume(self, which):
-        path = find_checkpoint(self.args.output_dir, which)
+        path, skipped = find_checkpoint(self.args.output_dir, which)
+        for line in skipped:
+            self.accelerator.print(line)
         if path is None:
             raise UsageError(f"no checkpoint at '{which}'; pass OUTPUT_DIR/checkpoints/step_N or 'latest'")
         saved = read_json(os.path.join(path, "trainer_state.json")).get("identity", {})
@@ -110,38 +126,6 @@ class Run:
             raise UsageError(f"{path} was written by a run with {theirs}; this run has {ours}: resume with the "
                              "same flags, or start a new run in another --output_dir")
         return path
-
-    def claim(self, output_dir, overwrite):
-        """Main process: take OUTPUT_DIR's lock (a dead process's lock is taken over), then refuse or
-        clear another run's checkpoints."""
-        lock, me = os.path.join(output_dir, ".lock"), {"pid": os.getpid(), "host": socket.gethostname()}
-        os.makedirs(output_dir, exist_ok=True)
-        for _ in range(2):
-            try:
-                with open(lock, "x") as f:  # exclusive: of two runs starting at once, one gets it
-                    f.write(f"{me['pid']} {me['host']} {self.run_id}\n")
-                break
-            except FileExistsError:
-                pid, host = (open(lock).read().split() + ["0", ""])[:2]
-                if host == me["host"] and int(pid) != me["pid"] and alive(int(pid)):
-                    raise UsageError(f"another run (pid {pid}) is writing to {output_dir}: wait for it to end, "
-                                     "or pass another --output_dir") from None
-                os.remove(lock)  # the lock of a process that is gone (or of an earlier run in this one)
-        self.lock = lock
-        found = glob.glob(os.path.join(output_dir, "checkpoints", "step_*[0-9]"))
-        ours = self.checkpoint and os.path.realpath(os.path.dirname(os.path.dirname(self.checkpoint))) == \
-            os.path.realpath(output_dir)
-        if found and not ours and not overwrite:
-            newest = max(found, key=lambda p: int(p.rsplit("_", 1)[1]))
-            raise UsageError(f"{output_dir} holds another run's checkpoints ({newest}); resume it with "
-                             "--resume_from_checkpoint latest, or pass --overwrite_output_dir or another --output_dir")
-        if overwrite and not ours:  # remove what an earlier run left, so that none of it passes for this run's
-            for name in OUTPUTS:
-                path = os.path.join(output_dir, name)
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-                elif os.path.exists(path):
-                    os.remove(path)
 
     def count_steps(self, batches_per_epoch):
         """The run's length in optimizer steps, for the scheduler; call before prepare."""
@@ -179,9 +163,8 @@ class Run:
             kept = os.path.join(self.checkpoint, "best.safetensors")  # best/ as it was at the checkpoint
             if self.accelerator.is_main_process and os.path.exists(kept):
                 best = os.path.join(self.args.output_dir, "best", "trainable.safetensors")
-                os.makedirs(os.path.dirname(best), exist_ok=True)
-                shutil.copyfile(kept, best + ".tmp")  # a new file: the checkpoint's stays as it is
-                os.replace(best + ".tmp", best)
+                with replacing(best) as tmp:  # a new file: the checkpoint's stays as it is
+                    shutil.copyfile(kept, tmp)
             self.noted(self.checkpoint)
             self.accelerator.print(f"resumed from {self.checkpoint} at step {self.step}")
         self.stop = self.step >= self.max_steps or self.stopped_early_at is not None
@@ -230,7 +213,7 @@ class Run:
         if every_n or epoch_end:
             self.check_finite(self.loss_sum)
             best = os.path.join(self.args.output_dir, "best", "trainable.safetensors")
-            path = save_checkpoint(self.accelerator, self.args.output_dir, self.step, self.state_dict(),
+            path = save_checkpoint(self.accelerator, self.args.output_dir, self.step, self.state_dict(), self.run_id,
                                    files={"best.safetensors": best} if self.best else None)
             self.noted(path)
         self.aside += time.perf_counter() - started  # train_runtime_s counts training only
@@ -265,7 +248,7 @@ class Run:
                             " ".join(f"{k} {v:.4f}" for k, v in self.metrics.items()))
         if args.with_tracking:
             accelerator.log({"train_loss": train_loss, **self.metrics}, step=self.step)
-        if self.metrics[self.select] > self.best.get(self.select, -math.inf):
+        if not self.best or rank(self.metrics[self.select]) > rank(self.best[self.select]):  # the first always
             self.best, self.evals_without_gain = {"step": self.step, **self.metrics}, 0
             save_trainable(accelerator, self.model, self.names,
                            os.path.join(args.output_dir, "best", "trainable.safetensors"))
@@ -316,11 +299,7 @@ class Run:
         accelerator.end_training()  # closes the trackers and the process group
 
 
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+
+def rank(value):
+    """A metric for comparison: nan (undefined, e.g. Pearson of constant predictions) ranks lowest."""
+    return -math.inf if value is None or math.isnan(value) else value

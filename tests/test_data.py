@@ -45,7 +45,7 @@ def test_real_stsb_is_regression(real_glue):
 
 def test_real_quirks_are_read_as_glue_wrote_them(real_glue):
     rte = read_tsv("rte", os.path.join(real_glue, "RTE", "train.tsv"))
-    assert rte["sentence1"][rte["idx"].index(2164)].startswith('"That film')  # bare quote kept
+    assert rte["sentence1"][rte["index"].index(2164)].startswith('"That film')  # bare quote kept
     mrpc = read_tsv("mrpc", os.path.join(real_glue, "MRPC", "dev.tsv"))  # BOM before the header
     assert mrpc["sentence1"][0].startswith("He said the foodservice pie business")
     cola = read_tsv("cola", os.path.join(real_glue, "CoLA", "dev.tsv"))  # no header, no final newline

@@ -189,7 +189,8 @@ def test_very_long_texts_are_cut_before_tokenizing(tiny_gpt2, glue_dir, tmp_path
     call = PreTrainedTokenizerBase.__call__
 
     def spy(self, text=None, text_pair=None, **kw):
-        seen.extend(len(t) for t in (text or []) + (text_pair or []) if isinstance(t, str))
+        texts = [t for t in (text, text_pair) if t is not None]
+        seen.extend(len(t) for part in texts for t in ([part] if isinstance(part, str) else part))
         return call(self, text, text_pair, **kw)
 
     monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", spy)
@@ -315,3 +316,308 @@ def test_kill_9_then_resume_is_bitwise_equal(tiny_gpt2, glue_dir, tmp_path):
     assert a["log_history"] == b["log_history"]
     wa, wb = load_file(whole / "trainable.safetensors"), load_file(killed / "trainable.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# Part two: multi-process checkpoints, evaluation order, output folders.
+# 1. Checkpoints are complete on every rank before they get their final name.
+@pytest.mark.parametrize("config", [pytest.param("ddp", marks=pytest.mark.slow), "zero3"])
+def test_a_checkpoint_waits_for_every_rank(config, tiny_gpt2, glue_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = launch("tests/slow_save.py", config, ["train_full.py", *args_for(
+        tiny_gpt2, glue_dir, str(out), "--max_train_steps", "3", "--checkpointing_steps", "1")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(out / "checkpoints")) == ["step_1", "step_2", "step_3"]  # no temporary folder left
+    for step in ("step_1", "step_2", "step_3"):
+        files = set(os.listdir(out / "checkpoints" / step))
+        assert {"random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"} <= files, (step, files)
+    # A checkpoint of 2 processes resumed on 1: one line naming both values, before any work.
+    message = one_line(*cli("train_full.py", args_for(tiny_gpt2, glue_dir, out, "--max_train_steps", "3",
+                                                      "--checkpointing_steps", "1", resume_from_checkpoint="latest")))
+    assert "--num_processes 2" in message and "--num_processes 1" in message
+
+
+def test_an_incomplete_checkpoint_is_never_resumed(tiny_gpt2, glue_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    flags = ["--max_train_steps", "4", "--checkpointing_steps", "2"]
+    run_in_process("train_full.py", args_for(tiny_gpt2, glue_dir, out, *flags))
+    (out / "results.json").unlink()
+    (out / "checkpoints" / "step_4" / "model.safetensors").write_bytes(b"")  # zero bytes, as after a full disk
+    message = one_line(*cli("train_full.py", args_for(tiny_gpt2, glue_dir, out, *flags,
+                                                      resume_from_checkpoint=out / "checkpoints" / "step_4")))
+    assert "step_4 cannot be resumed: model.safetensors has 0 bytes, written with" in message
+    capsys.readouterr()
+    run_in_process("train_full.py", args_for(tiny_gpt2, glue_dir, out, *flags, resume_from_checkpoint="latest"))
+    printed = capsys.readouterr().out
+    assert "skipping" in printed and "step_4: model.safetensors has 0 bytes" in printed
+    assert "resumed from" in printed and "step_2 at step 2" in printed
+    # A file of the right size that does not load: one line too.
+    optimizer = out / "checkpoints" / "step_2" / "optimizer.bin"
+    optimizer.write_bytes(b"\0" * optimizer.stat().st_size)
+    message = one_line(*cli("train_full.py", args_for(tiny_gpt2, glue_dir, out, *flags, "--overwrite_output_dir",
+                                                      resume_from_checkpoint=out / "checkpoints" / "step_2")))
+    assert message.startswith(f"error: cannot resume from {out}/checkpoints/step_2 (")
+
+
+def test_resume_refuses_other_launch_settings(tiny_gpt2, glue_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    flags = ["--max_train_steps", "2", "--checkpointing_steps", "1"]
+    run_in_process("train_full.py", args_for(tiny_gpt2, glue_dir, out, *flags))
+    for variable, value, named in (("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2", "--gradient_accumulation_steps 2"),
+                                   ("ACCELERATE_MIXED_PRECISION", "bf16", "--mixed_precision bf16")):
+        monkeypatch.setenv(variable, value)
+        message = one_line(*cli("train_full.py", args_for(tiny_gpt2, glue_dir, out, *flags,
+                                                          resume_from_checkpoint="latest")))
+        monkeypatch.delenv(variable)
+        assert named in message and "same flags" in message, message
+
+
+# 2. Evaluation pairs each row's logits with its own label, whatever the file's index column says.
+def shuffled(glue_dir, tmp_path, folder, name, index=None):
+    """The fixtures with one file's rows in another order (header kept); `index` replaces the index column."""
+    import random
+
+    data = tmp_path / f"glue-{folder}"
+    shutil.copytree(glue_dir, data)
+    path = data / folder / name
+    header, *rows = path.read_text().splitlines()
+    random.Random(0).shuffle(rows)
+    if index is not None:
+        rows = [f"{index(i)}\t" + row.split("\t", 1)[1] for i, row in enumerate(rows)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return data, rows
+
+
+@pytest.mark.parametrize("task,folder", [("stsb", "STS-B"), ("rte", "RTE")])
+def test_metrics_do_not_depend_on_the_order_of_dev_rows(task, folder, tiny_gpt2, glue_dir, tmp_path):
+    flags = {"task": task, "max_eval_samples": 100, "max_train_steps": 2}
+    run_in_process("train_full.py", args_for(tiny_gpt2, glue_dir, tmp_path / "a", **flags))
+    data, rows = shuffled(glue_dir, tmp_path, folder, "dev.tsv")
+    run_in_process("train_full.py", args_for(tiny_gpt2, data, tmp_path / "b", **flags))
+    a, b = results(tmp_path / "a")["metrics"], results(tmp_path / "b")["metrics"]
+    assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], abs=1e-6) for k in a), (a, b)
+    # eval_logits are in file order: the shuffled file's rows, by their index column, are the first run's.
+    original = [line.split("\t", 1)[0] for line in open(os.path.join(glue_dir, folder, "dev.tsv")).read().splitlines()[1:]]
+    order = [original.index(row.split("\t", 1)[0]) for row in rows]
+    la = load_file(tmp_path / "a" / "eval_logits.safetensors")["validation"]
+    lb = load_file(tmp_path / "b" / "eval_logits.safetensors")["validation"]
+    torch.testing.assert_close(lb, la[order], atol=1e-5, rtol=0)
+
+
+def test_duplicate_index_values_change_nothing(tiny_gpt2, glue_dir, tmp_path):
+    """Every row's index is 0 (two files pasted together, say): IDPG's cached encoder states still
+    belong to their own rows (the cached run equals --no_cache), and predictions carry the file's ids."""
+    data, _ = shuffled(glue_dir, tmp_path, "RTE", "train.tsv", index=lambda i: 0)
+    dev = (data / "RTE" / "dev.tsv").read_text().splitlines()
+    (data / "RTE" / "dev.tsv").write_text("\n".join([dev[0], *[f"0\t" + r.split("\t", 1)[1] for r in dev[1:]]]) + "\n")
+    (data / "RTE" / "test.tsv").write_text("\n".join(
+        [dev[0].rsplit("\t", 1)[0], *[f"{70 - i}\t" + r.split("\t", 1)[1].rsplit("\t", 1)[0] for i, r in enumerate(dev[1:])]]) + "\n")
+    flags = ["--num_virtual_tokens", "4", "--generator_hidden", "8", "--encoder_name_or_path", tiny_gpt2,
+             "--num_train_epochs", "2", "--prompt_learning_rate", "1e-2"]
+    for name, extra in (("cached", []), ("uncached", ["--no_cache"])):
+        run_in_process("train_idpg.py", args_for(tiny_gpt2, data, tmp_path / name, *flags, *extra, "--do_predict",
+                                                 task="rte"))
+    a, b = results(tmp_path / "cached"), results(tmp_path / "uncached")
+    assert [h["train_loss"] for h in a["log_history"]] == pytest.approx([h["train_loss"] for h in b["log_history"]],
+                                                                        abs=1e-6)
+    rows = (tmp_path / "cached" / "predictions" / "RTE.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in rows[1:]] == [str(70 - i) for i in range(len(dev) - 1)]
+
+
+# 3. An output folder's owner: what --overwrite_output_dir removes, and what it leaves.
+def test_overwrite_removes_what_the_earlier_run_wrote_and_nothing_else(tiny_gpt2, glue_dir, tmp_path):
+    out = tmp_path / "out"
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "mine.txt").write_text("kept")
+    run_in_process("train_adapter.py", args_for(tiny_gpt2, glue_dir, out, "--max_train_steps", "1"))
+    assert (out / "adapterhub" / "layer_norms.safetensors").exists()
+    run_in_process("train_full.py", args_for(tiny_gpt2, glue_dir, out, "--max_train_steps", "1", "--overwrite_output_dir"))
+    assert not (out / "adapterhub").exists() and (out / "model" / "config.json").exists()
+    run_in_process("train_prompt.py", args_for(tiny_gpt2, glue_dir, out, "--max_train_steps", "1",
+                                               "--overwrite_output_dir"))
+    assert not (out / "model").exists() and (out / "peft").exists()
+    assert (out / "notes" / "mine.txt").read_text() == "kept"
+
+
+def test_a_users_own_files_are_never_removed(tiny_gpt2, glue_dir, tmp_path):
+    out = tmp_path / "out"
+    for name in ("predictions", "peft"):
+        (out / name).mkdir(parents=True)
+        (out / name / "mine.txt").write_text("kept")
+    code, err = cli("train_full.py", args_for(tiny_gpt2, glue_dir, out, "--max_train_steps", "1", "--overwrite_output_dir"))
+    assert code == 0, err[-2000:]
+    assert (out / "peft" / "mine.txt").exists() and (out / "predictions" / "mine.txt").exists()
+
+
+def test_a_users_folder_in_the_way_is_refused(tiny_gpt2, glue_dir, tmp_path):
+    out = tmp_path / "out"
+    (out / "peft").mkdir(parents=True)
+    (out / "peft" / "mine.txt").write_text("kept")
+    message = one_line(*cli("train_prompt.py", args_for(tiny_gpt2, glue_dir, out, "--max_train_steps", "1",
+                                                        "--overwrite_output_dir")))
+    assert f"{out}/peft exists and no run wrote it" in message and (out / "peft" / "mine.txt").exists()
+
+
+def test_overwrite_without_a_manifest_is_refused(tiny_gpt2, glue_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    message = one_line(*cli("train_full.py", args_for(tiny_gpt2, glue_dir, out, "--overwrite_output_dir")))
+    assert "no manifest.json" in message and (out / "results.json").exists()
+
+
+def test_resume_with_a_trailing_slash_and_overwrite_keeps_the_checkpoints(tiny_gpt2, glue_dir, tmp_path):
+    out = tmp_path / "out"
+    flags = ["--max_train_steps", "4", "--checkpointing_steps", "2"]
+    run_in_process("train_full.py", args_for(tiny_gpt2, glue_dir, out, *flags))
+    first = results(out)
+    code, err = cli("train_full.py", args_for(tiny_gpt2, glue_dir, out, *flags, "--overwrite_output_dir",
+                                              resume_from_checkpoint=f"{out}/checkpoints/step_2/"))
+    assert code == 0, err[-2000:]
+    assert sorted(os.listdir(out / "checkpoints")) == ["step_2", "step_4"]
+    assert results(out)["log_history"] == first["log_history"]
+
+
+def test_merge_and_save_is_checked_before_training(tiny_gpt2, glue_dir, tmp_path):
+    model = tmp_path / "base"
+    shutil.copytree(tiny_gpt2, model)
+    before = (model / "model.safetensors").read_bytes()
+    (tmp_path / "file").write_text("x")
+    for target, expected in ((f"{model}/", "is the base model's folder"), (tmp_path / "file" / "merged", "is a file"),
+                             (tmp_path / "out" / "checkpoints" / "step_2" / "m", "lies in a run's checkpoint folder")):
+        message = one_line(*cli("train_lora.py", args_for(str(model), glue_dir, tmp_path / "out", merge_and_save=target)))
+        assert expected in message, message
+    assert (model / "model.safetensors").read_bytes() == before and not (tmp_path / "out" / "results.json").exists()
+
+
+# 5. Files are replaced by rename, never written through a link.
+def test_writes_never_follow_links(tmp_path):
+    from common.checkpoint import atomic_save_tensors, atomic_write_text
+
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    for name in ("w.safetensors", "t.json"):
+        path = tmp_path / name
+        for planted in (f"{name}.tmp", f"{name}.tmp{os.getpid()}"):  # the names temporary files once had
+            (tmp_path / planted).symlink_to(victim)
+        path.symlink_to(victim)
+        if name.endswith(".json"):
+            atomic_write_text(path, "new")
+        else:
+            atomic_save_tensors(path, {"x": torch.ones(2)})
+        assert victim.read_text() == "untouched" and not path.is_symlink()
+    linked = tmp_path / "hard"
+    os.link(victim, linked)  # a hard link: writing in place would change the victim too
+    atomic_write_text(linked, "new")
+    assert victim.read_text() == "untouched" and linked.read_text() == "new"
+
+
+# 6. Raw tracebacks that are now one line, before any training.
+@pytest.mark.parametrize("flags,expected", [
+    ({"checkpointing_steps": 0}, "--checkpointing_steps takes a number of steps (at least 1)"),
+    ({"seed": -1}, "--seed must be from 0 to 2**32 - 1"),
+    ({"max_eval_samples": 1, "task": "rte", "validation_dev_half": None}, "--validation_dev_half splits the 1 dev row"),
+    ({"max_eval_samples": 1, "task": "stsb"}, "the validation split has 1 row(s); stsb's pearson needs at least 2"),
+])
+def test_bad_settings_are_one_line(flags, expected, tiny_gpt2, glue_dir, tmp_path):
+    switches = [f"--{k}" for k, v in flags.items() if v is None]
+    flags = {k: v for k, v in flags.items() if v is not None}
+    message = one_line(*cli("train_full.py", args_for(tiny_gpt2, glue_dir, tmp_path / "out", *switches, **flags)))
+    assert expected in message, message
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_abbreviated_flags_are_refused(tiny_gpt2, glue_dir, tmp_path, capsys):
+    import importlib
+
+    for script in SCRIPTS:
+        with pytest.raises(SystemExit) as e:
+            importlib.import_module(script[:-3]).parse_args(args_for(tiny_gpt2, glue_dir, tmp_path / "out") +
+                                                            ["--max_train_sample", "5"])
+        assert e.value.code == 2 and "unrecognized arguments: --max_train_sample 5" in capsys.readouterr().err
+
+
+def test_a_constant_stsb_dev_set_still_chooses_best(tiny_gpt2, glue_dir, tmp_path):
+    """Pearson of constant scores is undefined (null): the first evaluation is still best, and early stopping runs."""
+    dev = (open(os.path.join(glue_dir, "STS-B", "dev.tsv")).read().splitlines())
+    data = glue_copy(glue_dir, tmp_path, "STS-B", "dev.tsv", "\n".join(
+        [dev[0], *[r.rsplit("\t", 1)[0] + "\t2.5" for r in dev[1:]]]) + "\n")
+    out = tmp_path / "out"
+    code, err = cli("train_full.py", args_for(tiny_gpt2, data, out, "--validation_dev_half", task="stsb",
+                                              eval_steps=1, early_stopping_patience=2, max_train_steps=8))
+    assert code == 0 and "Traceback" not in err, err[-2000:]
+    res = results(out)
+    assert res["best_metrics"]["step"] == 1 and res["stopped_early_at_step"] == 3 and "test_metrics" in res
+    assert (out / "best" / "trainable.safetensors").exists()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_a_model_folder_without_a_tokenizer(kind, tiny_gpt2, glue_dir, tmp_path):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    model = tmp_path / "model"
+    if kind == "gpt2":
+        model.mkdir()
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy(os.path.join(tiny_gpt2, name), model)
+    else:
+        LlamaForSequenceClassification(LlamaConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
+                                                   num_key_value_heads=1, intermediate_size=32, vocab_size=100,
+                                                   max_position_embeddings=256)).save_pretrained(model)
+    message = one_line(*cli("train_full.py", args_for(str(model), glue_dir, tmp_path / "out")))
+    assert f"'{model}' has no working tokenizer" in message
+
+
+def test_a_lock_holding_no_pid_is_taken_over(tiny_gpt2, glue_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".lock").write_bytes(b"\xff garbage")
+    code, err = cli("train_full.py", args_for(tiny_gpt2, glue_dir, out, "--max_train_steps", "1"))
+    assert code == 0, err[-2000:]
+    assert not (out / ".lock").exists()
+
+
+def test_a_data_error_under_ddp_exits_2_on_every_rank(tiny_gpt2, glue_dir, tmp_path):
+    data = glue_copy(glue_dir, tmp_path, "RTE", "train.tsv", RTE_HEADER + "0\ta b\tc d\tmaybe\n")
+    proc = launch("train_full.py", "ddp", args_for(tiny_gpt2, data, str(tmp_path / "o"), task="rte"))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "label 'maybe' is not one of" in errors[0], proc.stderr[-3000:]
+    codes = [line.split(":")[1].split()[0] for line in proc.stderr.splitlines() if line.strip().startswith("exitcode")]
+    assert codes and set(codes) == {"2"}, proc.stderr[-3000:]
+    assert "train_full.py\", line" not in proc.stderr and "gloo" not in proc.stderr.lower()  # no rank's traceback
+
+
+def test_an_idpg_encoder_needs_the_backbones_tokenizer(tiny_gpt2, glue_dir, tmp_path):
+    """An encoder whose vocabulary has the backbone's size but other tokens is refused."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoTokenizer, GPT2Config, GPT2Model, GPT2TokenizerFast
+
+    from tiny import fixture_sentences
+
+    size = len(AutoTokenizer.from_pretrained(tiny_gpt2))
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([s[::-1] for s in fixture_sentences()], vocab_size=size, special_tokens=["<|endoftext|>"])
+    other = tmp_path / "other"
+    tok = GPT2TokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                            unk_token="<|endoftext|>")
+    assert len(tok) == size
+    tok.save_pretrained(other)
+    GPT2Model(GPT2Config(vocab_size=size, n_embd=32, n_layer=1, n_head=2, n_positions=256)).save_pretrained(other)
+    message = one_line(*cli("train_idpg.py", args_for(tiny_gpt2, glue_dir, tmp_path / "out",
+                                                      encoder_name_or_path=other)))
+    assert f"the encoder '{other}' has another tokenizer than the backbone" in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["ddp", "zero3"])
+def test_two_processes_resume_bitwise_from_a_middle_checkpoint(config, tiny_gpt2, glue_dir, tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    flags = ["--num_train_epochs", "2", "--eval_steps", "3", "--checkpointing_steps", "1", "--lora_r", "4"]
+    check = lambda proc: proc.returncode == 0 or pytest.fail(proc.stderr[-3000:])  # noqa: E731
+    check(launch("train_lora.py", config, args_for(tiny_gpt2, glue_dir, str(whole), *flags)))
+    middle = whole / "checkpoints" / "step_3"
+    check(launch("train_lora.py", config, args_for(tiny_gpt2, glue_dir, str(resumed), *flags,
+                                                   "--resume_from_checkpoint", str(middle))))
+    a, b = results(whole), results(resumed)
+    assert a["log_history"] == b["log_history"] and a["metrics"] == b["metrics"]
+    wa, wb = load_file(whole / "trainable.safetensors"), load_file(resumed / "trainable.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
