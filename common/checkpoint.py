@@ -1,64 +1,19 @@
-"""Saving and loading: trainable weights (gathered under ZeRO-3), resumable checkpoints, results.
+"""Trainable weights (gathered under ZeRO-3) and resumable checkpoints.
 
-Every write goes to a new temporary file, created exclusively beside its destination (never a
-link or a file someone left there), and is renamed into place when complete: a crash never
-leaves a half-written file where a finished one is expected, and a link at the destination is
-replaced, never written through.
+A checkpoint is complete or absent: every rank writes into a temporary folder, and only when all
+are done does the main process list the files with their sizes and rename the folder into place;
+a resume refuses a folder whose files do not match that list.
 """
+
 import contextlib
-import glob
-import json
-import math
 import os
-import re
 import shutil
-import tempfile
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from common.errors import UsageError
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-@contextlib.contextmanager
-def replacing(path):
-    """Yields the name of a new, empty temporary file beside `path`; when the block ends without
-    an error it is renamed to `path` (else removed)."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp makes it private)
-        os.close(fd)
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(path, text):
-    with replacing(path) as tmp, open(tmp, "w") as f:
-        f.write(text)
-
-
-def finite(obj):
-    """obj with every nan or infinite float replaced by None: JSON has no NaN (json.dumps would
-    write a bare NaN that other readers refuse)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
-
-
-def atomic_write_json(path, obj):
-    atomic_write_text(path, json.dumps(finite(obj), indent=2, allow_nan=False) + "\n")
+from common.outputs import atomic_write_json, read_json, remove, replacing, steps
 
 
 def atomic_save_tensors(path, tensors):
@@ -73,8 +28,6 @@ def trainable_names(model):
 
 def gathered(params):
     """Context that makes ZeRO-3 partitioned parameters whole on every rank (a collective)."""
-    import contextlib
-
     if any(hasattr(p, "ds_id") for p in params):
         import deepspeed
 
@@ -82,50 +35,31 @@ def gathered(params):
     return contextlib.nullcontext()
 
 
-def save_trainable(accelerator, model, names, path):
-    """Write the parameters named in `names` to a safetensors file.
-
-    Every rank must call this (under ZeRO-3 the gather is a collective); the main process writes.
-    """
+def gather_tensors(accelerator, model, names):
+    """{name: tensor on the CPU} of the parameters named in `names`, on the main process ({} on
+    the others). Every rank must call this (under ZeRO-3 the gather is a collective); one tensor
+    is gathered at a time, so a full fine-tune never holds two copies of the model."""
     params = dict(accelerator.unwrap_model(model, keep_torch_compile=False).named_parameters())
     state = {}
-    for name in names:  # one tensor at a time: a full fine-tune never holds two copies of the model
+    for name in names:
         with gathered([params[name]]):
             if accelerator.is_main_process:
                 state[name] = params[name].detach().cpu().clone().contiguous()
+    return state
+
+
+def save_trainable(accelerator, model, names, path):
+    """Write the parameters named in `names` to a safetensors file; returns them (main process:
+    the tensors, others: {}). Every rank must call this; the main process writes."""
+    state = gather_tensors(accelerator, model, names)
     if accelerator.is_main_process:
         atomic_save_tensors(path, state)
     accelerator.wait_for_everyone()
-
-
-def save_model_folder(accelerator, model, tokenizer, path, tensors=None):
-    """A standard transformers model folder (model.safetensors, config.json with the task's label
-    names, the tokenizer) that AutoModelForSequenceClassification.from_pretrained and
-    pipeline("text-classification") open. `tensors`: (name, parameters to gather, value) triples,
-    value() computed while those are gathered; by default every parameter as it is. Every rank
-    calls this: under ZeRO-3 each is gathered in turn (a collective, one weight in memory at a
-    time); the main process writes."""
-    plain = accelerator.unwrap_model(model, keep_torch_compile=False)
-    if tensors is None:
-        tensors = [(name, [p], p.detach) for name, p in plain.named_parameters()]
-    state = {}
-    for name, params, value in tensors:
-        with gathered(params):
-            if accelerator.is_main_process:
-                state[name] = value().detach().cpu().clone()
-    if accelerator.is_main_process:  # each file written beside, then renamed into the folder
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path, prefix=".tmp-") as tmp:
-            save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(tmp, "model.safetensors"))
-            plain.config.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            for name in os.listdir(tmp):
-                os.replace(os.path.join(tmp, name), os.path.join(path, name))
-    accelerator.wait_for_everyone()
+    return state
 
 
 def load_trainable(model, path):
-    """Load a trainable.safetensors into a plain (not distributed) model; returns the names loaded."""
+    """Load a trainable.safetensors into a plain (not distributed) model; returns the names."""
     state = load_file(path)
     params = dict(model.named_parameters())
     unknown = sorted(set(state) - set(params))
@@ -151,7 +85,7 @@ def save_checkpoint(accelerator, output_dir, step, state, tag, files=None):
         os.makedirs(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(tmp)
-    accelerator.wait_for_everyone()  # every rank's files are written (DeepSpeed: each rank its shards)
+    accelerator.wait_for_everyone()  # every rank's files are written (DeepSpeed: each its shards)
     if accelerator.is_main_process:
         for name, path in (files or {}).items():
             try:
@@ -165,18 +99,13 @@ def save_checkpoint(accelerator, output_dir, step, state, tag, files=None):
     return final
 
 
-def remove(path):
-    """Remove a file, a link or a folder tree, if there is one (a link is removed, not followed)."""
-    if os.path.islink(path) or os.path.isfile(path):
-        os.remove(path)
-    elif os.path.isdir(path):
-        shutil.rmtree(path)
-
-
 def listing(folder):
     """{relative path: size in bytes} of every file under `folder`."""
-    return {os.path.relpath(os.path.join(d, f), folder): os.path.getsize(os.path.join(d, f))
-            for d, _, names in os.walk(folder) for f in names}
+    return {
+        os.path.relpath(os.path.join(d, f), folder): os.path.getsize(os.path.join(d, f))
+        for d, _, names in os.walk(folder)
+        for f in names
+    }
 
 
 def damage(path):
@@ -195,16 +124,6 @@ def damage(path):
     return ""
 
 
-def steps(output_dir):
-    """The checkpoint folders of OUTPUT_DIR by step, newest first (temporary folders left out)."""
-    found = []
-    for path in glob.glob(os.path.join(output_dir, "checkpoints", "step_*")):
-        number = re.fullmatch(r"step_(\d+)", os.path.basename(path))
-        if number and os.path.isdir(path):
-            found.append((int(number[1]), path))
-    return [path for _, path in sorted(found, reverse=True)]
-
-
 def find_checkpoint(output_dir, which):
     """Resolve --resume_from_checkpoint: a checkpoint folder, or 'latest', the newest complete one
     in OUTPUT_DIR/checkpoints (incomplete ones are skipped, each with a line saying why). Returns
@@ -215,7 +134,9 @@ def find_checkpoint(output_dir, which):
             return None, []
         why = damage(path)
         if why:
-            raise UsageError(f"{path} cannot be resumed: {why}; pass an earlier checkpoint, or 'latest'")
+            raise UsageError(
+                f"{path} cannot be resumed: {why}; pass an earlier checkpoint, or 'latest'"
+            )
         return path, []
     skipped = []
     for path in steps(output_dir):
@@ -226,11 +147,6 @@ def find_checkpoint(output_dir, which):
     return None, skipped
 
 
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
 def load_checkpoint(accelerator, path):
     """Restore the prepared objects from a checkpoint folder; returns its trainer_state.json. A
     file that cannot be read (damaged after it was written) is a one-line error."""
@@ -238,6 +154,8 @@ def load_checkpoint(accelerator, path):
         accelerator.load_state(path)
     except Exception as e:  # a corrupt pickle or tensor file: what torch and DeepSpeed raise varies
         first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise UsageError(f"cannot resume from {path} ({type(e).__name__}: {first}): pass an earlier checkpoint, "
-                         "or start over with --overwrite_output_dir") from None
+        raise UsageError(
+            f"cannot resume from {path} ({type(e).__name__}: {first}): pass an earlier checkpoint, "
+            "or start over with --overwrite_output_dir"
+        ) from None
     return read_json(os.path.join(path, "trainer_state.json"))

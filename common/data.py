@@ -1,73 +1,28 @@
-"""GLUE tasks: the task table, loading (hub or GLUE's own TSV files), tokenising and batching.
+"""GLUE data: loading (the hub or GLUE's own TSV files), tokenising, batching, the loaders.
 
-Labels follow the hub dataset `nyu-mll/glue` (for example MNLI: entailment 0, neutral 1,
-contradiction 2); STS-B is a regression with one output. Unlabeled test rows get label -1.
+Unlabeled test rows get label -1. Every row carries `idx`, its position in its file: the key
+that puts predictions back in order, whatever the file's own index column says.
 """
+
 import csv
 import math
 import os
 import sys
-from dataclasses import dataclass
 
 import torch
 
-from common.errors import UsageError
+from common.errors import UsageError, agree
+from common.tasks import TASKS, TSV_FILES, get_task
 
-
-@dataclass(frozen=True)
-class Task:
-    text_keys: tuple  # hub column names of the one or two input texts
-    label_names: tuple  # hub order; () for regression
-    metric: str  # the main metric: best checkpoint and the final line
-    tsv_dir: str  # folder in GLUE's download layout
-    tsv_columns: tuple  # TSV header names of the texts, then of the label (CoLA: column numbers)
-    eval_splits: tuple = ("validation",)
-    test_splits: tuple = ("test",)
-
-    @property
-    def num_labels(self):
-        return len(self.label_names) or 1
-
-    @property
-    def is_regression(self):
-        return not self.label_names
-
-
-TASKS = {
-    "cola": Task(("sentence",), ("unacceptable", "acceptable"), "matthews_correlation", "CoLA", (3, 1)),
-    "sst2": Task(("sentence",), ("negative", "positive"), "accuracy", "SST-2", ("sentence", "label")),
-    "mrpc": Task(("sentence1", "sentence2"), ("not_equivalent", "equivalent"), "f1", "MRPC",
-                 ("#1 String", "#2 String", "Quality")),
-    "stsb": Task(("sentence1", "sentence2"), (), "pearson", "STS-B", ("sentence1", "sentence2", "score")),
-    "qqp": Task(("question1", "question2"), ("not_duplicate", "duplicate"), "f1", "QQP",
-                ("question1", "question2", "is_duplicate")),
-    "mnli": Task(("premise", "hypothesis"), ("entailment", "neutral", "contradiction"), "accuracy", "MNLI",
-                 ("sentence1", "sentence2", "gold_label"),
-                 ("validation_matched", "validation_mismatched"), ("test_matched", "test_mismatched")),
-    "qnli": Task(("question", "sentence"), ("entailment", "not_entailment"), "accuracy", "QNLI",
-                 ("question", "sentence", "label")),
-    "rte": Task(("sentence1", "sentence2"), ("entailment", "not_entailment"), "accuracy", "RTE",
-                ("sentence1", "sentence2", "label")),
-    "wnli": Task(("sentence1", "sentence2"), ("not_entailment", "entailment"), "accuracy", "WNLI",
-                 ("sentence1", "sentence2", "label")),
-}
-
-# hub split name -> GLUE TSV file name
-TSV_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv",
-             "validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv",
-             "test_matched": "test_matched.tsv", "test_mismatched": "test_mismatched.tsv"}
-
-
-def get_task(name):
-    if name not in TASKS:
-        raise UsageError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}")
-    return TASKS[name]
+# The validation set's name among the eval loaders (--validation_size, --validation_dev_half).
+HELD_OUT = "heldout"
+DEV_HALF_SEED = 0  # --validation_dev_half: the same halves for every run, whatever its --seed
 
 
 def read_tsv(task_name, path, labeled=True):
-    """One GLUE TSV file as a dict of hub-style columns: the texts, label, idx (the row's position in
-    the file, 0..n-1: the key the scripts use) and index (the file's own index column, written back
-    in prediction files; the position when there is none). `labeled`: the file
+    """One GLUE TSV file as a dict of hub-style columns: the texts, label, idx (the row's position
+    in the file, 0..n-1: the key the scripts use) and index (the file's own index column, written
+    back in prediction files; the position when there is none). `labeled`: the file
     must hold a valid label on every row (train and dev); test files have none (label -1).
 
     GLUE's files hold bare double quotes, so they are read with quoting off. CoLA's train/dev
@@ -79,61 +34,91 @@ def read_tsv(task_name, path, labeled=True):
     csv.field_size_limit(sys.maxsize)
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = [(n, r) for n, r in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1) if r]
+            rows = [
+                (n, r)
+                for n, r in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1)
+                if r
+            ]
     except UnicodeDecodeError as e:
-        line = open(path, "rb").read()[:e.start].count(b"\n") + 1
-        raise UsageError(f"{path}, line {line}: byte 0x{e.object[e.start]:02x} is not UTF-8; "
-                         "save the file as UTF-8") from None
+        line = open(path, "rb").read()[: e.start].count(b"\n") + 1
+        raise UsageError(
+            f"{path}, line {line}: byte 0x{e.object[e.start]:02x} is not UTF-8; "
+            "save the file as UTF-8"
+        ) from None
     if not rows:
         raise UsageError(f"{path} is empty; it must hold GLUE's {task.tsv_dir} rows")
     header = [h.strip() for h in rows[0][1]]
-    positional = isinstance(task.tsv_columns[0], int)  # CoLA: source, label, original label, sentence
+    # CoLA: source, label, original label, sentence
+    positional = isinstance(task.tsv_columns[0], int)
     if positional and "sentence" not in header:
         columns, body, width = task.tsv_columns, rows, 4
     else:
         names = ("sentence", "label") if positional else task.tsv_columns
         if not set(names[:-1]) <= set(header):
-            raise UsageError(f"{path}, line 1: expected a header with the columns {', '.join(names[:-1])}, "
-                             f"found {header[:6]}")
-        columns, body, width = [header.index(n) if n in header else None for n in names], rows[1:], len(header)
+            raise UsageError(
+                f"{path}, line 1: expected a header with the columns {', '.join(names[:-1])}, "
+                f"found {header[:6]}"
+            )
+        columns, body, width = (
+            [header.index(n) if n in header else None for n in names],
+            rows[1:],
+            len(header),
+        )
     if not body:
         raise UsageError(f"{path} has no rows after its header")
     for line, row in body:
         if len(row) != width:
-            raise UsageError(f"{path}, line {line}: {len(row)} fields where the header has {width} "
-                             "(a tab inside a text?)")
+            raise UsageError(
+                f"{path}, line {line}: {len(row)} fields where the header has {width} "
+                "(a tab inside a text?)"
+            )
     out = {key: [r[c] for _, r in body] for key, c in zip(task.text_keys, columns)}
     if columns[-1] is None and labeled:
-        raise UsageError(f"{path}: no label column ('{task.tsv_columns[-1]}'); a train or dev file needs one")
-    out["label"] = [_label(task, r[columns[-1]], path, line) if labeled else (-1.0 if task.is_regression else -1)
-                    for line, r in body]
+        raise UsageError(
+            f"{path}: no label column ('{task.tsv_columns[-1]}'); a train or dev file needs one"
+        )
+    out["label"] = [
+        _label(task, r[columns[-1]], path, line)
+        if labeled
+        else (-1.0 if task.is_regression else -1)
+        for line, r in body
+    ]
     idx_col = header.index("index") if "index" in header else None
     out["idx"] = list(range(len(body)))
-    out["index"] = [i if idx_col is None else _index(r[idx_col], path, line) for i, (line, r) in enumerate(body)]
+    out["index"] = [
+        i if idx_col is None else _index(r[idx_col], path, line) for i, (line, r) in enumerate(body)
+    ]
     return out
 
 
 def _label(task, raw, path, line):
-    """A label in the hub's encoding: the class id (from its name or its number), or STS-B's score."""
+    """A label in the hub's encoding: the class id (from its name or number), or STS-B's score."""
     if task.is_regression:
         try:
             score = float(raw)
         except ValueError:
             score = math.nan
         if not 0.0 <= score <= 5.0:  # also refuses nan and inf
-            raise UsageError(f"{path}, line {line}: STS-B's score must be a number from 0 to 5, got '{raw}'")
+            raise UsageError(
+                f"{path}, line {line}: STS-B's score must be a number from 0 to 5, got '{raw}'"
+            )
         return score
     if raw in task.label_names:
         return task.label_names.index(raw)
-    if raw.strip().isdigit() and int(raw) < task.num_labels:  # CoLA, SST-2, MRPC, QQP, WNLI store the id
+    # CoLA, SST-2, MRPC, QQP, WNLI store the id
+    if raw.strip().isdigit() and int(raw) < task.num_labels:
         return int(raw)
-    raise UsageError(f"{path}, line {line}: label '{raw}' is not one of {', '.join(task.label_names)} "
-                     f"(or 0-{task.num_labels - 1})")
+    raise UsageError(
+        f"{path}, line {line}: label '{raw}' is not one of {', '.join(task.label_names)} "
+        f"(or 0-{task.num_labels - 1})"
+    )
 
 
 def _index(raw, path, line):
     if not raw.strip().isdigit():
-        raise UsageError(f"{path}, line {line}: the index column holds '{raw[:40]}', not a row number")
+        raise UsageError(
+            f"{path}, line {line}: the index column holds '{raw[:40]}', not a row number"
+        )
     return int(raw)
 
 
@@ -148,20 +133,30 @@ def load_glue(task_name, data_dir=None):
         try:
             hub = datasets.load_dataset("nyu-mll/glue", task_name)
         except Exception as e:  # offline, no cache, hub down
-            raise UsageError(f"cannot load GLUE '{task_name}' from the hub ({type(e).__name__}: {_first_line(e)}); "
-                             f"pass --data_dir DIR holding GLUE's TSV files (DIR/{task.tsv_dir}/train.tsv, ...)")
-        # The hub's idx column is GLUE's index; idx becomes the row's position, as for the TSV files.
-        return {s: hub[s].rename_column("idx", "index").add_column("idx", list(range(len(hub[s]))))
-                for s in splits if s in hub}
+            raise UsageError(
+                f"cannot load GLUE '{task_name}' from the hub ({type(e).__name__}: "
+                f"{_first_line(e)}); "
+                f"pass --data_dir DIR holding GLUE's TSV files (DIR/{task.tsv_dir}/train.tsv, ...)"
+            )
+        # The hub's idx column is GLUE's index; idx becomes the row's position, as in the TSVs.
+        return {
+            s: hub[s].rename_column("idx", "index").add_column("idx", list(range(len(hub[s]))))
+            for s in splits
+            if s in hub
+        }
     out = {}
     for split in splits:
         path = os.path.join(data_dir, task.tsv_dir, TSV_FILES[split])
         if os.path.exists(path):
-            out[split] = datasets.Dataset.from_dict(read_tsv(task_name, path, labeled=split not in task.test_splits))
+            out[split] = datasets.Dataset.from_dict(
+                read_tsv(task_name, path, labeled=split not in task.test_splits)
+            )
         elif split in ("train", task.eval_splits[0]):
             dev = TSV_FILES[task.eval_splits[0]]
-            raise UsageError(f"missing {path}: --data_dir must hold GLUE's TSV layout "
-                             f"({task.tsv_dir}/{TSV_FILES['train']} and {task.tsv_dir}/{dev})")
+            raise UsageError(
+                f"missing {path}: --data_dir must hold GLUE's TSV layout "
+                f"({task.tsv_dir}/{TSV_FILES['train']} and {task.tsv_dir}/{dev})"
+            )
     return out
 
 
@@ -186,17 +181,30 @@ def tokenize(dataset, task_name, tokenizer, max_length):
     chars = 100 * (max_length + 1)
 
     def encode(batch):
-        enc = tokenizer(*[[t[:chars] for t in batch[k]] for k in keys], truncation=True, max_length=max_length)
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                **({"token_type_ids": enc["token_type_ids"]} if "token_type_ids" in enc else {})}
+        enc = tokenizer(
+            *[[t[:chars] for t in batch[k]] for k in keys], truncation=True, max_length=max_length
+        )
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            **({"token_type_ids": enc["token_type_ids"]} if "token_type_ids" in enc else {}),
+        }
 
     keep = ["label", "idx", "index"]
-    return dataset.map(encode, batched=True, remove_columns=[c for c in dataset.column_names if c not in keep])
+    return dataset.map(
+        encode, batched=True, remove_columns=[c for c in dataset.column_names if c not in keep]
+    )
+
+
+def positions(attention_mask):
+    """Position ids counted from the attention mask: 0 at each row's first real token, whatever
+    the padding side (the pads before it get 0 too; they are masked)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def pack_left(input_ids, attention_mask, token_type_ids=None):
-    """Every row of a batch left-padded (pads first), whatever the collator did: the last position is
-    then the last real token (where a decoder's classifier pools, given embeddings instead of ids)."""
+    """Every row of a batch left-padded (pads first), whatever the collator did: the last position
+    is then the last real token (where a decoder's classifier pools, given embeddings, not ids)."""
     order = attention_mask.argsort(dim=-1, stable=True)
     token_type_ids = None if token_type_ids is None else token_type_ids.gather(1, order)
     return input_ids.gather(1, order), attention_mask.gather(1, order), token_type_ids
@@ -218,9 +226,13 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         return len(self.lengths)
 
     def __iter__(self):
-        order = torch.randperm(len(self.lengths), generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        groups = [sorted(order[i:i + self.size].tolist(), key=lambda j: -self.lengths[j])
-                  for i in range(0, len(order), self.size)]
+        order = torch.randperm(
+            len(self.lengths), generator=torch.Generator().manual_seed(self.seed + self.epoch)
+        )
+        groups = [
+            sorted(order[i : i + self.size].tolist(), key=lambda j: -self.lengths[j])
+            for i in range(0, len(order), self.size)
+        ]
         return iter([j for g in groups for j in g])
 
 
@@ -241,7 +253,11 @@ class Collator:
         width = max(len(r["input_ids"]) for r in rows)
         width = -(-width // self.multiple) * self.multiple
         batch = {}
-        for key, fill in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
+        for key, fill in (
+            ("input_ids", self.pad_token_id),
+            ("attention_mask", 0),
+            ("token_type_ids", 0),
+        ):
             if key not in rows[0]:
                 continue
             padded = []
@@ -250,8 +266,144 @@ class Collator:
                 padded.append(r[key] + pad if self.padding_side == "right" else pad + r[key])
             batch[key] = torch.tensor(padded)
         if self.positions:
-            batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            batch["position_ids"] = positions(batch["attention_mask"])
         label_dtype = torch.float if isinstance(rows[0]["label"], float) else torch.long
         batch["labels"] = torch.tensor([r["label"] for r in rows], dtype=label_dtype)
         batch["idx"] = torch.tensor([r["idx"] for r in rows])
         return batch
+
+
+def load_splits(
+    tokenizer,
+    task_name,
+    data_dir,
+    max_length,
+    max_train_samples,
+    max_eval_samples,
+    validation_size,
+    validation_dev_half,
+    seed,
+):
+    """The tokenized splits of the task as the flags choose them (rows kept, the validation set)."""
+    raw = load_glue(task_name, data_dir)
+    if max_train_samples is not None:
+        raw["train"] = raw["train"].select(range(min(max_train_samples, len(raw["train"]))))
+    task = TASKS[task_name]
+    for split in task.eval_splits:
+        if split in raw and max_eval_samples is not None:
+            raw[split] = raw[split].select(range(min(max_eval_samples, len(raw[split]))))
+    if validation_size is not None:  # never trained on: gone from train before any batch is drawn
+        if validation_size >= len(raw["train"]):
+            raise UsageError(
+                f"--validation_size {validation_size} leaves nothing to train on: the "
+                f"training set has {len(raw['train'])} rows; hold out fewer"
+            )
+        raw["train"], raw[HELD_OUT] = hold_out(raw["train"], validation_size, seed)
+    elif validation_dev_half:
+        dev = task.eval_splits[0]
+        if len(raw[dev]) < 2:
+            raise UsageError(
+                f"--validation_dev_half splits the {len(raw[dev])} dev row(s) in two halves; "
+                "it needs "
+                "at least 2 (raise --max_eval_samples)"
+            )
+        raw[dev], raw[HELD_OUT] = hold_out(raw[dev], len(raw[dev]) // 2, DEV_HALF_SEED)
+    least = 2 if task.is_regression else 1  # a correlation needs two points
+    for split in (*task.eval_splits, HELD_OUT):
+        if split in raw and len(raw[split]) < least:
+            name = "the validation set" if split == HELD_OUT else f"the {split} split"
+            raise UsageError(
+                f"{name} has {len(raw[split])} row(s); {task_name}'s {task.metric} needs at least "
+                f"{least} (raise --max_eval_samples or --validation_size)"
+            )
+    return {s: tokenize(d, task_name, tokenizer, max_length) for s, d in raw.items()}
+
+
+def make_dataloaders(
+    accelerator,
+    tokenizer,
+    position_ids=True,
+    *,
+    task,
+    data_dir=None,
+    max_length=128,
+    per_device_train_batch_size=8,
+    per_device_eval_batch_size=32,
+    seed=42,
+    max_train_samples=None,
+    max_eval_samples=None,
+    validation_size=None,
+    validation_dev_half=False,
+    group_by_length=False,
+    pad_to_multiple_of=None,
+    do_predict=False,
+    **_,
+):
+    """Train loader (shuffled) and one loader per eval split; test loaders with `do_predict`. The
+    keywords are the flags of the same names (other flags are ignored: scripts pass **vars(args)).
+
+    Each batch holds input_ids, attention_mask, labels, `idx` (the row's position in its file: the
+    key that puts predictions back in file order, whatever the file's own index column says; not a
+    model input) and, with `position_ids`, positions counted from the
+    attention mask (so that left and right padding give the same logits). With --validation_size
+    or --validation_dev_half the eval loaders include the validation set, named HELD_OUT."""
+    from torch.utils.data import DataLoader
+
+    error = None
+    # the hub's download once; then the others read its cache
+    with accelerator.main_process_first():
+        try:
+            data = load_splits(
+                tokenizer,
+                task,
+                data_dir,
+                max_length,
+                max_train_samples,
+                max_eval_samples,
+                validation_size,
+                validation_dev_half,
+                seed,
+            )
+        except (
+            UsageError
+        ) as e:  # kept, not raised here: the main process would skip the others' barrier
+            error = str(e)
+    agree(accelerator, error)  # every rank leaves with the same one line
+    spec = TASKS[task]
+    multiple = pad_to_multiple_of or (8 if torch.cuda.is_available() else 1)
+    collate = Collator(tokenizer.pad_token_id, tokenizer.padding_side, position_ids, multiple)
+    # Loaders draw their seeds from their own generator, not from the global RNG that dropout uses:
+    # a resumed run then sees the same dropout masks as an uninterrupted one. Pinned memory lets the
+    # prepared loaders copy batches to the GPU without blocking (DataLoaderConfiguration's
+    # non_blocking).
+    pin = torch.cuda.is_available()
+    order = {"shuffle": True, "generator": torch.Generator().manual_seed(seed)}
+    if group_by_length:
+        lengths = [len(x) for x in data["train"]["input_ids"]]
+        order = {"sampler": LengthGroupedSampler(lengths, per_device_train_batch_size, seed)}
+    train = DataLoader(
+        data["train"],
+        collate_fn=collate,
+        batch_size=per_device_train_batch_size,
+        pin_memory=pin,
+        **order,
+    )
+    names = [s for s in (*spec.eval_splits, HELD_OUT) if s in data]
+    if do_predict:
+        names += [s for s in spec.test_splits if s in data]
+        if not any(s in data for s in spec.test_splits):
+            raise UsageError(
+                f"--do_predict needs the unlabeled test split ({', '.join(spec.test_splits)}); "
+                "none was found"
+            )
+    evals = {
+        s: DataLoader(
+            data[s],
+            collate_fn=collate,
+            batch_size=per_device_eval_batch_size,
+            generator=torch.Generator().manual_seed(seed),
+            pin_memory=pin,
+        )
+        for s in names
+    }
+    return train, evals

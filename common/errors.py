@@ -4,6 +4,7 @@ Method code (layers, builders) raises ordinary exceptions such as ValueError, so
 into any program. Only argument checking and a script's main() turn them into the one-line
 error, and only `run_main` ends the process.
 """
+
 import contextlib
 import logging
 import os
@@ -15,8 +16,14 @@ class UsageError(Exception):
     """Bad input or settings; the message says what to do."""
 
 
-class Terminated(BaseException):
-    """SIGTERM (a scheduler stopping the job, `kill`), raised where the program is, like Ctrl-C."""
+class Stopped(BaseException):
+    """Ctrl-C or SIGTERM, raised where the program is; `message` says where the last checkpoint
+    is."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 def fail(message):
@@ -26,7 +33,7 @@ def fail(message):
 
 @contextlib.contextmanager
 def usage_errors():
-    """Inside: a ValueError (a builder refusing a setting for this model) becomes a one-line error."""
+    """Inside: a ValueError (a builder refusing a setting for this model) becomes one line."""
     try:
         yield
     except ValueError as e:
@@ -35,7 +42,8 @@ def usage_errors():
 
 def agree(accelerator, error):
     """Every rank's `error` (a message, or None), shared: if any rank has one, every rank raises the
-    first as a UsageError, so that all of them leave the same way (a collective: every rank calls it)."""
+    first as a UsageError, so that all of them leave the same way (a collective: every rank calls
+    it)."""
     from accelerate.utils import gather_object
 
     messages = gather_object([error]) if accelerator.num_processes > 1 else [error]
@@ -44,13 +52,43 @@ def agree(accelerator, error):
         raise UsageError(first)
 
 
-# What an interrupted run says about its last checkpoint; the run (common/run.py) keeps it current.
 NO_CHECKPOINT = "no checkpoint was written (--checkpointing_steps N saves them)"
-resume_note = NO_CHECKPOINT
 
 
-def _terminate(signum, frame):
-    raise Terminated()
+def stop_on_signals(note):
+    """From now on, Ctrl-C and SIGTERM raise Stopped with `note()`, the line about the last
+    checkpoint, at the point the program is. Returns the handlers it replaced (to restore them).
+    Call it from the main thread."""
+
+    def handler(signum, frame):
+        word, code = ("interrupted", 130) if signum == signal.SIGINT else ("terminated", 143)
+        raise Stopped(code, f"{word}: {note()}")
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def check_early(parse_args):
+    """Parse the command line at once, before a script's heavy imports (torch, transformers take
+    seconds): --help prints and exits, and a bad flag prints its one line and exits 2."""
+    try:
+        parse_args()
+    except UsageError as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def outcome(main):
+    """(exit status, the line to print or None) of running main()."""
+    try:
+        main()
+    except UsageError as e:
+        return 2, f"error: {e}"
+    except Stopped as e:
+        return e.code, e.message
+    except KeyboardInterrupt:  # a Ctrl-C that came before stop_on_signals
+        return 130, f"interrupted: {NO_CHECKPOINT}"
+    return 0, None
 
 
 def run_main(main):
@@ -59,23 +97,18 @@ def run_main(main):
     a traceback. Under a distributed launch only the first process prints, the process group is
     destroyed on every way out, and the process then leaves without the interpreter's teardown:
     that teardown frees gloo's C++ objects (still held by DDP or DeepSpeed) while Python is half
-    gone, which now and then aborted a finished run with SIGABRT ('terminate called without an
-    active exception': 4 of 137 launches in one CI run). Everything is written and closed by then."""
-    signal.signal(signal.SIGTERM, _terminate)
-    code, message = 0, None
+    gone, which can abort a finished run with SIGABRT ('terminate called without an active
+    exception'). Everything is written and closed by then."""
+    handlers = stop_on_signals(lambda: NO_CHECKPOINT)  # until a run says where its checkpoints are
     try:
-        main()
-    except UsageError as e:
-        code, message = 2, f"error: {e}"
-    except KeyboardInterrupt:
-        code, message = 130, f"interrupted: {resume_note}"
-    except Terminated:
-        code, message = 143, f"terminated: {resume_note}"
+        code, message = outcome(main)
     finally:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     if message and os.environ.get("RANK", "0") == "0":
         print(message, file=sys.stderr, flush=True)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

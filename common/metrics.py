@@ -1,4 +1,5 @@
 """The official GLUE metric of each task, on plain numpy (evaluate.load needs the hub)."""
+
 import warnings
 
 import numpy as np
@@ -32,8 +33,10 @@ def glue_metrics(task_name, preds, labels):
     if task_name == "stsb":  # undefined (nan, written as null) when either side is constant
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", stats.ConstantInputWarning)
-            return {"pearson": float(stats.pearsonr(preds, labels)[0]),
-                    "spearmanr": float(stats.spearmanr(preds, labels)[0])}
+            return {
+                "pearson": float(stats.pearsonr(preds, labels)[0]),
+                "spearmanr": float(stats.spearmanr(preds, labels)[0]),
+            }
     if task_name == "cola":
         return {"matthews_correlation": matthews_correlation(preds, labels)}
     if task_name in ("mrpc", "qqp"):

@@ -1,15 +1,91 @@
-"""The output folder a run owns: a lock while the run runs, and a manifest of what it writes.
+"""The output folder a run owns, and how anything is written there.
+
+Every file is written to a new temporary file, created exclusively beside its destination (never
+a link or a file someone left there), and renamed into place when complete: a crash never leaves
+a half-written file where a finished one is expected, and a link at the destination is replaced,
+never written through.
 
 A run names everything it will write in OUTPUT_DIR before it writes anything (`manifest.json`),
 so that `--overwrite_output_dir` removes exactly what an earlier run wrote there and nothing
-else, and a run never writes over a file it did not make.
+else, and a run never writes over a path it did not make. `.lock` holds the running run's pid.
 """
+
+import contextlib
+import glob
+import json
+import math
 import os
 import re
+import shutil
 import socket
+import tempfile
 
-from common.checkpoint import atomic_write_json, read_json, remove, steps
 from common.errors import UsageError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def replacing(path):
+    """Yields the name of a new, empty temporary file beside `path`; when the block ends without
+    an error it is renamed to `path` (else removed)."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(".tmp", f".{os.path.basename(path)}.", folder)  # suffix, start, dir
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp makes it private)
+        os.close(fd)
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path, text):
+    with replacing(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
+def finite(obj):
+    """obj with every nan or infinite float replaced by None: JSON has no NaN (json.dumps would
+    write a bare NaN that other readers refuse)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(path, obj):
+    atomic_write_text(path, json.dumps(finite(obj), indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def remove(path):
+    """Remove a file, a link or a folder tree, if there is one (a link is removed, not followed)."""
+    if os.path.islink(path) or os.path.isfile(path):
+        os.remove(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+
+
+def steps(output_dir):
+    """The checkpoint folders of OUTPUT_DIR by step, newest first (temporary folders left out)."""
+    found = []
+    for path in glob.glob(os.path.join(output_dir, "checkpoints", "step_*")):
+        number = re.fullmatch(r"step_(\d+)", os.path.basename(path))
+        if number and os.path.isdir(path):
+            found.append((int(number[1]), path))
+    return [path for _, path in sorted(found, reverse=True)]
+
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
@@ -31,7 +107,9 @@ def in_checkpoint(path):
     path = os.path.realpath(path)
     while os.path.dirname(path) != path:
         parent = os.path.dirname(path)
-        if os.path.basename(parent) == "checkpoints" and re.fullmatch(r"step_\d+(\.tmp-\w+)?", os.path.basename(path)):
+        if os.path.basename(parent) == "checkpoints" and re.fullmatch(
+            r"step_\d+(\.tmp-\w+)?", os.path.basename(path)
+        ):
             return True
         path = parent
     return False
@@ -78,48 +156,73 @@ def take_lock(output_dir, run_id):
             pid = int(fields[0]) if fields and fields[0].isdigit() else None
             theirs = fields[1] if len(fields) > 1 else ""
             if pid is not None and theirs == host and pid != me and alive(pid):
-                raise UsageError(f"another run (pid {pid}) is writing to {output_dir}: wait for it to end, "
-                                 "or pass another --output_dir") from None
+                raise UsageError(
+                    f"another run (pid {pid}) is writing to {output_dir}: wait for it to end, "
+                    "or pass another --output_dir"
+                ) from None
             os.remove(lock)
     raise UsageError(f"cannot take {lock}: another run keeps taking it; pass another --output_dir")
 
 
 def claim(output_dir, outputs, run_id, overwrite=False, resuming_here=False):
     """Main process: take OUTPUT_DIR for a run that writes `outputs` (names relative to it) and
-    record them in the manifest before anything is written. Refused, with one line, when the
-    folder holds an earlier run's results or checkpoints (unless `overwrite`, which first removes
-    the paths the earlier run's manifest names, or `resuming_here`: the same run continues), or
-    when one of `outputs` exists and no run made it. Returns the lock's path."""
+    record them in the manifest before anything is written (a path outside OUTPUT_DIR, or None, is
+    not the folder's and is left out). Refused, with one line, when the folder holds an earlier
+    run's results or checkpoints (unless `overwrite`, which first removes the paths the earlier
+    run's manifest names, or `resuming_here`: the same run continues), or when one of `outputs`
+    exists and no run made it. Returns the lock's path."""
+    paths = [os.path.join(output_dir, name) for name in outputs if name]
+    outputs = [os.path.relpath(p, output_dir) for p in paths if inside(p, output_dir)]
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"cannot write to --output_dir {output_dir} ({e.strerror}); pass a folder you can write to")
+        raise UsageError(
+            f"cannot write to --output_dir {output_dir} ({e.strerror}); "
+            "pass a folder you can write to"
+        )
     lock = take_lock(output_dir, run_id)
     try:
         manifest = os.path.join(output_dir, MANIFEST)
         earlier = read_json(manifest)["outputs"] if os.path.isfile(manifest) else None
         results = os.path.join(output_dir, "results.json")
-        saved = [*steps(output_dir)[:1], *[p for p in (results, os.path.join(output_dir, "trainable.safetensors"))
-                                          if os.path.exists(p)]]
+        saved = [
+            *steps(output_dir)[:1],
+            *[
+                p
+                for p in (results, os.path.join(output_dir, "trainable.safetensors"))
+                if os.path.exists(p)
+            ],
+        ]
         if resuming_here:
             outputs = sorted(set(outputs) | set(earlier or []))
         elif saved and not overwrite:
             what = "checkpoints" if steps(output_dir) else "results"
-            raise UsageError(f"{output_dir} holds another run's {what} ({saved[0]}); resume it with "
-                             "--resume_from_checkpoint latest, or pass --overwrite_output_dir or another --output_dir")
+            raise UsageError(
+                f"{output_dir} holds another run's {what} ({saved[0]}); resume it with "
+                "--resume_from_checkpoint latest, or pass --overwrite_output_dir or another "
+                "--output_dir"
+            )
         elif saved and earlier is None:
-            raise UsageError(f"{output_dir} holds {saved[0]} but no {MANIFEST}: no run of these scripts wrote it, "
-                             "so --overwrite_output_dir cannot tell what to remove; move it away, or pass another "
-                             "--output_dir")
-        if earlier is not None and not resuming_here:  # (a run that saved nothing is removed without a flag)
+            raise UsageError(
+                f"{output_dir} holds {saved[0]} but no {MANIFEST}: no run of these scripts wrote "
+                "it, so --overwrite_output_dir cannot tell what to remove; move it away, or pass "
+                "another "
+                "--output_dir"
+            )
+        # (a run that saved nothing is removed without a flag)
+        if earlier is not None and not resuming_here:
             for name in earlier:  # what the earlier run wrote, and nothing a user put beside it
                 if name not in (LOCK, MANIFEST):
                     remove(os.path.join(output_dir, name))
         for name in outputs:
             path = os.path.join(output_dir, name)
             if not resuming_here and name not in (LOCK, MANIFEST) and os.path.lexists(path):
-                raise UsageError(f"{path} exists and no run wrote it; move it away, or pass another --output_dir")
-        atomic_write_json(manifest, {"run_id": run_id, "outputs": sorted(set(outputs) | {LOCK, MANIFEST})})
+                raise UsageError(
+                    f"{path} exists and no run wrote it; move it away, or pass another --output_dir"
+                )
+        atomic_write_json(
+            manifest, {"run_id": run_id, "outputs": sorted(set(outputs) | {LOCK, MANIFEST})}
+        )
     except BaseException:
         os.remove(lock)
         raise

@@ -1,4 +1,4 @@
-"""Run inside the reference environment (tests/reference_env.py: transformers 4.57, peft 0.17.1,
+"""Run inside the reference environment (tests/reference/env.py: transformers 4.57, peft 0.17.1,
 adapters 1.3): load exports the scripts wrote with the other library and write its logits.
 
     python load_exports.py SPECS.json
@@ -6,6 +6,7 @@ SPECS.json: a list of {"base": model folder, "library": "peft" | "adapterhub", "
 "num_labels": n, "inputs": safetensors (input_ids, attention_mask), "out": safetensors to write,
 "layer_norms": optional safetensors loaded after the adapter (trained layer norms)}.
 """
+
 import json
 import sys
 
@@ -14,8 +15,12 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 for spec in json.load(open(sys.argv[1])):
-    model = AutoModelForSequenceClassification.from_pretrained(spec["base"], num_labels=spec["num_labels"])
-    model.config.pad_token_id = AutoTokenizer.from_pretrained(spec["base"]).eos_token_id  # as the scripts set it
+    model = AutoModelForSequenceClassification.from_pretrained(
+        spec["base"], num_labels=spec["num_labels"]
+    )
+    model.config.pad_token_id = AutoTokenizer.from_pretrained(
+        spec["base"]
+    ).eos_token_id  # as the scripts set it
     if spec["library"] == "peft":
         from peft import PeftModel
 

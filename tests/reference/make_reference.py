@@ -1,7 +1,8 @@
 """Run inside the reference environment (transformers 4.57.6, adapters 1.3.0, peft 0.17.1; see
-tests/reference_env.py). Builds tiny random models, puts AdapterHub's adapters and peft's prefix
+tests/reference/env.py). Builds tiny random models, puts AdapterHub's adapters and peft's prefix
 tuning on them with random (not near-identity) weights, and saves, into OUT_DIR: each model
 directory, the method's weights, fixed inputs and the reference logits."""
+
 import json
 import os
 import sys
@@ -11,8 +12,7 @@ import torch
 from peft import PrefixTuningConfig, get_peft_model
 from safetensors.torch import save_file
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import tiny  # noqa: E402  (the tests' model factories)
+from bench import tiny  # the tests' model factories (the caller puts the repository on PYTHONPATH)
 
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
@@ -35,11 +35,16 @@ def randomize(model, words):
     return state
 
 
-facts = {"transformers": __import__("transformers").__version__, "adapters": adapters.__version__,
-         "peft": __import__("peft").__version__}
+facts = {
+    "transformers": __import__("transformers").__version__,
+    "adapters": adapters.__version__,
+    "peft": __import__("peft").__version__,
+}
 for kind in ("gpt2", "bert"):
-    for variant, config in (("houlsby", adapters.DoubleSeqBnConfig(reduction_factor=4)),
-                            ("pfeiffer", adapters.SeqBnConfig(reduction_factor=4))):
+    for variant, config in (
+        ("houlsby", adapters.DoubleSeqBnConfig(reduction_factor=4)),
+        ("pfeiffer", adapters.SeqBnConfig(reduction_factor=4)),
+    ):
         model = tiny_model(kind)
         model.save_pretrained(os.path.join(out, f"{kind}-model"))
         adapters.init(model)
@@ -52,12 +57,21 @@ for kind in ("gpt2", "bert"):
         save_file({"logits": logits}, os.path.join(out, f"{kind}-{variant}-logits.safetensors"))
         facts[f"{kind}-{variant}"] = sorted(weights)[:4]
 
-for kind in ("gpt2", "bert", "llama"):  # Llama: grouped key/value heads (peft sizes the pairs by them), rotary
+# Llama: grouped key/value heads (peft sizes the pairs by them), rotary
+for kind in (
+    "gpt2",
+    "bert",
+    "llama",
+):
     base = tiny_model(kind)
     if kind == "llama":  # (the GPT-2 and BERT folders are saved above)
         base.save_pretrained(os.path.join(out, "llama-model"))
-    model = get_peft_model(base, PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5)).eval()
-    width = model.prompt_encoder["default"].embedding.weight.shape[1]  # 2 x layers x key/value heads x head size
+    model = get_peft_model(
+        base, PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5)
+    ).eval()
+    width = model.prompt_encoder["default"].embedding.weight.shape[
+        1
+    ]  # 2 x layers x key/value heads x head size
     prefix = torch.randn(5, width, generator=torch.Generator().manual_seed(2))
     model.prompt_encoder["default"].embedding.weight.data.copy_(prefix)
     with torch.no_grad():

@@ -1,0 +1,76 @@
+"""Run a train_*.py script the way users do: `python script.py`, or `accelerate launch` with a
+shipped yaml and 2 processes (gloo on CPU). Used by bench/support.py and the tests."""
+
+import os
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name -> accelerate launch arguments (None: plain python, one process)
+CONFIGS = {
+    "single": None,
+    "ddp": ["--config_file", "accelerate_configs/ddp.yaml", "--num_processes", "2"],
+    "bf16": ["--config_file", "accelerate_configs/bf16.yaml", "--num_processes", "2"],
+    "zero1": ["--config_file", "accelerate_configs/zero1.yaml", "--num_processes", "2"],
+    "zero2": ["--config_file", "accelerate_configs/zero2.yaml", "--num_processes", "2"],
+    "zero3": ["--config_file", "accelerate_configs/zero3.yaml", "--num_processes", "2"],
+    "zero3_bf16": [
+        "--config_file",
+        "accelerate_configs/zero3.yaml",
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "bf16",
+    ],
+    "zero3_offload": [
+        "--config_file",
+        "accelerate_configs/zero3_offload.yaml",
+        "--num_processes",
+        "2",
+    ],
+    "fp16": [
+        "--config_file",
+        "accelerate_configs/fp16.yaml",
+        "--num_processes",
+        "2",
+    ],  # CPU: accelerate runs fp32
+}
+WORLD = {name: 1 if launch is None else 2 for name, launch in CONFIGS.items()}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(script, config, args, timeout=900):
+    """Run `script` under `config` (a name in CONFIGS, or accelerate launch's own arguments); returns
+    the CompletedProcess (stdout and stderr captured)."""
+    launch_args = config if isinstance(config, list) else CONFIGS[config]
+    if launch_args is None:
+        cmd = [sys.executable, script]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            *launch_args,
+            "--main_process_port",
+            str(free_port()),
+            script,
+        ]
+    # PYTHONPATH: helper programs outside the root (tests/launch/zero3_probe.py) import common/ too.
+    path = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = dict(
+        os.environ,
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=path,
+    )
+    return subprocess.run(
+        cmd + list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )

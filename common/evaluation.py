@@ -1,0 +1,96 @@
+"""Evaluation, written once: every rank runs the same batches, the logits are gathered (the rows
+that pad an uneven last batch dropped) and put back in file order, and each row is scored against
+its own label."""
+
+import os
+
+import torch
+
+from common.data import HELD_OUT
+from common.metrics import glue_metrics
+from common.outputs import atomic_write_text
+from common.tasks import TASKS
+
+
+@torch.no_grad()
+def predict(model, loader, accelerator):
+    """Logits and idx of a whole split, gathered from every rank, in file order (by idx), in eval
+    mode.
+    Every rank runs the same batches; gather_for_metrics drops the duplicated rows that pad an
+    uneven last batch."""
+    was_training = model.training
+    model.eval()
+    all_logits = []
+    all_idx = []
+    for batch in loader:
+        idx = batch.pop("idx")
+        batch.pop("labels")  # no loss needed; test rows have label -1
+        logits = model(**batch).logits.float()
+        logits, idx = accelerator.gather_for_metrics((logits, idx))
+        all_logits.append(logits.cpu())
+        all_idx.append(idx.cpu())
+    model.train(was_training)
+    idx = torch.cat(all_idx)
+    order = idx.argsort()
+    return torch.cat(all_logits)[order], idx[order]
+
+
+def evaluate(model, loaders, accelerator, task_name):
+    """Metrics over every labeled eval split: plain keys for the first split, `_mm` after the
+    second's (MNLI: accuracy and accuracy_mm), `val_` before the validation set's (HELD_OUT).
+    Also returns the logits per split."""
+    task = TASKS[task_name]
+    keys = {split: "{}" if i == 0 else "{}_mm" for i, split in enumerate(task.eval_splits)}
+    keys[HELD_OUT] = "val_{}"
+    metrics = {}
+    logits = {}
+    for split, key in keys.items():
+        if split not in loaders:
+            continue
+        logits[split], idx = predict(model, loaders[split], accelerator)
+        labels = in_file_order(loaders[split].dataset, idx, "label")
+        preds = logits[split].squeeze(-1) if task.is_regression else logits[split].argmax(-1)
+        for name, value in glue_metrics(task_name, preds.numpy(), labels).items():
+            metrics[key.format(name)] = value
+    return metrics, logits
+
+
+def in_file_order(dataset, idx, column):
+    """`column` of `dataset` for the rows `idx` (sorted: as predict returns them), which must be
+    every row of the dataset exactly once."""
+    # (a list first: torch.tensor turns an exception raised while it reads a dataset column, such
+    # as a Ctrl-C, into a TypeError)
+    rows = torch.tensor(list(dataset["idx"]))
+    order = rows.argsort()
+    if not torch.equal(rows[order], idx):
+        raise RuntimeError(
+            f"the gathered predictions are not every row of the split once ({len(idx)} for "
+            f"{len(order)} rows)"
+        )
+    values = dataset[column]
+    return [values[i] for i in order.tolist()]
+
+
+def write_predictions(model, loaders, accelerator, task_name, output_dir):
+    """GLUE submission files (OUTPUT_DIR/predictions/<Task>.tsv) for the test split(s); every rank
+    calls this, the main process writes."""
+    task = TASKS[task_name]
+    names = {"test": task.tsv_dir, "test_matched": "MNLI-m", "test_mismatched": "MNLI-mm"}
+    for split in task.test_splits:
+        if split not in loaders:
+            continue
+        logits, idx = predict(model, loaders[split], accelerator)
+        # the file's own ids, for GLUE's server
+        index = in_file_order(loaders[split].dataset, idx, "index")
+        if task.is_regression:
+            preds = [f"{min(max(x, 0.0), 5.0):.3f}" for x in logits.squeeze(-1).tolist()]
+        elif task_name in ("mnli", "qnli", "rte"):
+            preds = [task.label_names[i] for i in logits.argmax(-1).tolist()]
+        else:
+            preds = [str(i) for i in logits.argmax(-1).tolist()]
+        if accelerator.is_main_process:
+            rows = "".join(f"{i}\t{p}\n" for i, p in zip(index, preds))
+            atomic_write_text(
+                os.path.join(output_dir, "predictions", f"{names[split]}.tsv"),
+                "index\tprediction\n" + rows,
+            )

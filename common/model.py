@@ -1,0 +1,175 @@
+"""The model: loading it with its tokenizer, freezing it, counting and grouping what trains, and
+running it with vectors put before the input embeddings (a prompt), with the mask and positions
+extended."""
+
+import inspect
+import os
+
+import torch
+
+from common.data import positions
+from common.errors import UsageError
+from common.tasks import TASKS
+
+
+def load_tokenizer(name):
+    """The tokenizer of a model folder or hub id; a UsageError when the folder has none that works
+    (transformers then builds an empty one, or fails deep inside the backend)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError:
+        raise  # no such model: load_model says so
+    except Exception:  # what a broken or missing tokenizer raises varies by backend
+        tokenizer = None
+    if tokenizer is None or len(tokenizer) < 2 or not tokenizer("a test")["input_ids"]:
+        raise UsageError(
+            f"'{name}' has no working tokenizer (tokenizer.json, or vocab and merges files): "
+            "save the model's tokenizer into the folder (tokenizer.save_pretrained)"
+        )
+    return tokenizer
+
+
+def load_model(
+    model_name_or_path,
+    task,
+    max_length=128,
+    extra_positions=0,
+    ignore_mismatched_sizes=False,
+    fast_gelu=True,
+    **_,
+):
+    """Tokenizer and sequence-classification model for the GLUE `task` (keywords: the flags of the
+    same names; other flags are ignored), with a pad token set on both (GPT-2 has none: it pads
+    with eos; padded positions are masked). `extra_positions`: the positions a method puts before
+    the input (virtual tokens). `fast_gelu`: GPT-2's gelu_new runs as about 8 elementwise
+    kernels; gelu_pytorch_tanh is the same formula in one (logits within 1e-6, tested), so GPT-2
+    models load with it."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    name = model_name_or_path
+    task_name = task
+    task = TASKS[task_name]
+    try:
+        config = AutoConfig.from_pretrained(name)
+        limit = getattr(config, "max_position_embeddings", None)
+        if limit and max_length + extra_positions > limit:
+            method = f" + {extra_positions} method positions" if extra_positions else ""
+            raise UsageError(
+                f"--max_length {max_length}{method} is more than the {limit} positions of "
+                f"'{name}'; "
+                f"use --max_length {limit - extra_positions} or less"
+            )
+        tokenizer = load_tokenizer(name)
+        options = {
+            "num_labels": task.num_labels,
+            "ignore_mismatched_sizes": ignore_mismatched_sizes,
+        }
+        if not task.is_regression:
+            options["id2label"] = dict(enumerate(task.label_names))
+            options["label2id"] = {n: i for i, n in enumerate(task.label_names)}
+        if fast_gelu and getattr(config, "activation_function", None) == "gelu_new":
+            options["activation_function"] = "gelu_pytorch_tanh"
+        model = AutoModelForSequenceClassification.from_pretrained(name, **options)
+    except RuntimeError as e:
+        if "ignore_mismatched_sizes" not in str(e):
+            raise
+        raise UsageError(
+            f"'{name}' has a classification head of another size than --task {task_name} needs "
+            f"({task.num_labels} outputs); pass --ignore_mismatched_sizes to start a new head"
+        ) from None
+    except OSError as e:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+            hint = "HF_HUB_OFFLINE=1 is set: pass a local model directory or unset it"
+        else:
+            hint = (
+                "pass a local model directory, or check the name and your network "
+                "(HF_HUB_OFFLINE=1 fails fast)"
+            )
+        first = str(e).strip().splitlines()[0][:160]
+        raise UsageError(f"cannot load model '{name}' ({first}); {hint}") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UsageError(
+                f"the tokenizer of '{name}' has neither a pad nor an eos token; add a pad token "
+                "to it and save it"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model
+
+
+def takes_position_ids(model):
+    """Whether the model's forward takes position_ids (GPT-2, Llama, BERT do; DistilBERT not)."""
+    return "position_ids" in inspect.signature(model.forward).parameters
+
+
+def freeze_backbone(model):
+    """Freeze every weight, then unfreeze the classification head (the top-level modules beside
+    the backbone: GPT-2 `score`, BERT `classifier`). Returns the head's module names."""
+    model.requires_grad_(False)
+    heads = []
+    for name, child in model.named_children():
+        if child is not model.base_model and any(True for _ in child.parameters()):
+            child.requires_grad_(True)
+            heads.append(name)
+    return heads
+
+
+def param_dtype(model):
+    """The dtype new parameters of a method must have: the model's own. Under ZeRO-3 with bf16 the
+    weights load already partitioned in bf16 and DeepSpeed casts nothing added after loading."""
+    return model.get_input_embeddings().weight.dtype
+
+
+def split_params(model, inner):
+    """The parameters of `model` outside its submodule `inner` (a wrapper's own: a prompt, a
+    generator) and those inside it (the wrapped model's: its trainable head)."""
+    inside = {id(p) for p in inner.parameters()}
+    params = list(model.parameters())
+    return [p for p in params if id(p) not in inside], [p for p in params if id(p) in inside]
+
+
+def count_params(model):
+    """(trainable, total), also for ZeRO-3 partitioned parameters (ds_numel is the full size)."""
+    params = list(model.parameters())
+    sizes = [getattr(p, "ds_numel", p.numel()) for p in params]
+    return sum(n for n, p in zip(sizes, params) if p.requires_grad), sum(sizes)
+
+
+def adamw(groups, learning_rate, adam_epsilon, **_):
+    """AdamW over `groups` (optimizer_groups) with the flags of the same names (others are
+    ignored); on a GPU its fused kernel (one kernel for every parameter, not several per tensor)."""
+    return torch.optim.AdamW(
+        groups, lr=learning_rate, eps=adam_epsilon, fused=torch.cuda.is_available()
+    )
+
+
+def optimizer_groups(params, weight_decay, **options):
+    """AdamW parameter groups of the trainable ones among `params`: weight decay on matrices only,
+    none on biases and norms; `options` (e.g. lr) go in both groups. Shapes are read from ds_shape
+    when ZeRO-3 has partitioned a parameter (its .shape is then [0]); empty groups are left out."""
+    params = [p for p in params if p.requires_grad]
+    matrices = [p for p in params if len(getattr(p, "ds_shape", p.shape)) >= 2]
+    others = [p for p in params if len(getattr(p, "ds_shape", p.shape)) < 2]
+    groups = [
+        {"params": matrices, "weight_decay": weight_decay, **options},
+        {"params": others, "weight_decay": 0.0, **options},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def run_with_prompt(model, prompt, input_ids, attention_mask, token_type_ids=None, labels=None):
+    """`model` run on [prompt][token embeddings] of left-packed rows (common.data.pack_left): the
+    `prompt` vectors (batch x t x d) get mask 1 and positions 0..t-1, the tokens follow. Given
+    embeddings rather than ids, a decoder's classifier cannot find the padding and reads the last
+    position: after packing, that is each row's last real token."""
+    embeds = model.get_input_embeddings()(input_ids)  # calling the module works under ZeRO-3
+    batch, t = prompt.shape[:2]
+    mask = torch.cat([attention_mask.new_ones(batch, t), attention_mask], 1)
+    extra = {"position_ids": positions(mask)}
+    if token_type_ids is not None:
+        extra["token_type_ids"] = torch.cat([token_type_ids.new_zeros(batch, t), token_type_ids], 1)
+    inputs = torch.cat([prompt.to(embeds.dtype), embeds], 1)
+    return model(inputs_embeds=inputs, attention_mask=mask, labels=labels, **extra)

@@ -1,0 +1,270 @@
+"""The run's bookkeeping (common/run.py): the original experiments' protocol (a validation set held
+out of train or half of dev, model selection and early stopping on it, the test set scored with the
+chosen weights, --adam_epsilon), the token counts in results.json, --torch_compile."""
+
+import os
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from common.data import HELD_OUT, make_dataloaders
+from common.errors import UsageError
+from common.run import make_accelerator
+from tests.helpers import results, run_in_process, saved_eval_logits
+
+
+def run_args(tiny_gpt2, glue_dir, out, *extra, task="sst2"):
+    return [
+        "--task",
+        task,
+        "--model_name_or_path",
+        tiny_gpt2,
+        "--data_dir",
+        glue_dir,
+        "--output_dir",
+        out,
+        "--per_device_train_batch_size",
+        "8",
+        "--learning_rate",
+        "2e-3",
+        *extra,
+    ]
+
+
+def loaders(tiny_gpt2, glue_dir, tmp_path, *flags, task="sst2"):
+    """The loaders train_full.py would build with these flags."""
+    from accelerate.state import AcceleratorState
+    from transformers import AutoTokenizer
+
+    import train_full
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    args = train_full.parse_args(
+        run_args(tiny_gpt2, glue_dir, str(tmp_path / "out"), *flags, task=task)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+    tokenizer.pad_token = tokenizer.eos_token
+    return make_dataloaders(make_accelerator(args.output_dir), tokenizer, **vars(args))
+
+
+def test_held_out_rows_never_reach_a_training_batch(tiny_gpt2, glue_dir, tmp_path):
+    train, evals = loaders(tiny_gpt2, glue_dir, tmp_path, "--validation_size", "20", "--seed", "3")
+    held = set(evals[HELD_OUT].dataset["idx"])
+    seen = set()
+    for epoch in range(3):  # a new shuffle each time
+        for batch in train:
+            seen.update(batch["idx"].tolist())
+    assert len(held) == 20 and not seen & held
+    assert seen | held == set(range(96))  # every other row is trained on
+    assert len(evals["validation"].dataset) == 32  # GLUE dev stays whole: it is the test set
+    # Another seed holds out other rows.
+    _, other = loaders(tiny_gpt2, glue_dir, tmp_path, "--validation_size", "20", "--seed", "4")
+    assert set(other[HELD_OUT].dataset["idx"]) != held
+
+
+def test_dev_halves_are_fixed_whatever_the_seed(tiny_gpt2, glue_dir, tmp_path):
+    halves = []
+    for seed in ("1", "2"):
+        train, evals = loaders(
+            tiny_gpt2, glue_dir, tmp_path, "--validation_dev_half", "--seed", seed, task="rte"
+        )
+        assert len(train.dataset) == 32  # train is untouched
+        halves.append(
+            (set(evals[HELD_OUT].dataset["idx"]), set(evals["validation"].dataset["idx"]))
+        )
+    (validation, test), again = halves
+    assert (
+        len(validation) == len(test) == 8
+        and not validation & test
+        and validation | test == set(range(16))
+    )
+    assert halves[1] == (validation, test)
+
+
+def test_test_metrics_come_from_the_entry_chosen_on_validation(tiny_gpt2, glue_dir, tmp_path):
+    out = tmp_path / "out"
+    run_in_process(
+        "train_full.py",
+        run_args(
+            tiny_gpt2,
+            glue_dir,
+            out,
+            "--validation_size",
+            "24",
+            "--num_train_epochs",
+            "3",
+            "--eval_steps",
+            "2",
+        ),
+    )
+    res = results(out)
+    history = res["log_history"]
+    assert all("val_accuracy" in h and "accuracy" in h for h in history)
+    # the first of equal ones, as the run keeps it
+    best = max(history, key=lambda h: h["val_accuracy"])
+    assert res["best_metrics"]["step"] == best["step"]
+    assert res["validation_metrics"] == {"accuracy": best["val_accuracy"]}
+    assert res["test_metrics"] == {"accuracy": best["accuracy"]}
+    # 72 rows: 9 steps an epoch
+    assert res["stopped_early_at_step"] is None and history[-1]["step"] == 3 * 9
+
+
+def early_stopping_args(tiny_gpt2, glue_dir, out, *extra):
+    """A learning rate so small that the validation accuracy never moves: patience K stops the run
+    at evaluation K + 1 (the first evaluation sets the best)."""
+    return run_args(
+        tiny_gpt2,
+        glue_dir,
+        out,
+        "--validation_size",
+        "24",
+        "--learning_rate",
+        "1e-12",
+        "--num_train_epochs",
+        "3",
+        "--eval_steps",
+        "1",
+        "--early_stopping_patience",
+        "3",
+        *extra,
+    )
+
+
+def test_early_stopping_stops_and_resumes_with_its_count(tiny_gpt2, glue_dir, tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    run_in_process(
+        "train_full.py",
+        early_stopping_args(tiny_gpt2, glue_dir, whole, "--checkpointing_steps", "2"),
+    )
+    res = results(whole)
+    assert res["stopped_early_at_step"] == 4 and [h["step"] for h in res["log_history"]] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+    assert res["best_metrics"]["step"] == 1
+    assert sorted(os.listdir(whole / "checkpoints")) == ["step_2", "step_4"]
+    # The checkpoint at step 2 holds one evaluation without a gain: the resumed run stops at 4 too.
+    run_in_process(
+        "train_full.py",
+        early_stopping_args(
+            tiny_gpt2,
+            glue_dir,
+            resumed,
+            "--resume_from_checkpoint",
+            whole / "checkpoints" / "step_2",
+        ),
+    )
+    again = results(resumed)
+    assert again["stopped_early_at_step"] == 4 and again["log_history"] == res["log_history"]
+
+
+def test_adam_epsilon_reaches_the_optimizer(tiny_gpt2, glue_dir, tmp_path):
+    out = tmp_path / "out"
+    run_in_process(
+        "train_full.py",
+        run_args(
+            tiny_gpt2,
+            glue_dir,
+            out,
+            "--max_train_steps",
+            "2",
+            "--checkpointing_steps",
+            "1",
+            "--adam_epsilon",
+            "1e-6",
+        ),
+    )
+    state = torch.load(out / "checkpoints" / "step_1" / "optimizer.bin", weights_only=False)
+    assert {g["eps"] for g in state["param_groups"]} == {1e-6}
+
+
+@pytest.mark.parametrize(
+    "flags,expect",
+    [
+        (
+            ["--validation_size", "96"],
+            "--validation_size 96 leaves nothing to train on: the training set has 96 rows",
+        ),
+        (["--validation_size", "8", "--validation_dev_half"], "pass one of them"),
+        (["--early_stopping_patience", "0"], "--early_stopping_patience must be at least 1"),
+        (["--adam_epsilon", "0"], "--adam_epsilon must be positive"),
+    ],
+)
+def test_bad_protocol_flags(tiny_gpt2, glue_dir, tmp_path, flags, expect):
+    with pytest.raises(UsageError, match=re.escape(expect)):
+        run_in_process("train_full.py", run_args(tiny_gpt2, glue_dir, tmp_path / "out", *flags))
+
+
+def test_results_count_real_and_padded_tokens(tiny_gpt2, glue_dir, tmp_path):
+    out = tmp_path / "out"
+    run_in_process(
+        "train_full.py",
+        [
+            "--task",
+            "sst2",
+            "--model_name_or_path",
+            tiny_gpt2,
+            "--data_dir",
+            glue_dir,
+            "--output_dir",
+            out,
+            "--max_train_samples",
+            "32",
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "8",
+            "--group_by_length",
+            "--pad_to_multiple_of",
+            "8",
+        ],
+    )
+    res = results(out)
+    assert 0 < res["train_tokens"] <= res["train_padded_tokens"]
+    assert res["train_padded_tokens"] % 8 == 0 and res["train_tokens_per_s"] > 0
+    assert res["train_tokens_per_s"] == pytest.approx(res["train_tokens"] / res["train_runtime_s"])
+
+
+@pytest.mark.slow  # compiling takes a minute or two on CPU
+@pytest.mark.parametrize(
+    "script,flags", [("train_full.py", []), ("train_lora.py", ["--lora_r", "4"])]
+)
+def test_torch_compile_gives_the_eager_logits(script, flags, tiny_gpt2, glue_dir, tmp_path):
+    """At (nearly) the same weights: a learning rate of 1e-12 leaves them where they start, so the
+    compiled and the eager run evaluate the same model (their dropout masks differ: inductor draws
+    its own)."""
+    for name, extra in (("eager", []), ("compiled", ["--torch_compile"])):
+        run_in_process(
+            script,
+            [
+                "--task",
+                "sst2",
+                "--model_name_or_path",
+                tiny_gpt2,
+                "--data_dir",
+                glue_dir,
+                "--output_dir",
+                tmp_path / name,
+                "--max_train_samples",
+                "16",
+                "--max_train_steps",
+                "2",
+                "--learning_rate",
+                "1e-12",
+                *flags,
+                *extra,
+            ],
+        )
+    torch.testing.assert_close(
+        saved_eval_logits(tmp_path / "compiled", "sst2"),
+        saved_eval_logits(tmp_path / "eager", "sst2"),
+        atol=1e-5,
+        rtol=0,
+    )
+    saved = [load_file(tmp_path / name / "trainable.safetensors") for name in ("eager", "compiled")]
+    # the plain names, not the compiled module's _orig_mod.*
+    assert saved[0].keys() == saved[1].keys()

@@ -1,0 +1,79 @@
+"""The method x config table (bench/support.py) cannot drift: every cell runs here (marked slow;
+CI runs it) and must have the outcome that bench/results/support.json records, and
+docs/distributed.md must show the table that file renders."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from bench.support import COLUMNS, RESULTS, ROWS, run_cell, table, why_failed
+from tests.helpers import ROOT
+
+CELLS = [(row, config) for row in ROWS for config in COLUMNS]
+
+
+def recorded():
+    with open(RESULTS) as f:
+        return json.load(f)["cells"]
+
+
+def test_the_readme_shows_the_recorded_table():
+    assert set(recorded()) == {f"{row}/{config}" for row, config in CELLS}, (
+        "run python bench/support.py"
+    )
+    with open(os.path.join(ROOT, "docs", "distributed.md")) as f:
+        assert table(recorded()) in f.read(), "run python bench/report.py"
+
+
+ELASTIC = """100%|##########| 4/4 [00:00<00:00,  8.47it/s, loss=0.6939]
+terminate called without an active exception
+E1127 18:33:12.330000 25526 api.py:1002] failed (exitcode: -6) local_rank: 0 (pid: 25529) of binary: python
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+Failures:
+[1]:
+  rank      : 1 (local_rank: 1)
+  exitcode  : -15 (pid: 25530)  (SIGTERM)
+  error_file: <N/A>
+  traceback : Signal 15 (SIGTERM) received by PID 25530
+-------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : -6 (pid: 25529)  (SIGABRT)
+  error_file: <N/A>
+  traceback : Signal 6 (SIGABRT) received by PID 25529
+"""
+
+
+@pytest.mark.parametrize(
+    "stderr,expected",
+    [
+        (
+            ELASTIC,
+            "terminate called without an active exception; exitcode : -6 (pid: 25529) (SIGABRT)",
+        ),
+        (
+            "Traceback (most recent call last):\n  File x\nValueError: bad shape\n"
+            + ELASTIC.split("\n", 2)[2],
+            "ValueError: bad shape; exitcode : -6 (pid: 25529) (SIGABRT)",
+        ),
+        (
+            "error: --num_prefix must be >= 1 and --prefix_learning_rate > 0\n",
+            "error: --num_prefix must be >= 1 and --prefix_learning_rate > 0",
+        ),
+        ("", "exit 2: "),
+    ],
+)
+def test_a_failed_cell_says_why(stderr, expected):
+    assert why_failed(subprocess.CompletedProcess([], 2, "", stderr)) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row,config", CELLS)
+def test_cell_has_its_recorded_outcome(row, config, tiny_gpt2, glue_dir, tmp_path):
+    outcome = run_cell(row, config, tiny_gpt2, glue_dir, str(tmp_path / "out"))
+    assert outcome["ok"] == recorded()[f"{row}/{config}"]["ok"], (
+        f"{row}/{config} now gives {outcome}; fix it, or rerun python bench/support.py --cells {row}/{config}"
+    )

@@ -1,0 +1,283 @@
+"""train_lora.py: the method against the base model and peft, and the script in this process and
+under every launch config (single and ZeRO-3 in the default suite, the others with -m slow)."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoModelForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+)
+
+import exports
+from bench import tiny
+from common.checkpoint import load_trainable
+from common.model import freeze_backbone
+from tests.helpers import (
+    check_ok,
+    eval_batches,
+    launch,
+    logits_of,
+    matrix,
+    results,
+    run_in_process,
+    saved_eval_logits,
+)
+from train_lora import LoRALinear, add_lora, merged_state, resolve_targets
+
+
+def tiny_gpt2_model(seed=0):
+    return tiny.gpt2(seed, labels=3)
+
+
+def tiny_bert_model(seed=0):
+    return tiny.bert(seed, labels=3)
+
+
+def randomize_lora(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for n, p in model.named_parameters():
+        if ".lora_" in n:
+            p.data = torch.randn(p.shape, generator=g) * 0.2
+
+
+INPUTS = {
+    "input_ids": torch.tensor([[5, 17, 42, 9, 3, 0, 0], [7, 8, 9, 10, 11, 12, 13]]),
+    "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1] * 7]),
+}
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(**INPUTS).logits
+
+
+def test_seed_parameter_counts_at_gpt2_xl_from_config_alone():
+    cfg = GPT2Config(n_embd=1600, n_layer=48, n_head=25, num_labels=3)
+    counts = {}
+    for r, slices in ((24, ["q", "v"]), (16, ["q", "k", "v"])):
+        with torch.device("meta"):
+            model = GPT2ForSequenceClassification(cfg)
+        base = sum(p.numel() for p in model.parameters())
+        add_lora(model, ["c_attn"], r, 2 * r, 0.0, slices)
+        counts[r] = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
+        assert round(100 * counts[r] / base, 2) == 0.47
+    assert counts == {24: 7_372_800, 16: 7_372_800}
+
+
+@pytest.mark.parametrize(
+    "make,targets,slices",
+    [(tiny_gpt2_model, ["c_attn"], ["q", "v"]), (tiny_bert_model, ["query", "value"], None)],
+)
+def test_merged_weights_give_the_same_logits_and_leave_the_model_alone(make, targets, slices):
+    from types import SimpleNamespace
+
+    model = make()
+    add_lora(model, targets, 4, 8, 0.0, slices)
+    randomize_lora(model)
+    before = logits(model)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    one_process = SimpleNamespace(unwrap_model=lambda m, **_: m, is_main_process=True)
+    plain = make()
+    assert plain.load_state_dict(merged_state(one_process, model), strict=False).missing_keys == []
+    torch.testing.assert_close(logits(plain), before, atol=1e-5, rtol=0)
+    assert any(
+        (p - dict(make().named_parameters())[n]).abs().max() > 1e-4
+        for n, p in plain.named_parameters()
+    )
+    for n, p in model.named_parameters():  # merging wrote nothing into the LoRA model
+        assert torch.equal(p, weights[n]), n
+
+
+def test_targets_and_slices_errors():
+    model = tiny_bert_model()
+    assert resolve_targets(model) == (["query", "value"], None)
+    assert resolve_targets(tiny_gpt2_model()) == (["c_attn"], ["q", "v"])
+    model.config.model_type = "mystery"
+    with pytest.raises(ValueError) as e:
+        resolve_targets(model)
+    assert "no default LoRA targets for model type 'mystery'; pass --lora_targets from:" in str(
+        e.value
+    )
+    assert "query" in str(e.value)  # the error lists the model's projections
+    for targets, slices, expect in [
+        ("qkv", None, "--lora_targets qkv not in the model"),
+        ("query", "q", "--lora_slices applies to a fused"),
+    ]:
+        with pytest.raises(ValueError, match=expect):
+            resolve_targets(model, targets, slices)
+
+
+def lora_args(tiny_gpt2, glue_dir, out, *extra):
+    return [
+        "--task",
+        "sst2",
+        "--model_name_or_path",
+        tiny_gpt2,
+        "--data_dir",
+        glue_dir,
+        "--output_dir",
+        out,
+        "--max_train_samples",
+        "96",
+        "--max_eval_samples",
+        "32",
+        "--learning_rate",
+        "5e-3",
+        "--num_train_epochs",
+        "3",
+        "--eval_steps",
+        "4",
+        "--lora_r",
+        "4",
+        *extra,
+    ]
+
+
+def check_lora_run(out, tiny_gpt2, glue_dir, atol, merged=None):
+    res = results(out)
+    losses = [h["train_loss"] for h in res["log_history"]]
+    assert losses[-1] < losses[0], losses
+    # layers x (q, v) x r(in+out)
+    assert res["method"] == "lora" and res["lora_params"] == 2 * 2 * 4 * (32 + 32)
+    saved = load_file(out / "trainable.safetensors")
+    assert saved and all(".lora_" in n or n.startswith("score.") for n in saved)
+    assert sum(t.numel() for t in saved.values()) == res["trainable_params"]
+
+    # A plain model with our LoRA and the saved weights reproduces the run's eval logits.
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2).eval()
+    base.config.pad_token_id = 0
+    pretrained = {n: p.detach().clone() for n, p in base.named_parameters()}
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2).eval()
+    model.config.pad_token_id = 0
+    freeze_backbone(model)
+    add_lora(model, ["c_attn"], r=4, alpha=16, slices=["q", "v"])
+    load_trainable(model, out / "trainable.safetensors")
+    batches = list(eval_batches(tiny_gpt2, glue_dir, "sst2", 32))
+    theirs = saved_eval_logits(out, "sst2")
+    torch.testing.assert_close(logits_of(model, batches), theirs, atol=atol, rtol=0)
+    assert all((saved[n] != 0).any() for n in saved if ".lora_B." in n)  # B left zero
+
+    # peft loads the exported adapter (2 slices of rank 4 = one fused pair of rank 8).
+    from peft import PeftModel
+
+    peft_cfg = json.load(open(out / "peft" / "adapter_config.json"))
+    assert set(peft_cfg["rank_pattern"].values()) == {8} and set(
+        peft_cfg["alpha_pattern"].values()
+    ) == {32}
+    peft_model = PeftModel.from_pretrained(base, out / "peft").eval()
+    torch.testing.assert_close(logits_of(peft_model, batches), theirs, atol=atol, rtol=0)
+
+    if merged:  # the merged export is a plain transformers model with the same logits...
+        merged_model = AutoModelForSequenceClassification.from_pretrained(merged).eval()
+        torch.testing.assert_close(logits_of(merged_model, batches), theirs, atol=1e-5, rtol=0)
+        # ...whose frozen weights are the pretrained ones: nothing but LoRA and the head moved.
+        merged_w = dict(merged_model.named_parameters())
+        for name, w in pretrained.items():
+            if name.startswith("score."):
+                continue
+            if name.endswith("c_attn.weight"):
+                layer = model.get_submodule(name[: -len(".weight")])
+                w = w.clone()
+                layer.add_delta(w)
+            torch.testing.assert_close(merged_w[name], w, atol=1e-6, rtol=0)
+
+
+def test_train_lora_in_process(tiny_gpt2, glue_dir, tmp_path):
+    run_in_process(
+        "train_lora.py",
+        lora_args(tiny_gpt2, glue_dir, tmp_path / "out", "--merge_and_save", tmp_path / "merged"),
+    )
+    check_lora_run(tmp_path / "out", tiny_gpt2, glue_dir, 1e-5, merged=tmp_path / "merged")
+
+
+@pytest.mark.parametrize(
+    "config", matrix(["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16"])
+)
+def test_train_lora_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
+    merge = config in ("single", "zero3")
+    extra = ["--merge_and_save", str(tmp_path / "merged")] if merge else []
+    check_ok(
+        launch(
+            "train_lora.py", config, lora_args(tiny_gpt2, glue_dir, str(tmp_path / "out"), *extra)
+        )
+    )
+    check_lora_run(
+        tmp_path / "out",
+        tiny_gpt2,
+        glue_dir,
+        5e-2 if "bf16" in config else 1e-5,
+        merged=tmp_path / "merged" if merge else None,
+    )
+
+
+def test_every_lora_tensor_trains(tiny_gpt2, glue_dir, tmp_path):
+    """Against the script's own starting point (same seed): every LoRA tensor and the head changed."""
+    from accelerate.utils import set_seed
+
+    out = tmp_path / "out"
+    run_in_process(
+        "train_lora.py",
+        [
+            "--task",
+            "sst2",
+            "--model_name_or_path",
+            tiny_gpt2,
+            "--data_dir",
+            glue_dir,
+            "--output_dir",
+            out,
+            "--max_train_samples",
+            "32",
+            "--max_eval_samples",
+            "16",
+            "--max_train_steps",
+            "3",
+            "--lora_r",
+            "4",
+        ],
+    )
+    set_seed(42)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2)
+    freeze_backbone(model)
+    add_lora(model, ["c_attn"], r=4, alpha=16, slices=["q", "v"])
+    start = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    saved = load_file(out / "trainable.safetensors")
+    assert set(saved) == set(start)
+    for n, t in saved.items():
+        assert not torch.equal(t, start[n]), f"{n} did not change"
+    assert all(math.isfinite(float(t.abs().sum())) for t in saved.values())
+
+
+def test_peft_export_with_mixed_slice_and_fused_targets(tmp_path):
+    """q,v slices on c_attn (rank 2 x 4 in peft) beside a fused pair on c_fc (rank 4): per-module ranks."""
+    from peft import PeftModel
+
+    model = tiny_gpt2_model()
+    freeze_backbone(model)
+    add_lora(model, ["c_attn"], 4, 8, 0.0, ["q", "v"])
+    add_lora(model, ["c_fc"], 4, 8, 0.0, None)
+    randomize_lora(model)
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    exports.peft_lora(
+        str(tmp_path / "peft"), layers, trainable, exports.head_of(trainable, ["score"]), "tiny"
+    )
+    ref = PeftModel.from_pretrained(tiny_gpt2_model(), tmp_path / "peft").eval()
+    torch.testing.assert_close(logits(ref), logits(model), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("slices", [None, ["q", "v"]])
+def test_both_modes_backpropagate_from_the_first_layer(slices):
+    """The first layer's input needs no gradient (frozen embeddings): the update must still get one."""
+    model = tiny_gpt2_model()
+    freeze_backbone(model)
+    add_lora(model, ["c_attn"], 4, 8, 0.0, slices)
+    randomize_lora(model)
+    model.train()(**INPUTS, labels=torch.tensor([0, 2])).loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if ".lora_" in n}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
