@@ -171,7 +171,7 @@ ADAPTERHUB = {
 }
 
 
-def adapterhub_config(variant, reduction_factor):
+def adapterhub_config(variant, reduction_factor, ln_before=False):
     """AdapterHub's configuration of our adapters: Houlsby is its DoubleSeqBnConfig, Pfeiffer its
     SeqBnConfig, with every field as adapters 1.3 writes it."""
     houlsby = variant == "houlsby"
@@ -190,7 +190,7 @@ def adapterhub_config(variant, reduction_factor):
         "learn_phm": True,
         "leave_out": [],
         "ln_after": False,
-        "ln_before": False,
+        "ln_before": ln_before,
         "mh_adapter": houlsby,
         "non_linearity": "swish" if houlsby else "relu",
         "original_ln_after": True,
@@ -217,17 +217,27 @@ def adapterhub(path, trained, head, model, variant, m, base_model, name="glue"):
     transformers model (its type, sizes and labels). Returns how many tensors went to
     layer_norms.safetensors (0: the export is the whole trained state)."""
     layers, places = ADAPTERHUB[model.config.model_type]
-    ours = re.compile(rf"{re.escape(layers)}\.(\d+)\.(?:(.*)\.)?adapter\.(down|up)\.(weight|bias)$")
+    ours = re.compile(
+        rf"{re.escape(layers)}\.(\d+)\.(?:(.*)\.)?adapter\.(norm|down|up)\.(weight|bias)$"
+    )
+    normed = any(ours.match(k) and ours.match(k)[3] == "norm" for k in trained)  # ln_before
+    # AdapterHub's adapter_down is Sequential([LayerNorm (with ln_before), Linear, activation]);
+    # with ln_before it also holds the LayerNorm as adapter_norm_before.
+    theirs = {
+        "norm": ["adapter_norm_before", "adapter_down.0"],
+        "up": ["adapter_up"],
+        "down": ["adapter_down.1" if normed else "adapter_down.0"],
+    }
     state = {}
     norms = {}
     for key, tensor in trained.items():
         found = ours.match(key)
         if found:
             layer, place, part, kind = found.groups()
-            theirs = "adapter_down.0" if part == "down" else "adapter_up"
-            state[f"{layers}.{layer}.{places[place or '']}.adapters.{name}.{theirs}.{kind}"] = (
-                tensor
-            )
+            for module in theirs[part]:
+                state[f"{layers}.{layer}.{places[place or '']}.adapters.{name}.{module}.{kind}"] = (
+                    tensor
+                )
         elif key not in head:
             norms[key] = tensor
     d = model.config.hidden_size
@@ -240,7 +250,7 @@ def adapterhub(path, trained, head, model, variant, m, base_model, name="glue"):
     }
     write_json(
         os.path.join(path, "adapter_config.json"),
-        {"config": adapterhub_config(variant, d / m), "name": name, **about},
+        {"config": adapterhub_config(variant, d / m, normed), "name": name, **about},
     )
     labels = {"label2id": model.config.label2id, "num_labels": model.config.num_labels}
     write_json(
@@ -252,3 +262,25 @@ def adapterhub(path, trained, head, model, variant, m, base_model, name="glue"):
     if norms:
         atomic_save_tensors(os.path.join(path, "layer_norms.safetensors"), norms)
     return len(norms)
+
+
+def load_trained(output_dir, best=False):
+    """(tokenizer, model) of a finished run, rebuilt from OUTPUT_DIR/args.json by the run's own
+    script (its add_method, with the run's flags) and loaded with its trained weights
+    (`best`: best/trainable.safetensors), in eval mode on the CPU: ready for model(**batch) on
+    batches of common.data.Collator, for every script and variant. The base model (and IDPG's
+    encoder) must be where the run found them."""
+    import importlib
+
+    from common.checkpoint import load_trainable
+    from common.model import load_model
+    from common.outputs import read_json
+
+    flags = read_json(os.path.join(output_dir, "args.json"))
+    method = flags.get("method") or read_json(os.path.join(output_dir, "results.json"))["method"]
+    script = importlib.import_module(f"train_{method}")
+    tokenizer, model = load_model(**flags)
+    model = script.add_method(model, tokenizer, **flags)
+    weights = os.path.join(output_dir, "best" if best else "", "trainable.safetensors")
+    load_trainable(model, weights)
+    return tokenizer, model.eval()

@@ -24,6 +24,8 @@ Adapters go in by wrapping modules of each layer (never by editing model classes
         --variant pfeiffer
 """
 
+import argparse
+
 from common.args import base_parser, check_args
 from common.errors import check_early, fail
 
@@ -31,15 +33,21 @@ from common.errors import check_early, fail
 def parse_args(argv=None):
     parser = base_parser(__doc__)
     parser.set_defaults(learning_rate=1e-3)
-    parser.add_argument("--variant", choices=["houlsby", "pfeiffer"], default="houlsby")
-    parser.add_argument(
-        "--reduction_factor", type=int, default=16, help="bottleneck m = d / reduction_factor"
+    add = parser.add_argument
+    add(
+        "--variant",
+        choices=["houlsby", "pfeiffer"],
+        default="houlsby",
+        help="where the adapters go",
     )
-    parser.add_argument(
-        "--adapter_size", type=int, default=None, help="bottleneck m (overrides the factor)"
-    )
-    parser.add_argument(
-        "--freeze_layer_norms", action="store_true", help="Houlsby: keep the layer norms frozen"
+    add("--reduction_factor", type=int, default=16, help="the bottleneck m = d / reduction_factor")
+    add("--adapter_size", type=int, default=None, help="the bottleneck m (overrides the factor)")
+    add("--freeze_layer_norms", action="store_true", help="Houlsby: keep the layer norms frozen")
+    add(
+        "--ln_before",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a LayerNorm on each adapter's input; none: where it reads the residual stream",
     )
     args = check_args(parser.parse_args(argv), "adapter")
     if args.reduction_factor < 1 or (args.adapter_size is not None and args.adapter_size < 1):
@@ -63,6 +71,7 @@ from common.errors import run_main, usage_errors
 from common.model import (
     adamw,
     freeze_backbone,
+    head_names,
     load_model,
     optimizer_groups,
     param_dtype,
@@ -90,10 +99,13 @@ LAYOUT = {
 
 class Bottleneck(nn.Module):
     """up(act(down(h))): d -> m -> d, initialised near zero as Houlsby et al.: truncated normal
-    weights (std 0.01, cut at 2 std), zero biases."""
+    weights (std 0.01, cut at 2 std), zero biases. With `norm`, h goes through a LayerNorm first
+    (AdapterHub's ln_before), which starts as the identity's scale: weight 1, bias 0."""
 
-    def __init__(self, d, m, act, dtype):
+    def __init__(self, d, m, act, dtype, norm=False):
         super().__init__()
+        if norm:
+            self.norm = nn.LayerNorm(d, dtype=dtype)
         self.down = nn.Linear(d, m, dtype=dtype)
         self.act = act
         self.up = nn.Linear(m, d, dtype=dtype)
@@ -102,6 +114,8 @@ class Bottleneck(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, h):
+        if hasattr(self, "norm"):
+            h = self.norm(h)
         return self.up(self.act(self.down(h)))
 
 
@@ -132,9 +146,12 @@ class AdapterInNorm(nn.Module):
         return self.base_layer(s + self.adapter(self.base_layer(s)))
 
 
-def add_adapters(model, variant="houlsby", m=64, train_layer_norms=False):
+def add_adapters(model, variant="houlsby", m=64, train_layer_norms=False, ln_before=False):
     """Wrap the places of LAYOUT in every layer with bottlenecks of width m; returns the wrapped
-    module names. A model type without a layout is a ValueError."""
+    module names. `ln_before`: a LayerNorm on each adapter's input; None: only where the adapter
+    reads the residual stream itself (Pfeiffer on a pre-LN model, whose stream is not normalized:
+    SmolLM2-135M's has an RMS of about 170 from its 12th layer on, with entries near 26,000). A
+    model type without a layout is a ValueError."""
     kind = model.config.model_type
     if kind not in LAYOUT:
         raise ValueError(
@@ -155,9 +172,29 @@ def add_adapters(model, variant="houlsby", m=64, train_layer_norms=False):
             parent, _, leaf = name.rpartition(".")
             owner = layers.get_submodule(parent) if parent else layers
             wrapper = AdapterInNorm if leaf == "LayerNorm" else AdapterAfter
-            setattr(owner, leaf, wrapper(owner.get_submodule(leaf), Bottleneck(d, m, act, dtype)))
+            norm = path == "" if ln_before is None else ln_before  # "": the layer's own output
+            adapter = Bottleneck(d, m, act, dtype, norm)
+            setattr(owner, leaf, wrapper(owner.get_submodule(leaf), adapter))
             wrapped.append(name)
     return wrapped
+
+
+def add_method(
+    model, tokenizer, *, variant, reduction_factor, adapter_size, freeze_layer_norms, ln_before, **_
+):
+    """Adapters on a loaded model as the flags of the same names ask (others are ignored: main and
+    exports.load_trained pass a run's flags): the backbone frozen, each layer's places wrapped."""
+    d = model.config.hidden_size
+    m = adapter_size or d // reduction_factor
+    if m < 1:
+        raise ValueError(
+            f"--reduction_factor {reduction_factor} leaves no bottleneck (hidden size "
+            f"{d}); use at most {d}, or --adapter_size"
+        )
+    freeze_backbone(model)
+    norms = variant == "houlsby" and not freeze_layer_norms  # Houlsby trains the layer norms
+    add_adapters(model, variant, m, train_layer_norms=norms, ln_before=ln_before)
+    return model
 
 
 def main(argv=None):
@@ -168,19 +205,13 @@ def main(argv=None):
     tokenizer, model = load_model(**vars(args))
 
     # The method: freeze the backbone, wrap each layer's places with a bottleneck adapter.
-    heads = freeze_backbone(model)
-    d = model.config.hidden_size
-    m = args.adapter_size or d // args.reduction_factor
-    if m < 1:
-        fail(
-            f"--reduction_factor {args.reduction_factor} leaves no bottleneck (hidden size {d}); "
-            f"use at most {d}, or --adapter_size"
-        )
-    with usage_errors():  # a model type without an adapter layout: a one-line error
-        norms = args.variant == "houlsby" and not args.freeze_layer_norms
-        wrapped = add_adapters(model, args.variant, m, train_layer_norms=norms)
+    heads = head_names(model)
+    with usage_errors():  # no bottleneck, a model type without an adapter layout: one line
+        model = add_method(model, tokenizer, **vars(args))
+    adapters = [a for a in model.modules() if isinstance(a, Bottleneck)]
+    m = adapters[0].down.out_features
     names = trainable_names(model)
-    accelerator.print(f"{args.variant}: {len(wrapped)} adapters of bottleneck {m}")
+    accelerator.print(f"{args.variant}: {len(adapters)} adapters of bottleneck {m}")
 
     positions = takes_position_ids(model)
     train_loader, eval_loaders = make_dataloaders(accelerator, tokenizer, positions, **vars(args))

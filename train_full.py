@@ -42,6 +42,11 @@ from common.model import adamw, load_model, optimizer_groups, takes_position_ids
 from common.run import Run, make_accelerator
 
 
+def add_method(model, tokenizer, **_):
+    """Full fine-tuning adds nothing: every parameter trains (for exports.load_trained)."""
+    return model
+
+
 def main(argv=None):
     args = parse_args(argv)
     accelerator = make_accelerator(**vars(args))

@@ -47,9 +47,9 @@ def parse_args(argv=None):
     )
     add("--train_encoder", action="store_true", help="train the encoder too (IDPG Trained)")
     add("--prompt_only", action="store_true", help="PG: t learned encoder inputs for every row")
-    add("--generator", choices=["mlp", "phm"], default="mlp")
+    add("--generator", choices=["mlp", "phm"], default="mlp", help="G: an MLP, or PHM layers")
     add("--generator_hidden", type=int, default=384, help="the generator's bottleneck")
-    add("--generator_init", choices=["prompt", "original"], default="prompt")
+    add("--generator_init", choices=["prompt", "original"], default="prompt", help="where G starts")
     add("--phm_n", type=int, default=16, help="PHM: the number of Kronecker summands")
     add("--prompt_layers", choices=["input", "all"], default="input", help="all: M-IDPG")
     add("--no_cache", action="store_true", help="run the frozen encoder every step")
@@ -338,6 +338,42 @@ class IDPG(nn.Module):
             self.prompting = False
 
 
+def add_method(
+    model,
+    tokenizer,
+    *,
+    encoder_name_or_path,
+    num_virtual_tokens,
+    generator,
+    generator_hidden,
+    phm_n,
+    prompt_only,
+    train_encoder,
+    encoder_dropout,
+    no_cache,
+    prompt_layers,
+    generator_init,
+    **_,
+):
+    """IDPG on a loaded model as the flags of the same names ask (others are ignored: main and
+    exports.load_trained pass a run's flags), its encoder loaded."""
+    encoder = load_encoder(encoder_name_or_path, tokenizer)
+    return IDPG(
+        model,
+        encoder,
+        num_tokens=num_virtual_tokens,
+        generator=generator,
+        hidden=generator_hidden,
+        phm_n=phm_n,
+        prompt_only=prompt_only,
+        train_encoder=train_encoder,
+        encoder_dropout=encoder_dropout,
+        cache=not no_cache,
+        prompt_layers=prompt_layers,
+        init=generator_init,
+    )
+
+
 def main(argv=None):
     args = parse_args(argv)
     accelerator = make_accelerator(**vars(args))
@@ -347,21 +383,7 @@ def main(argv=None):
 
     # The method: freeze the backbone, generate a prompt per input and put it before the embeddings.
     with usage_errors():  # an encoder that cannot serve, settings that do not fit: one line
-        encoder = load_encoder(args.encoder_name_or_path, tokenizer)
-        model = IDPG(
-            model,
-            encoder,
-            num_tokens=args.num_virtual_tokens,
-            generator=args.generator,
-            hidden=args.generator_hidden,
-            phm_n=args.phm_n,
-            prompt_only=args.prompt_only,
-            train_encoder=args.train_encoder,
-            encoder_dropout=args.encoder_dropout,
-            cache=not args.no_cache,
-            prompt_layers=args.prompt_layers,
-            init=args.generator_init,
-        )
+        model = add_method(model, tokenizer, **vars(args))
     names = trainable_names(model)
 
     train_loader, eval_loaders = make_dataloaders(accelerator, tokenizer, False, **vars(args))

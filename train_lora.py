@@ -28,42 +28,22 @@ from common.outputs import in_checkpoint, same_path, writable
 def parse_args(argv=None):
     parser = base_parser(__doc__)
     parser.set_defaults(learning_rate=5e-4)
-    parser.add_argument("--lora_r", type=int, default=8, help="rank of each update")
-    parser.add_argument(
-        "--lora_alpha", type=float, default=16, help="the update is scaled by alpha / r"
-    )
-    parser.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input")
-    parser.add_argument(
-        "--lora_targets",
-        default=None,
-        help="comma-separated module names to adapt (default per model type: GPT-2 c_attn, "
-        "BERT query,value, Llama-style q_proj,v_proj)",
-    )
-    parser.add_argument(
-        "--lora_slices",
-        default=None,
-        help="for a fused q|k|v projection (GPT-2 c_attn): the slices to adapt, e.g. q,v "
-        "(default for GPT-2), or 'fused' for one pair on the whole matrix",
-    )
-    parser.add_argument(
-        "--merge_and_save",
-        default=None,
-        metavar="DIR",
-        help="after training, write a plain transformers model with the update merged in",
-    )
+    add = parser.add_argument
+    add("--lora_r", type=int, default=8, help="the rank of each update")
+    add("--lora_alpha", type=float, default=16, help="the update is scaled by alpha / r")
+    add("--lora_dropout", type=float, default=0.0, help="dropout on the update's input")
+    add("--lora_targets", default=None, help="modules to adapt, a,b; none: the model type's")
+    add("--lora_slices", default=None, help="GPT-2's c_attn: slices (q,v) or fused; none: q,v")
+    add("--merge_and_save", default=None, metavar="DIR", help="a plain model, the update merged in")
     args = check_args(parser.parse_args(argv), "lora")
     if args.lora_r < 1 or args.lora_alpha <= 0 or not 0 <= args.lora_dropout < 1:
         fail("--lora_r must be >= 1, --lora_alpha > 0 and --lora_dropout in [0, 1)")
     target = args.merge_and_save
-    if (
-        target
-        and os.path.isdir(args.model_name_or_path)
-        and same_path(target, args.model_name_or_path)
-    ):
+    base = args.model_name_or_path
+    if target and os.path.isdir(base) and same_path(target, base):
         fail(
-            f"--merge_and_save {target} is the base model's folder: the merged model would "
-            "replace it; "
-            "pass a new folder"
+            f"--merge_and_save {target} is the base model's folder: the merged model would replace "
+            "it; pass a new folder"
         )
     if target and in_checkpoint(target):
         fail(
@@ -71,8 +51,8 @@ def parse_args(argv=None):
         )
     if target and writable(target):
         fail(
-            f"cannot write to --merge_and_save {target} ({writable(target)}); "
-            "pass a folder you can write to"
+            f"cannot write to --merge_and_save {target} ({writable(target)}); pass a folder you "
+            "can write to"
         )
     return args
 
@@ -96,6 +76,7 @@ from common.errors import run_main, usage_errors
 from common.model import (
     adamw,
     freeze_backbone,
+    head_names,
     load_model,
     optimizer_groups,
     takes_position_ids,
@@ -224,6 +205,17 @@ def resolve_targets(model, targets=None, slices=None):
     return targets, slices.split(",")
 
 
+def add_method(
+    model, tokenizer, *, lora_targets, lora_slices, lora_r, lora_alpha, lora_dropout, **_
+):
+    """LoRA on a loaded model as the flags of the same names ask (others are ignored: main and
+    exports.load_trained pass a run's flags): the backbone frozen, the targets wrapped."""
+    targets, slices = resolve_targets(model, lora_targets, lora_slices)
+    freeze_backbone(model)
+    add_lora(model, targets, lora_r, lora_alpha, lora_dropout, slices)
+    return model
+
+
 def merged_state(accelerator, model):
     """The weights of a plain transformers model with every update folded into its base weight (no
     LoRA left), on the main process ({} on the others). Every rank calls this: under ZeRO-3 each
@@ -258,15 +250,13 @@ def main(argv=None):
     tokenizer, model = load_model(**vars(args))
 
     # The method: freeze the backbone, wrap the target projections, train the pairs and the head.
+    heads = head_names(model)
     with usage_errors():  # a model without the targets: a one-line error
-        targets, slices = resolve_targets(model, args.lora_targets, args.lora_slices)
-    heads = freeze_backbone(model)
-    wrapped = add_lora(model, targets, args.lora_r, args.lora_alpha, args.lora_dropout, slices)
+        model = add_method(model, tokenizer, **vars(args))
     names = trainable_names(model)
     lora_params = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
-    accelerator.print(
-        f"LoRA: {lora_params:,} weights on {len(wrapped)} modules, {slices or 'fused'}"
-    )
+    wrapped = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    accelerator.print(f"LoRA: {lora_params:,} weights in {len(wrapped)} modules")
 
     positions = takes_position_ids(model)
     train_loader, eval_loaders = make_dataloaders(accelerator, tokenizer, positions, **vars(args))

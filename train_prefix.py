@@ -40,36 +40,22 @@ from common.errors import check_early, fail
 def parse_args(argv=None):
     parser = base_parser(__doc__)
     parser.set_defaults(learning_rate=1e-3)
-    parser.add_argument(
-        "--num_prefix", type=int, default=10, help="prefix length p (key/value pairs per layer)"
-    )
-    parser.add_argument(
+    add = parser.add_argument
+    add("--num_prefix", type=int, default=10, help="p, the key/value pairs each layer reads first")
+    add(
         "--no_prefix_projection",
         dest="prefix_projection",
         action="store_false",
-        help="train the pairs directly instead of through the MLP",
+        help="train the pairs directly, not through the MLP",
     )
-    parser.add_argument(
-        "--prefix_hidden", type=int, default=None, help="the MLP's hidden size (default 512)"
-    )
-    parser.add_argument(
-        "--prefix_init",
-        choices=["text", "random"],
-        default="text",
-        help="start from the model's own keys/values of --prefix_init_text (default), or at random "
-        "as peft does",
-    )
-    parser.add_argument(
+    add("--prefix_hidden", type=int, default=None, help="the MLP's hidden size; none: 512")
+    add("--prefix_init", choices=["text", "random"], default="text", help="where the pairs start")
+    add(
         "--prefix_init_text",
         default="Read the text that follows and say what it expresses.",
-        help="the text whose first --num_prefix tokens (repeated if it is short) start the prefix",
+        help="text: its first p tokens start the prefix",
     )
-    parser.add_argument(
-        "--prefix_learning_rate",
-        type=float,
-        default=1e-3,
-        help="learning rate of the prefix (--learning_rate is the head's)",
-    )
+    add("--prefix_learning_rate", type=float, default=1e-3, help="the prefix's")
     args = check_args(parser.parse_args(argv), "prefix")
     if args.num_prefix < 1 or args.prefix_learning_rate <= 0:
         fail("--num_prefix must be >= 1 and --prefix_learning_rate > 0")
@@ -97,6 +83,7 @@ from common.errors import run_main, usage_errors
 from common.model import (
     adamw,
     freeze_backbone,
+    head_names,
     load_model,
     optimizer_groups,
     param_dtype,
@@ -219,6 +206,27 @@ class PrefixTuning(nn.Module):
         )
 
 
+def add_method(
+    model,
+    tokenizer,
+    *,
+    num_prefix,
+    prefix_projection,
+    prefix_hidden,
+    prefix_init,
+    prefix_init_text,
+    **_,
+):
+    """Prefix tuning on a loaded model as the flags of the same names ask (others are ignored:
+    main and exports.load_trained pass a run's flags). An encoder starts at random (no cache)."""
+    check_supported(model)
+    text_ids = None
+    if prefix_init == "text" and not is_encoder(model):
+        text_ids = prefix_text_ids(tokenizer, prefix_init_text, num_prefix)
+    freeze_backbone(model)
+    return PrefixTuning(model, num_prefix, prefix_projection, prefix_hidden, text_ids)
+
+
 def computed_pairs(accelerator, model):
     """What inference needs: the pairs the prefix computes, (layers, 2, heads, p, head_dim), on the
     CPU (gathered under ZeRO-3: every rank calls this)."""
@@ -236,17 +244,11 @@ def main(argv=None):
     tokenizer, model = load_model(extra_positions=args.num_prefix, **vars(args))
 
     # The method: freeze the backbone; every attention layer reads p trained key/value pairs first.
+    heads = head_names(model)
     with usage_errors():  # a model whose attention reads no cache, an empty text: one line
-        check_supported(model)
-        text_ids = None
-        if args.prefix_init == "text" and not is_encoder(model):
-            text_ids = prefix_text_ids(tokenizer, args.prefix_init_text, args.num_prefix)
-    if args.prefix_init == "text" and text_ids is None:
+        model = add_method(model, tokenizer, **vars(args))
+    if args.prefix_init == "text" and not hasattr(model, "text_ids"):
         accelerator.print(f"prefix: random init ({model.config.model_type} returns no cache)")
-    heads = freeze_backbone(model)
-    model = PrefixTuning(
-        model, args.num_prefix, args.prefix_projection, args.prefix_hidden, text_ids
-    )
     names = trainable_names(model)
 
     train_loader, eval_loaders = make_dataloaders(accelerator, tokenizer, True, **vars(args))

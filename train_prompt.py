@@ -27,22 +27,11 @@ from common.errors import check_early, fail
 def parse_args(argv=None):
     parser = base_parser(__doc__)
     parser.set_defaults(learning_rate=1e-3)
-    parser.add_argument("--num_virtual_tokens", type=int, default=20, help="prompt length t")
-    parser.add_argument(
-        "--prompt_init",
-        choices=["random", "vocab", "text"],
-        default="vocab",
-        help="random: uniform in [-0.5, 0.5]; vocab: rows of the embedding table; text: "
-        "the embeddings of --prompt_init_text, repeated or cut to t tokens",
-    )
-    parser.add_argument("--prompt_init_text", default=None)
-    parser.add_argument(
-        "--prompt_learning_rate",
-        type=float,
-        default=3e-2,
-        help="learning rate of the prompt (--learning_rate is the head's); Lester et al. "
-        "used 0.3 with Adafactor",
-    )
+    add = parser.add_argument
+    add("--num_virtual_tokens", type=int, default=20, help="t, the prompt's length")
+    add("--prompt_init", choices=["random", "vocab", "text"], default="vocab", help="its start")
+    add("--prompt_init_text", default=None, help="text: the words whose embeddings start it")
+    add("--prompt_learning_rate", type=float, default=3e-2, help="the prompt's")
     args = check_args(parser.parse_args(argv), "prompt")
     if args.num_virtual_tokens < 1 or args.prompt_learning_rate <= 0:
         fail("--num_virtual_tokens must be >= 1 and --prompt_learning_rate > 0")
@@ -69,6 +58,7 @@ from common.errors import run_main, usage_errors
 from common.model import (
     adamw,
     freeze_backbone,
+    head_names,
     load_model,
     optimizer_groups,
     run_with_prompt,
@@ -118,6 +108,14 @@ class PromptTuning(nn.Module):
         )
 
 
+def add_method(model, tokenizer, *, num_virtual_tokens, prompt_init, prompt_init_text, **_):
+    """Prompt tuning on a loaded model as the flags of the same names ask (others are ignored:
+    main and exports.load_trained pass a run's flags)."""
+    freeze_backbone(model)
+    prompt = initial_prompt(model, tokenizer, num_virtual_tokens, prompt_init, prompt_init_text)
+    return PromptTuning(model, prompt)
+
+
 def main(argv=None):
     args = parse_args(argv)
     accelerator = make_accelerator(**vars(args))
@@ -126,12 +124,9 @@ def main(argv=None):
     tokenizer, model = load_model(extra_positions=args.num_virtual_tokens, **vars(args))
 
     # The method: freeze the backbone, put a trainable prompt before the input embeddings.
-    heads = freeze_backbone(model)
+    heads = head_names(model)
     with usage_errors():  # an init text without tokens: a one-line error
-        prompt = initial_prompt(
-            model, tokenizer, args.num_virtual_tokens, args.prompt_init, args.prompt_init_text
-        )
-    model = PromptTuning(model, prompt)
+        model = add_method(model, tokenizer, **vars(args))
     names = trainable_names(model)
 
     train_loader, eval_loaders = make_dataloaders(accelerator, tokenizer, False, **vars(args))

@@ -46,11 +46,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(script, config, args, timeout=900):
-    """Run `script` under `config` (a name in CONFIGS, or accelerate launch's own arguments); returns
-    the CompletedProcess (stdout and stderr captured)."""
-    launch_args = config if isinstance(config, list) else CONFIGS[config]
-    if launch_args is None:
+def launch(script, config, args, timeout=900, cwd=ROOT):
+    """Run `script` under `config` (a name in CONFIGS, or accelerate launch's own arguments), from
+    the folder `cwd` (the paths of the script and the config are made absolute); returns the
+    CompletedProcess (stdout and stderr captured)."""
+    launch_args = list(config if isinstance(config, list) else CONFIGS[config] or [])
+    if "--config_file" in launch_args:
+        at = launch_args.index("--config_file") + 1
+        launch_args[at] = os.path.join(ROOT, launch_args[at])
+    script = os.path.join(ROOT, script)
+    if not launch_args:
         cmd = [sys.executable, script]
     else:
         cmd = [
@@ -72,5 +77,5 @@ def launch(script, config, args, timeout=900):
         PYTHONPATH=path,
     )
     return subprocess.run(
-        cmd + list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.data import Collator, read_tsv  # noqa: E402
+from common.data import Collator, LengthGroupedSampler, read_tsv  # noqa: E402
 from common.metrics import glue_metrics  # noqa: E402
 from common.tasks import TASKS, TSV_FILES  # noqa: E402
 
@@ -53,6 +53,11 @@ def parse_args():
     p.add_argument("--lora_r", type=int, default=8)
     p.add_argument("--lora_alpha", type=float, default=16)
     p.add_argument("--reduction_factor", type=int, default=16)
+    p.add_argument(
+        "--group_by_length",
+        action="store_true",
+        help="batches of rows of similar lengths (common.data.LengthGroupedSampler)",
+    )
     return p.parse_args()
 
 
@@ -128,11 +133,15 @@ def main():
     args = parse_args()
     torch.manual_seed(args.seed)
     task = TASKS[args.task]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    if tokenizer.pad_token is None:  # as our scripts: pad with eos (masked)
+        tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(
         args.model_name_or_path, num_labels=task.num_labels
     )
-    model = add_method(model, **vars(args))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model = add_method(model, **vars(args)).to(device)
     folder = os.path.join(args.data_dir, task.tsv_dir)
     train = rows(os.path.join(folder, "train.tsv"), args.task, tokenizer, args.max_length)[
         : args.max_train_samples
@@ -148,12 +157,14 @@ def main():
         else tokenizer.padding_side
     )
     collate = Collator(tokenizer.pad_token_id, side, positions=False)
+    order = {"shuffle": True, "generator": torch.Generator().manual_seed(args.seed)}
+    if args.group_by_length:  # few pads between peft's prompt and the text
+        lengths = [len(r["input_ids"]) for r in train]
+        order = {
+            "sampler": LengthGroupedSampler(lengths, args.per_device_train_batch_size, args.seed)
+        }
     loader = DataLoader(
-        train,
-        batch_size=args.per_device_train_batch_size,
-        shuffle=True,
-        collate_fn=collate,
-        generator=torch.Generator().manual_seed(args.seed),
+        train, batch_size=args.per_device_train_batch_size, collate_fn=collate, **order
     )
     is_head = lambda name: HEAD[model.config.model_type] in name.split(".")  # noqa: E731
     head = [p for n, p in model.named_parameters() if p.requires_grad and is_head(n)]
@@ -171,6 +182,7 @@ def main():
     for _ in range(args.num_train_epochs):
         for batch in loader:
             batch.pop("idx")
+            batch = {k: v.to(device) for k, v in batch.items()}
             model(**batch).loss.backward()
             optimizer.step()
             scheduler.step()
@@ -181,7 +193,8 @@ def main():
         for batch in DataLoader(dev, batch_size=64, collate_fn=collate):
             batch.pop("idx")
             labels.append(batch.pop("labels"))
-            preds.append(model(**batch).logits.argmax(-1))
+            batch = {k: v.to(device) for k, v in batch.items()}
+            preds.append(model(**batch).logits.argmax(-1).cpu())
     metrics = glue_metrics(args.task, torch.cat(preds).numpy(), torch.cat(labels).numpy())
     print(
         json.dumps({"metrics": metrics, "trainable_params": sum(p.numel() for p in head + method)})

@@ -19,6 +19,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOLDER = os.path.join(ROOT, ".cache", "smollm2-135m")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SPECIAL = ("<|im_start|>", "<|im_end|>", "<|im_end|>")  # bos, eos, pad
 
 
 def gguf_path():
@@ -54,6 +55,11 @@ def smollm2_dir(folder=FOLDER, gguf=None):
         del config.quantization_config
     model = LlamaForCausalLM(config)
     model.load_state_dict(quantized.state_dict())
+    # SmolLM2's special tokens, whatever this transformers version read from the GGUF (5.17 gives
+    # no pad token and <|im_start|> as eos): bos <|im_start|> (1), eos and pad <|im_end|> (2).
+    tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token = SPECIAL
+    model.config.bos_token_id, model.config.eos_token_id = 1, 2
+    model.config.pad_token_id = 2
     tmp = f"{folder}.tmp{os.getpid()}"
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

@@ -118,7 +118,7 @@ def run_cell(row, config, model_dir, glue_dir, out_dir):
     )
     problems += (
         ["train loss not finite"]
-        if not all(math.isfinite(h["train_loss"]) for h in res["log_history"])
+        if not all(math.isfinite(h.get("train_loss", h.get("loss"))) for h in res["log_history"])
         else []
     )
     problems += (

@@ -8,143 +8,116 @@ from common.errors import fail
 from common.outputs import writable
 from common.tasks import TASKS, get_task
 
+SCHEDULES = [
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, plus `--config FILE`: a YAML (or JSON) file of flags, `learning_rate: 1e-3`, read
+    before the command line, which wins. Abbreviated flags are refused (allow_abbrev=False:
+    `--max_train_sample` is a typo, not `--max_train_samples`)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        pre.add_argument("--config", default=None)
+        path = pre.parse_known_args(args)[0].config
+        if path:
+            self.set_defaults(**self.read_config(path))
+        return super().parse_known_args(args, namespace)
+
+    def read_config(self, path):
+        """The flags of a config file, checked and typed as on the command line."""
+        import yaml
+
+        try:
+            with open(path) as f:
+                values = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as e:
+            fail(f"cannot read --config {path} ({type(e).__name__}); pass a YAML file of flags")
+        if not isinstance(values, dict):
+            fail(f"--config {path} must hold flags as `name: value` lines")
+        actions = {a.dest: a for a in self._actions}
+        unknown = sorted(set(values) - set(actions) - {"config"})
+        if unknown:
+            fail(f"--config {path} names flags this script does not have: {', '.join(unknown)}")
+        typed = {}
+        for name, value in values.items():
+            action = actions.get(name)
+            if action is not None and action.type is not None and isinstance(value, str):
+                value = action.type(value)  # YAML reads 1e-3 as a string
+            if action is not None and action.choices is not None and value not in action.choices:
+                fail(
+                    f"--config {path}: {name} must be one of {', '.join(map(str, action.choices))}"
+                )
+            typed[name] = value
+        return typed
+
 
 def base_parser(doc):
     """The flags every script shares, in the style of transformers' run_glue_no_trainer.py; the
-    first line of the script's docstring `doc` describes it.
+    first line of the script's docstring `doc` describes it. --help shows every default.
 
     Gradient accumulation is not here on purpose: it comes from the accelerate config
     (`gradient_accumulation_steps` in the yaml, or `accelerate launch
     --gradient_accumulation_steps N`).
     """
-    # --max_train_sample is a typo, not --max_train_samples
-    p = argparse.ArgumentParser(
+    p = Parser(
         description=doc.strip().splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
-    p.add_argument("--task", required=True, help=f"GLUE task: {', '.join(TASKS)}")
-    p.add_argument("--model_name_or_path", default="gpt2", help="hub id or local model directory")
-    p.add_argument(
-        "--data_dir",
-        default=None,
-        help="a folder in GLUE's TSV layout (DIR/RTE/train.tsv, dev.tsv); default: the hub",
+    add = p.add_argument
+    add("--task", required=True, help=f"the GLUE task: {', '.join(TASKS)}")
+    add("--config", default=None, help="a YAML file of flags (the command line wins)")
+    add("--model_name_or_path", default="gpt2", help="a hub id or a local model folder")
+    add("--data_dir", default=None, help="GLUE's TSV files (DIR/RTE/train.tsv); none: the hub's")
+    add("--output_dir", default=None, help="none: runs/<script>-<task>")
+    add("--overwrite_output_dir", action="store_true", help="remove what an earlier run wrote")
+    add(
+        "--learning_rate",
+        type=float,
+        default=2e-5,
+        help="AdamW's rate (the head's, with a method's)",
     )
-    p.add_argument("--output_dir", default=None, help="default: runs/<script>-<task>")
-    p.add_argument(
-        "--overwrite_output_dir",
-        action="store_true",
-        help="reuse an output dir holding another run",
-    )
-    p.add_argument("--learning_rate", type=float, default=2e-5)
-    p.add_argument("--weight_decay", type=float, default=0.0)
-    p.add_argument(
+    add("--weight_decay", type=float, default=0.0, help="AdamW's, on matrices only")
+    add(
         "--adam_epsilon",
         type=float,
         default=1e-8,
         help="AdamW's eps (the original experiments: 1e-6)",
     )
-    p.add_argument("--num_train_epochs", type=int, default=3)
-    p.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
-    p.add_argument("--per_device_train_batch_size", type=int, default=8)
-    p.add_argument("--per_device_eval_batch_size", type=int, default=32)
-    p.add_argument(
-        "--lr_scheduler_type",
-        default="linear",
-        choices=[
-            "linear",
-            "cosine",
-            "cosine_with_restarts",
-            "polynomial",
-            "constant",
-            "constant_with_warmup",
-        ],
+    add("--num_train_epochs", type=int, default=3, help="passes over the training rows")
+    add("--max_train_steps", type=int, default=None, help="optimizer steps (overrides the epochs)")
+    add("--per_device_train_batch_size", type=int, default=8, help="rows a batch, per process")
+    add("--per_device_eval_batch_size", type=int, default=32, help="rows a batch, per process")
+    add("--lr_scheduler_type", default="linear", choices=SCHEDULES, help="the rate's schedule")
+    add("--num_warmup_steps", type=int, default=0, help="steps of the schedule's warmup")
+    add("--seed", type=int, default=42, help="0 to 2**32 - 1")
+    add("--max_length", type=int, default=128, help="tokens per row (truncated)")
+    add("--group_by_length", action="store_true", help="batches of rows of similar lengths")
+    add("--pad_to_multiple_of", type=int, default=None, help="none: 8 on a GPU, 1 on CPU")
+    add("--max_train_samples", type=int, default=None, help="the first N training rows")
+    add("--max_eval_samples", type=int, default=None, help="the first N rows of each eval split")
+    add("--eval_steps", type=int, default=None, help="evaluate every N steps; none: every epoch")
+    add("--validation_size", type=int, default=None, help="N training rows held out to validate")
+    add("--validation_dev_half", action="store_true", help="half of dev validates, half tests")
+    add("--early_stopping_patience", type=int, default=None, help="evaluations without a gain")
+    add(
+        "--checkpointing_steps", default=None, help="a resumable checkpoint every N steps, or epoch"
     )
-    p.add_argument("--num_warmup_steps", type=int, default=0)
-    p.add_argument("--seed", type=int, default=42, help="0 to 2**32 - 1")
-    p.add_argument("--max_length", type=int, default=128, help="tokens per example (truncated)")
-    p.add_argument(
-        "--group_by_length",
-        action="store_true",
-        help="batch rows of similar lengths together (less padding; each row still once per epoch)",
-    )
-    p.add_argument(
-        "--pad_to_multiple_of",
-        type=int,
-        default=None,
-        help="pad each batch to a multiple of N tokens (default: 8 on a GPU, 1 on CPU)",
-    )
-    p.add_argument(
-        "--max_train_samples",
-        type=int,
-        default=None,
-        help="first N training rows (MNLI 10%%: --task mnli --max_train_samples 40000)",
-    )
-    p.add_argument(
-        "--max_eval_samples", type=int, default=None, help="first N rows of each eval split"
-    )
-    p.add_argument(
-        "--eval_steps",
-        type=int,
-        default=None,
-        help="evaluate every N optimizer steps; default each epoch",
-    )
-    p.add_argument(
-        "--validation_size",
-        type=int,
-        default=None,
-        help="hold out N training rows (drawn with --seed) as the validation set: best/ and early "
-        "stopping follow it, and the eval split becomes the test set",
-    )
-    p.add_argument(
-        "--validation_dev_half",
-        action="store_true",
-        help="for small tasks: a fixed half of the eval split is the validation set, the other "
-        "the test set",
-    )
-    p.add_argument(
-        "--early_stopping_patience",
-        type=int,
-        default=None,
-        help="stop after K evaluations without a gain of the main metric (on the validation set "
-        "when there is one)",
-    )
-    p.add_argument(
-        "--checkpointing_steps",
-        default=None,
-        help="save a resumable checkpoint every N optimizer steps, or 'epoch'",
-    )
-    p.add_argument(
-        "--resume_from_checkpoint",
-        default=None,
-        help="a checkpoint folder (OUTPUT_DIR/checkpoints/step_N), or 'latest'",
-    )
-    p.add_argument(
-        "--do_predict",
-        action="store_true",
-        help="write GLUE submission files for the test split(s) when they have been provided",
-    )
-    p.add_argument(
-        "--torch_compile",
-        action="store_true",
-        help="compile the model with torch.compile (inductor): faster steps after a slow first one",
-    )
-    p.add_argument(
-        "--ignore_mismatched_sizes",
-        action="store_true",
-        help="start a new classification head when the model's has another number of outputs",
-    )
-    p.add_argument(
-        "--logging_steps",
-        type=int,
-        default=10,
-        help="show the mean training loss every N steps (a host sync; a nan or infinite loss stops "
-        "run there)",
-    )
-    p.add_argument("--with_tracking", action="store_true", help="log metrics with --report_to")
-    p.add_argument(
-        "--report_to", default="tensorboard", help="tensorboard (works offline), wandb, all, ..."
-    )
+    add("--resume_from_checkpoint", default=None, help="OUTPUT_DIR/checkpoints/step_N, or latest")
+    add("--do_predict", action="store_true", help="GLUE submission files for the test split")
+    add("--torch_compile", action="store_true", help="compile the model (inductor)")
+    add("--ignore_mismatched_sizes", action="store_true", help="a new head of the task's size")
+    add("--logging_steps", type=int, default=10, help="log the training loss every N steps")
+    add("--with_tracking", action="store_true", help="log to --report_to")
+    add("--report_to", default="tensorboard", help="tensorboard (offline), wandb, all, ...")
     return p
 
 
@@ -155,7 +128,7 @@ def check_args(args, script):
         fail(f"--max_length {args.max_length} is too short; use at least 8 tokens (default 128)")
     if args.learning_rate <= 0:
         fail(f"--learning_rate must be positive, got {args.learning_rate}")
-    for name in (
+    at_least_1 = [
         "num_train_epochs",
         "per_device_train_batch_size",
         "per_device_eval_batch_size",
@@ -167,7 +140,8 @@ def check_args(args, script):
         "early_stopping_patience",
         "logging_steps",
         "pad_to_multiple_of",
-    ):
+    ]
+    for name in at_least_1:
         value = getattr(args, name)
         if value is not None and value < 1:
             fail(f"--{name} must be at least 1, got {value}")
@@ -186,15 +160,12 @@ def check_args(args, script):
     if not 0 <= args.seed < 2**32:
         fail(f"--seed must be from 0 to 2**32 - 1 (numpy's range), got {args.seed}")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
-        fail(
-            f"--data_dir {args.data_dir} is not a folder; point it at GLUE's TSV layout "
-            "(DIR/RTE/train.tsv)"
-        )
+        fail(f"--data_dir {args.data_dir} is not a folder; point it at GLUE's TSV layout")
     args.output_dir = args.output_dir or os.path.join("runs", f"{script}-{args.task}")
     why = writable(args.output_dir)
     if why:
         fail(
-            f"cannot write to --output_dir {args.output_dir} ({why}); "
-            "pass a folder you can write to"
+            f"cannot write to --output_dir {args.output_dir} ({why}); pass a folder you can write "
+            "to"
         )
     return args

@@ -5,6 +5,7 @@ its own label."""
 import os
 
 import torch
+from tqdm.auto import tqdm
 
 from common.data import HELD_OUT
 from common.metrics import glue_metrics
@@ -22,7 +23,8 @@ def predict(model, loader, accelerator):
     model.eval()
     all_logits = []
     all_idx = []
-    for batch in loader:
+    bar = tqdm(loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process)
+    for batch in bar:
         idx = batch.pop("idx")
         batch.pop("labels")  # no loss needed; test rows have label -1
         logits = model(**batch).logits.float()
@@ -53,6 +55,29 @@ def evaluate(model, loaders, accelerator, task_name):
         for name, value in glue_metrics(task_name, preds.numpy(), labels).items():
             metrics[key.format(name)] = value
     return metrics, logits
+
+
+def constant_metrics(loaders, task_name):
+    """The metrics of always predicting the majority class of each labeled eval split (STS-B:
+    always its mean score, whose correlations are undefined: nan), keyed as evaluate's: what a
+    model that learned nothing scores."""
+    import numpy as np
+
+    task = TASKS[task_name]
+    keys = {split: "{}" if i == 0 else "{}_mm" for i, split in enumerate(task.eval_splits)}
+    keys[HELD_OUT] = "val_{}"
+    metrics = {}
+    for split, key in keys.items():
+        if split not in loaders:
+            continue
+        labels = np.asarray(list(loaders[split].dataset["label"]))
+        if task.is_regression:
+            preds = np.full(len(labels), labels.mean())
+        else:
+            preds = np.full(len(labels), np.bincount(labels).argmax())
+        for name, value in glue_metrics(task_name, preds, labels).items():
+            metrics[key.format(name)] = value
+    return metrics
 
 
 def in_file_order(dataset, idx, column):

@@ -105,15 +105,22 @@ def takes_position_ids(model):
     return "position_ids" in inspect.signature(model.forward).parameters
 
 
+def head_names(model):
+    """The classification head's module names: the top-level modules beside the backbone that hold
+    parameters (GPT-2 `score`, BERT `classifier`)."""
+    return [
+        n
+        for n, c in model.named_children()
+        if c is not model.base_model and any(True for _ in c.parameters())
+    ]
+
+
 def freeze_backbone(model):
-    """Freeze every weight, then unfreeze the classification head (the top-level modules beside
-    the backbone: GPT-2 `score`, BERT `classifier`). Returns the head's module names."""
+    """Freeze every weight, then unfreeze the classification head. Returns the head's names."""
     model.requires_grad_(False)
-    heads = []
-    for name, child in model.named_children():
-        if child is not model.base_model and any(True for _ in child.parameters()):
-            child.requires_grad_(True)
-            heads.append(name)
+    heads = head_names(model)
+    for name in heads:
+        model.get_submodule(name).requires_grad_(True)
     return heads
 
 

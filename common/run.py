@@ -36,7 +36,7 @@ from common.checkpoint import (
     save_trainable,
 )
 from common.errors import NO_CHECKPOINT, UsageError, stop_on_signals
-from common.evaluation import evaluate, write_predictions
+from common.evaluation import constant_metrics, evaluate, write_predictions
 from common.model import count_params
 from common.outputs import atomic_write_json, claim, inside, read_json, replacing
 from common.tasks import TASKS
@@ -58,9 +58,11 @@ OPERATIONAL = {
     "no_cache",
     "torch_compile",
     "pad_to_multiple_of",
+    "config",
 }
 # What every run writes in OUTPUT_DIR (a script names its own outputs beside these).
 OUTPUTS = (
+    "curves.png",
     "args.json",
     "results.json",
     "eval_logits.safetensors",
@@ -82,6 +84,12 @@ def make_accelerator(
     """
     from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
 
+    # A yaml names its DeepSpeed JSON by a path relative to where it is run from; the shipped ones
+    # (accelerate_configs/zero3.json) are found from any folder.
+    json_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
+    shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), json_file)
+    if json_file.endswith(".json") and not os.path.isfile(json_file) and os.path.isfile(shipped):
+        os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = shipped
     no_device = not torch.accelerator.is_available()
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") == "true"
     return Accelerator(
@@ -123,6 +131,34 @@ def differences(saved, ours):
 
     keys = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
     return " ".join(show(saved, k) for k in keys), " ".join(show(ours, k) for k in keys)
+
+
+def draw_curves(log_history, metric, path):
+    """`path` (a PNG): the training loss at every logged step and the eval `metric` at every
+    evaluation, against the step. False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    losses = [(h["step"], h["loss"]) for h in log_history if h.get("loss") is not None]
+    evals = [(h["step"], h[metric]) for h in log_history if h.get(metric) is not None]
+    fig, left = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if losses:
+        left.plot(*zip(*losses), color="C0", label="training loss")
+    left.set_xlabel("optimizer step")
+    left.set_ylabel("training loss", color="C0")
+    right = left.twinx()
+    if evals:
+        right.plot(*zip(*evals), "o-", color="C1", label=metric)
+    right.set_ylabel(f"eval {metric}", color="C1")
+    fig.tight_layout()
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
 
 
 def rank(value):
@@ -227,8 +263,10 @@ class Run:
             if self.lock:
                 os.remove(self.lock)
             raise UsageError(verdict[0])
-        if accelerator.is_main_process:
-            atomic_write_json(os.path.join(output_dir, "args.json"), self.flags)
+        if accelerator.is_main_process:  # (exports.load_trained rebuilds the model from it)
+            atomic_write_json(
+                os.path.join(output_dir, "args.json"), {"method": method, **self.flags}
+            )
         if with_tracking:
             config = {k: v for k, v in self.flags.items() if isinstance(v, (int, float, str, bool))}
             accelerator.init_trackers(f"train_{method}", config)
@@ -297,6 +335,8 @@ class Run:
             "stopped_early_at_step": self.stopped_early_at,
             "loss_sum": self.accelerator.reduce(self.loss_sum, "mean").item(),
             "loss_count": self.loss_count,
+            "window_sum": self.accelerator.reduce(self.window_sum, "mean").item(),
+            "window_count": self.window_count,
             "identity": self.identity,
             "run_id": self.run_id,
         }
@@ -309,6 +349,8 @@ class Run:
         self.stopped_early_at = state["stopped_early_at_step"]
         self.loss_sum = torch.tensor(state["loss_sum"], device=self.accelerator.device)
         self.loss_count = state["loss_count"]
+        self.window_sum = torch.tensor(state["window_sum"], device=self.accelerator.device)
+        self.window_count = state["window_count"]
 
     def begin(self, model, eval_loaders, names):
         """Start (or continue the checkpoint of --resume_from_checkpoint) training the prepared
@@ -325,30 +367,44 @@ class Run:
         self.names = names
         self.loss_sum = torch.zeros((), device=device)  # since the last evaluation
         self.loss_count = 0
+        self.window_sum = torch.zeros((), device=device)  # since the last log line
+        self.window_count = 0
         if self.checkpoint:
             self.load_state_dict(load_checkpoint(self.accelerator, self.checkpoint))
-            # best/ as it was at the checkpoint
-            kept = os.path.join(self.checkpoint, "best.safetensors")
+            kept = os.path.join(self.checkpoint, "best.safetensors")  # best/ as it was then
             if self.accelerator.is_main_process and os.path.exists(kept):
-                with replacing(
-                    self.best_path
-                ) as tmp:  # a new file: the checkpoint's stays as it is
+                with replacing(self.best_path) as tmp:  # a new file: the checkpoint's stays
                     shutil.copyfile(kept, tmp)
             self.last_saved = self.checkpoint
             self.accelerator.print(f"resumed from {self.checkpoint} at step {self.step}")
         self.stop = self.step >= self.max_steps or self.stopped_early_at is not None
         self.start_step = self.step
+        self.start_weights = self.weights_size()  # did they move? (close() says so if not)
         self.start_time = time.perf_counter()
         self.aside = 0.0  # seconds spent evaluating and saving: train_runtime_s leaves them out
-        self.window_sum = torch.zeros((), device=device)  # since the last log line
         self.tokens = torch.zeros((), dtype=torch.long, device=device)  # this run's, this process's
         self.padded = 0
         self.rows = 0
+        main = self.accelerator.is_local_main_process
         self.progress = tqdm(
-            total=self.max_steps,
-            initial=self.step,
-            disable=not self.accelerator.is_local_main_process,
+            total=self.max_steps, initial=self.step, disable=not main, desc="train"
         )
+
+    def weights_size(self):
+        """The sum of squares of the trainable weights, over every rank's part (a collective)."""
+        total = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
+        for p in self.accelerator.unwrap_model(self.model).parameters():
+            if p.requires_grad:
+                part = getattr(p, "ds_tensor", p)  # ZeRO-3: this rank's partition
+                total += part.detach().double().pow(2).sum()
+        return self.accelerator.reduce(total, "sum").item()
+
+    def log(self, values):
+        """A log_history entry (and the trackers') at this step, the epoch as a fraction."""
+        epoch = round(self.step / self.steps_per_epoch, 4)
+        self.log_history.append({"step": self.step, "epoch": epoch, **values})
+        if self.with_tracking:
+            self.accelerator.log(values, step=self.step)
 
     @property
     def best_path(self):
@@ -384,14 +440,20 @@ class Run:
         self.loss_sum = self.loss_sum + loss
         self.loss_count += 1
         self.window_sum = self.window_sum + loss
+        self.window_count += 1
         if not self.accelerator.sync_gradients:
             return
         self.step += 1
         self.progress.update(1)
         if self.step % self.logging_steps == 0:  # the loop's one host sync between evaluations
-            window = self.check_finite(self.window_sum) / (self.logging_steps * self.grad_accum)
-            self.progress.set_postfix(loss=f"{window:.4f}")
+            mean = (
+                self.check_finite(self.accelerator.reduce(self.window_sum, "mean"))
+                / self.window_count
+            )
+            self.progress.set_postfix(loss=f"{mean:.4f}")
+            self.log({"loss": mean})
             self.window_sum = torch.zeros_like(self.window_sum)
+            self.window_count = 0
         started = time.perf_counter()
         if self.step % self.eval_every == 0 or self.step == self.max_steps:
             self.evaluate()
@@ -435,14 +497,9 @@ class Run:
         train_loss = total / max(self.loss_count, 1)
         self.loss_sum = torch.zeros_like(self.loss_sum)
         self.loss_count = 0
-        epoch = (self.step - 1) // self.steps_per_epoch
-        self.log_history.append(
-            {"step": self.step, "epoch": epoch, "train_loss": train_loss, **self.metrics}
-        )
+        self.log({"train_loss": train_loss, **self.metrics})
         shown = " ".join(f"{k} {v:.4f}" for k, v in self.metrics.items())
         self.progress.write(f"step {self.step}: train_loss {train_loss:.4f} {shown}")
-        if self.with_tracking:
-            self.accelerator.log({"train_loss": train_loss, **self.metrics}, step=self.step)
         if not self.best or rank(self.metrics[self.select]) > rank(self.best[self.select]):
             self.best = {"step": self.step, **self.metrics}
             self.evals_without_gain = 0
@@ -452,10 +509,9 @@ class Run:
         if self.patience and self.evals_without_gain >= self.patience:
             self.stopped_early_at = self.step
             self.stop = True
+            gains = f"no gain of {self.select} in {self.evals_without_gain} evaluations"
             self.progress.write(
-                f"step {self.step}: no gain of {self.select} in {self.evals_without_gain} "
-                "evaluations, "
-                f"stopping (best: step {self.best['step']})"
+                f"step {self.step}: {gains}, stopping (best: step {self.best['step']})"
             )
 
     def finish(self):
@@ -476,6 +532,32 @@ class Run:
             )
         return trained
 
+    def learning_warnings(self, majority, change):
+        """What to say when a run learned nothing: its trainable weights did not move (`change`,
+        the relative change of their sum of squares, under 1e-6), or its main metric is within 1
+        point of always predicting the majority class (`majority`, constant_metrics)."""
+        rates = ", ".join(
+            f"--{k} {v:g}" for k, v in self.flags.items() if k.endswith("learning_rate")
+        )
+        advice = (
+            f"try other learning rates ({rates}) or more optimizer steps (this run: "
+            f"{self.max_steps}; --num_train_epochs, --max_train_samples)"
+        )
+        warnings = []
+        if self.step > self.start_step and change < 1e-6:
+            warnings.append(
+                f"the trainable weights did not move (relative change {change:.1e}): {advice}"
+            )
+        metric = TASKS[self.task].metric
+        ours = rank(self.metrics.get(metric))
+        theirs = rank(majority.get(metric))
+        if math.isfinite(ours) and math.isfinite(theirs) and abs(ours - theirs) <= 0.01:
+            warnings.append(
+                f"{metric} {ours:.4f} is within 1 point of always predicting the majority "
+                f"class ({theirs:.4f}): the run learned nothing it shows; {advice}"
+            )
+        return warnings
+
     def close(self, **extra):
         """results.json (the output contract every script follows, `extra` added) and the final
         eval logits; print the final line; close the trackers and the process group; free
@@ -485,6 +567,11 @@ class Run:
             [self.tokens, self.tokens.new_tensor(self.padded), self.tokens.new_tensor(self.rows)]
         )
         tokens, padded, rows = accelerator.reduce(counts).tolist()
+        change = abs(self.weights_size() - self.start_weights) / max(self.start_weights, 1e-30)
+        majority = constant_metrics(self.eval_loaders, self.task)
+        warnings = self.learning_warnings(majority, change)
+        for line in warnings:
+            accelerator.print(f"warning: {line}")
         if accelerator.is_main_process:
             selected = {}
             if self.validation:  # the test set scored with the weights chosen on the validation set
@@ -507,6 +594,8 @@ class Run:
                 "best_metrics": self.best,
                 **selected,
                 "stopped_early_at_step": self.stopped_early_at,
+                "majority_metrics": majority,
+                "warnings": warnings,
                 "log_history": self.log_history,
                 "trainable_params": self.trainable,
                 "total_params": self.total,
@@ -518,6 +607,9 @@ class Run:
                 "train_tokens_per_s": per_second(tokens),
             }
             atomic_write_json(os.path.join(self.output_dir, "results.json"), results)
+            curves = os.path.join(self.output_dir, "curves.png")
+            if not draw_curves(self.log_history, TASKS[self.task].metric, curves):
+                accelerator.print("curves.png not written: matplotlib is not installed")
             os.remove(self.lock)
         shown = " ".join(f"{k} {v:.4f}" for k, v in self.metrics.items())
         accelerator.print(f"final {self.task} {self.method}: {shown}")

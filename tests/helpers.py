@@ -61,6 +61,12 @@ def check_ok(proc):
     )
 
 
+def evaluations(res):
+    """The evaluations of a run's log_history (the entries of the logged steps between them hold
+    only the step, the epoch and the running loss)."""
+    return [h for h in res["log_history"] if "train_loss" in h]
+
+
 def results(output_dir):
     with open(os.path.join(output_dir, "results.json")) as f:
         return json.load(f)
@@ -90,6 +96,16 @@ def saved_eval_logits(output_dir, task):
     return load_file(os.path.join(output_dir, "eval_logits.safetensors"))[
         TASKS[task].eval_splits[0]
     ]
+
+
+def check_load_trained(output_dir, model_dir, glue_dir, atol, task="sst2", rows=32):
+    """exports.load_trained rebuilds the run's model from its folder alone: its logits on the
+    eval rows are the run's own eval_logits."""
+    import exports
+
+    _, model = exports.load_trained(str(output_dir))
+    ours = logits_of(model, eval_batches(model_dir, glue_dir, task, rows))
+    torch.testing.assert_close(ours, saved_eval_logits(output_dir, task), atol=atol, rtol=0)
 
 
 def logits_of(model, batches):

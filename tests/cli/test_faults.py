@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from common.outputs import atomic_write_json, finite, steps
-from tests.helpers import ROOT, cli, launch, results, run_in_process
+from tests.helpers import ROOT, cli, evaluations, launch, results, run_in_process
 
 
 def args_for(tiny_gpt2, data, out, *switches, **flags):
@@ -803,8 +803,8 @@ def test_duplicate_index_values_change_nothing(tiny_gpt2, glue_dir, tmp_path):
             args_for(tiny_gpt2, data, tmp_path / name, *flags, *extra, "--do_predict", task="rte"),
         )
     a, b = results(tmp_path / "cached"), results(tmp_path / "uncached")
-    assert [h["train_loss"] for h in a["log_history"]] == pytest.approx(
-        [h["train_loss"] for h in b["log_history"]], abs=1e-6
+    assert [h["train_loss"] for h in evaluations(a)] == pytest.approx(
+        [h["train_loss"] for h in evaluations(b)], abs=1e-6
     )
     rows = (tmp_path / "cached" / "predictions" / "RTE.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in rows[1:]] == [str(70 - i) for i in range(len(dev) - 1)]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from common.data import HELD_OUT, make_dataloaders
 from common.errors import UsageError
 from common.run import make_accelerator
-from tests.helpers import results, run_in_process, saved_eval_logits
+from tests.helpers import evaluations, results, run_in_process, saved_eval_logits
 
 
 def run_args(tiny_gpt2, glue_dir, out, *extra, task="sst2"):
@@ -100,7 +100,7 @@ def test_test_metrics_come_from_the_entry_chosen_on_validation(tiny_gpt2, glue_d
         ),
     )
     res = results(out)
-    history = res["log_history"]
+    history = evaluations(res)
     assert all("val_accuracy" in h and "accuracy" in h for h in history)
     # the first of equal ones, as the run keeps it
     best = max(history, key=lambda h: h["val_accuracy"])
@@ -139,7 +139,7 @@ def test_early_stopping_stops_and_resumes_with_its_count(tiny_gpt2, glue_dir, tm
         early_stopping_args(tiny_gpt2, glue_dir, whole, "--checkpointing_steps", "2"),
     )
     res = results(whole)
-    assert res["stopped_early_at_step"] == 4 and [h["step"] for h in res["log_history"]] == [
+    assert res["stopped_early_at_step"] == 4 and [h["step"] for h in evaluations(res)] == [
         1,
         2,
         3,
@@ -268,3 +268,40 @@ def test_torch_compile_gives_the_eager_logits(script, flags, tiny_gpt2, glue_dir
     saved = [load_file(tmp_path / name / "trainable.safetensors") for name in ("eager", "compiled")]
     # the plain names, not the compiled module's _orig_mod.*
     assert saved[0].keys() == saved[1].keys()
+
+
+def test_a_run_that_learns_nothing_says_so(tiny_gpt2, glue_dir, tmp_path):
+    """At a learning rate of 1e-9 the weights do not move and the accuracy stays the majority
+    class's: two warnings naming the rate to change; a run that learns has none."""
+    runs = {}
+    for name, rate in (("stuck", "1e-9"), ("learns", "2e-3")):
+        run_in_process(
+            "train_full.py",
+            run_args(
+                tiny_gpt2,
+                glue_dir,
+                tmp_path / name,
+                "--num_train_epochs",
+                "3",
+                "--learning_rate",
+                rate,
+                "--logging_steps",
+                "2",
+            ),
+        )
+        runs[name] = results(tmp_path / name)
+    stuck = runs["stuck"]["warnings"]
+    assert runs["stuck"]["majority_metrics"] == {"accuracy": 0.5}
+    assert len(stuck) == 2 and all("--learning_rate 1e-09" in line for line in stuck), stuck
+    assert stuck[0].startswith("the trainable weights did not move")
+    assert "within 1 point of always predicting the majority class (0.5000)" in stuck[1]
+    assert runs["learns"]["warnings"] == [] and runs["learns"]["metrics"]["accuracy"] > 0.6
+
+    # The curve: an entry per logged step (the epoch as a fraction), an evaluation every epoch.
+    history = runs["learns"]["log_history"]
+    logged = [h for h in history if "loss" in h]
+    assert [h["step"] for h in logged] == list(range(2, 37, 2))
+    assert logged[0]["epoch"] == round(2 / 12, 4) and [
+        h["epoch"] for h in evaluations(runs["learns"])
+    ] == [1, 2, 3]
+    assert (tmp_path / "learns" / "curves.png").read_bytes()[:4] == b"\x89PNG"

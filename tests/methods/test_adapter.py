@@ -11,8 +11,10 @@ from bench import tiny
 from common.checkpoint import load_trainable
 from common.model import freeze_backbone
 from tests.helpers import (
+    check_load_trained,
     check_ok,
     eval_batches,
+    evaluations,
     launch,
     logits_of,
     results,
@@ -94,7 +96,7 @@ def adapter_args(tiny_gpt2, glue_dir, out, variant):
 
 def check_adapter_run(out, variant, tiny_gpt2, glue_dir, atol):
     res = results(out)
-    losses = [h["train_loss"] for h in res["log_history"]]
+    losses = [h["train_loss"] for h in evaluations(res)]
     assert sum(losses[-3:]) < sum(losses[:3]), losses
     saved = load_file(out / "trainable.safetensors")
     norms = [n for n in saved if ".ln_" in n]
@@ -103,12 +105,13 @@ def check_adapter_run(out, variant, tiny_gpt2, glue_dir, atol):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2)
     model.config.pad_token_id = 0
     freeze_backbone(model)
-    add_adapters(model, variant, 8, train_layer_norms=variant == "houlsby")
+    add_adapters(model, variant, 8, train_layer_norms=variant == "houlsby", ln_before=None)
     start = {n: p.detach().clone() for n, p in model.named_parameters() if ".adapter." in n}
     load_trainable(model, out / "trainable.safetensors")
     assert all(not torch.equal(saved[n], start[n]) for n in start)  # every adapter tensor trained
     ours = logits_of(model.eval(), eval_batches(tiny_gpt2, glue_dir, "sst2", 32))
     torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=atol, rtol=0)
+    check_load_trained(out, tiny_gpt2, glue_dir, atol)
 
 
 @pytest.mark.parametrize("variant", ["houlsby", "pfeiffer"])

@@ -194,7 +194,13 @@ def test_adapters_load_in_adapterhub(
     batch = inputs(model_dir)
     model = plain(model_dir)
     freeze_backbone(model)
-    add_adapters(model, variant, 8, train_layer_norms=variant == "houlsby" and norms == "trained")
+    add_adapters(
+        model,
+        variant,
+        8,
+        train_layer_norms=variant == "houlsby" and norms == "trained",
+        ln_before=None,
+    )
     load_trainable(model, out / "trainable.safetensors")
     [theirs] = reference_logits(
         [

@@ -18,8 +18,10 @@ from bench import tiny
 from common.checkpoint import load_trainable
 from common.model import freeze_backbone
 from tests.helpers import (
+    check_load_trained,
     check_ok,
     eval_batches,
+    evaluations,
     launch,
     logits_of,
     matrix,
@@ -140,7 +142,7 @@ def lora_args(tiny_gpt2, glue_dir, out, *extra):
 
 def check_lora_run(out, tiny_gpt2, glue_dir, atol, merged=None):
     res = results(out)
-    losses = [h["train_loss"] for h in res["log_history"]]
+    losses = [h["train_loss"] for h in evaluations(res)]
     assert losses[-1] < losses[0], losses
     # layers x (q, v) x r(in+out)
     assert res["method"] == "lora" and res["lora_params"] == 2 * 2 * 4 * (32 + 32)
@@ -161,6 +163,7 @@ def check_lora_run(out, tiny_gpt2, glue_dir, atol, merged=None):
     theirs = saved_eval_logits(out, "sst2")
     torch.testing.assert_close(logits_of(model, batches), theirs, atol=atol, rtol=0)
     assert all((saved[n] != 0).any() for n in saved if ".lora_B." in n)  # B left zero
+    check_load_trained(out, tiny_gpt2, glue_dir, atol)
 
     # peft loads the exported adapter (2 slices of rank 4 = one fused pair of rank 8).
     from peft import PeftModel

@@ -15,8 +15,10 @@ from transformers import (
 from bench import tiny
 from common.checkpoint import load_trainable
 from tests.helpers import (
+    check_load_trained,
     check_ok,
     eval_batches,
+    evaluations,
     launch,
     logits_of,
     matrix,
@@ -138,7 +140,7 @@ def prefix_args(tiny_gpt2, glue_dir, out):
 
 def check_prefix_run(out, tiny_gpt2, glue_dir, bf16):
     res = results(out)
-    losses = [h["train_loss"] for h in res["log_history"]]
+    losses = [h["train_loss"] for h in evaluations(res)]
     assert sum(losses[-3:]) < sum(losses[:3]), losses
     saved = load_file(out / "trainable.safetensors")
     assert {n.split(".")[0] for n in saved} == {
@@ -157,6 +159,7 @@ def check_prefix_run(out, tiny_gpt2, glue_dir, bf16):
     torch.testing.assert_close(
         ours, saved_eval_logits(out, "sst2"), atol=5e-2 if bf16 else 1e-5, rtol=0
     )
+    check_load_trained(out, tiny_gpt2, glue_dir, 5e-2 if bf16 else 1e-5)
     # The computed pairs alone (what inference needs) are the MLP's output.
     with torch.no_grad():
         torch.testing.assert_close(

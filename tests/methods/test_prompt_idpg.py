@@ -20,8 +20,10 @@ from common.checkpoint import load_trainable
 from common.data import Collator
 from tests.helpers import (
     ROOT,
+    check_load_trained,
     check_ok,
     eval_batches,
+    evaluations,
     launch,
     logits_of,
     matrix,
@@ -150,7 +152,7 @@ def script_args(script, tiny_gpt2, glue_dir, out, *extra):
 
 def check_losses(out):
     res = results(out)
-    losses = [h["train_loss"] for h in res["log_history"]]
+    losses = [h["train_loss"] for h in evaluations(res)]
     assert sum(losses[-3:]) < sum(losses[:3]), losses
     return res
 
@@ -182,6 +184,7 @@ def check_script_run(script, out, tiny_gpt2, glue_dir, atol):
     assert sum(t.numel() for t in saved.values()) == res["trainable_params"]
     ours = logits_of(reload(script, tiny_gpt2, out), eval_batches(tiny_gpt2, glue_dir, "sst2", 32))
     torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=atol, rtol=0)
+    check_load_trained(out, tiny_gpt2, glue_dir, atol)
 
 
 @pytest.mark.parametrize("script", ["train_prompt.py", "train_idpg.py"])
@@ -233,6 +236,7 @@ def test_idpg_variants_train_and_reload(variant, flags, kw, tiny_gpt2, glue_dir,
     model = reload("train_idpg.py", tiny_gpt2, out, **kw)
     ours = logits_of(model, eval_batches(tiny_gpt2, glue_dir, "sst2", 32))
     torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=1e-5, rtol=0)
+    check_load_trained(out, tiny_gpt2, glue_dir, 1e-5)  # every variant from its folder alone
     set_seed(42)  # the script's starting point: the generator changed
     base = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2)
     encoder = None if variant in ("self", "m-idpg") else AutoModel.from_pretrained(tiny_gpt2)

@@ -26,11 +26,15 @@ RENAMES = {  # applied after dropping "adapters.ref."
         (r"output_adapters\.", "mlp.c_proj.adapter."),
     ],
     ("gpt2", "pfeiffer"): [(r"output_adapters\.", "adapter.")],
+    ("gpt2", "pfeiffer-ln"): [(r"output_adapters\.", "adapter.")],
     ("bert", "houlsby"): [
         (r"(\d+)\.attention\.output\.adapter_", r"\1.attention.output.dense.adapter.adapter_"),
         (r"(\d+)\.output\.adapter_", r"\1.output.dense.adapter.adapter_"),
     ],
     ("bert", "pfeiffer"): [(r"(\d+)\.output\.adapter_", r"\1.output.LayerNorm.adapter.adapter_")],
+    ("bert", "pfeiffer-ln"): [
+        (r"(\d+)\.output\.adapter_", r"\1.output.LayerNorm.adapter.adapter_")
+    ],
 }
 
 
@@ -38,11 +42,14 @@ def ours(name, kind, variant):
     name = name.replace("adapters.ref.", "")
     for pattern, repl in RENAMES[(kind, variant)]:
         name = re.sub(pattern, repl, name)
-    return name.replace("adapter_down.0.", "down.").replace("adapter_up.", "up.")
+    # adapter_down is [LayerNorm (ln_before), Linear, activation]; the LayerNorm is also adapter_norm_before
+    down = "adapter_down.1." if variant.endswith("-ln") else "adapter_down.0."
+    name = name.replace("adapter_norm_before.", "norm.")
+    return name.replace(down, "down.").replace("adapter_up.", "up.")
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "bert"])
-@pytest.mark.parametrize("variant", ["houlsby", "pfeiffer"])
+@pytest.mark.parametrize("variant", ["houlsby", "pfeiffer", "pfeiffer-ln"])
 def test_adapters_equal_adapterhub(reference, kind, variant):
     facts = json.load(open(reference / "facts.json"))
     assert (facts["adapters"], facts["transformers"]) == ("1.3.0", "4.57.6")
@@ -51,7 +58,13 @@ def test_adapters_equal_adapterhub(reference, kind, variant):
     model = AutoModelForSequenceClassification.from_pretrained(reference / f"{kind}-model").eval()
     with torch.no_grad():
         base = model(**inputs).logits
-    add_adapters(model, variant, 8, train_layer_norms=False)
+    add_adapters(
+        model,
+        variant.removesuffix("-ln"),
+        8,
+        train_layer_norms=False,
+        ln_before=variant.endswith("-ln"),
+    )
     weights = {
         ours(n, kind, variant): t
         for n, t in load_file(reference / f"{kind}-{variant}.safetensors").items()

@@ -44,6 +44,7 @@ for kind in ("gpt2", "bert"):
     for variant, config in (
         ("houlsby", adapters.DoubleSeqBnConfig(reduction_factor=4)),
         ("pfeiffer", adapters.SeqBnConfig(reduction_factor=4)),
+        ("pfeiffer-ln", adapters.SeqBnConfig(reduction_factor=4, ln_before=True)),
     ):
         model = tiny_model(kind)
         model.save_pretrained(os.path.join(out, f"{kind}-model"))

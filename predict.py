@@ -1,0 +1,57 @@
+"""The label a finished run gives a few sentences, from its output folder alone.
+
+    python predict.py runs/lora-sst2 "a charming film" "a dull, tired film"
+    python predict.py runs/lora-rte "A man is sleeping. ||| Nobody sleeps."   # a pair: ' ||| '
+
+Any script's run, any variant: the model is rebuilt from OUTPUT_DIR/args.json by the run's own
+script and loaded with its trained weights (exports.load_trained). Prints one line a sentence:
+the label, its probability (STS-B: the score), the text.
+"""
+
+import argparse
+import sys
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("output_dir", help="a finished run's --output_dir")
+    p.add_argument("texts", nargs="+", help="sentences; the two of a pair joined by ' ||| '")
+    p.add_argument("--best", action="store_true", help="best/'s weights, not the final ones")
+    args = p.parse_args(argv)
+
+    import torch
+
+    import exports
+    from common.data import Collator
+    from common.model import takes_position_ids
+    from common.outputs import read_json
+    from common.tasks import TASKS
+
+    flags = read_json(f"{args.output_dir}/args.json")
+    task = TASKS[flags["task"]]
+    tokenizer, model = exports.load_trained(args.output_dir, best=args.best)
+    rows = []
+    for i, text in enumerate(args.texts):
+        parts = [t.strip() for t in text.split("|||")]
+        if len(parts) != len(task.text_keys):
+            sys.exit(
+                f"error: '{text}' has {len(parts)} text(s); this task reads {len(task.text_keys)}"
+            )
+        enc = tokenizer(*parts, truncation=True, max_length=flags["max_length"])
+        rows.append({**enc, "label": 0.0 if task.is_regression else 0, "idx": i})
+    collate = Collator(tokenizer.pad_token_id, tokenizer.padding_side, takes_position_ids(model))
+    batch = collate(rows)
+    batch.pop("idx")
+    batch.pop("labels")
+    with torch.no_grad():
+        logits = model(**batch).logits.float()
+    for text, row in zip(args.texts, logits):
+        if task.is_regression:
+            print(f"{row.item():.3f}\t{text}")
+        else:
+            p = row.softmax(-1)
+            print(f"{task.label_names[p.argmax()]}\t{p.max():.3f}\t{text}")
+
+
+if __name__ == "__main__":
+    main()
