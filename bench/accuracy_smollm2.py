@@ -46,6 +46,12 @@ METHODS = {
         ["--variant", "pfeiffer"],
         ("--learning_rate", [1e-4, 1e-3, 1e-2]),
     ),
+    # AdapterHub's own placement: the adapter reads the raw residual stream.
+    "pfeiffer-stream": (
+        "train_adapter.py",
+        ["--variant", "pfeiffer", "--no-ln_before"],
+        ("--learning_rate", [1e-4, 1e-3, 1e-2]),
+    ),
     "prompt": ("train_prompt.py", [], ("--prompt_learning_rate", [3e-3, 3e-2, 3e-1])),
     "idpg": (
         "train_idpg.py",
@@ -68,8 +74,16 @@ METHODS = {
         ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2]),
     ),
     # The references, at our scripts' default rates (head, method): peft's LoRA and prompt tuning.
+    # peft's prompt goes before the pads, [prompt][pads][text], at positions counted from the first:
+    # each row then reads its prompt from another distance. Rows of similar lengths in a batch
+    # (few pads) keep it near [prompt][text], as ours packs it: how a peft user runs it.
     "peft:lora": ("peft", ["--method", "lora"], None),
-    "peft:prompt": ("peft", ["--method", "prompt", "--num_virtual_tokens", "20"], None),
+    "peft:prompt": (
+        "peft",
+        ["--method", "prompt", "--num_virtual_tokens", "20", "--group_by_length"],
+        None,
+    ),
+    "peft:prompt-padded": ("peft", ["--method", "prompt", "--num_virtual_tokens", "20"], None),
 }
 REFERENCE = {"lora": "peft:lora", "prompt": "peft:prompt"}
 # The first N rows of SST-2's train.tsv, one epoch, batch 16, 64 tokens. Sweep: N rows, of which
@@ -152,7 +166,11 @@ def command(name, seed, model, data_dir, out_dir, part, rate=None, task="sst2"):
             out_dir,
             "--overwrite_output_dir",
         ]
-    ours = {"peft:lora": "train_lora.py", "peft:prompt": "train_prompt.py"}[name]
+    ours = {
+        "peft:lora": "train_lora.py",
+        "peft:prompt": "train_prompt.py",
+        "peft:prompt-padded": "train_prompt.py",
+    }[name]
     head, method = default_rates(ours)
     return [
         sys.executable,
