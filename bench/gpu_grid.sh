@@ -1,65 +1,89 @@
 #!/usr/bin/env bash
-# The SmolLM2 accuracy grid (bench/accuracy_smollm2.py --part grid) on one GPU: SST-2, RTE and
-# MRPC, every method at its script's defaults, seed 0 first, then seeds 1 and 2 of the main
-# methods, 8 runs at a time, stopped after MINUTES (default 8). What ran is in OUT (default
-# bench/results), one file per task, accuracy-smollm2-gpu-TASK.json; a stopped grid resumes.
+# The GPU plan: two calls on one GPU machine that lacks datasets (and dill, multiprocess) and
+# gguf and cannot download. Everything it needs travels in .whl/ (wheels for its Python 3.12) and
+# .gpu/ (SmolLM2's 98 MB GGUF in two halves, one a call, and the GLUE rows the grid reads).
 #
-# Budgets, one epoch at batch 16 as on the CPU: SST-2's first 4,000 rows (250 steps, 64 tokens),
-# all of RTE (2,490 rows, 156 steps, 128 tokens) and MRPC (3,668 rows, 230 steps, 128 tokens).
-# On 2 CPU cores a run takes 5-12 minutes (bench/results/accuracy-smollm2-grid.json); at the
-# expected 50-100x on an H100/H200 a run is 10-20 s of steps plus about 20 s of start-up, so the
-# 69 runs fit about 8 minutes at 8 at a time.
+#   bash bench/gpu_grid.sh pack            # here: .whl/, .gpu/part-aa, .gpu/part-ab, .gpu/glue
+#   carry .whl .gpu/part-aa .gpu/glue:     bash bench/gpu_grid.sh speed $OUT
+#   carry .gpu/part-ab .gpu/grid:          bash bench/gpu_grid.sh grid MINUTES $OUT
 #
-# The GPU machine lacks datasets (and its dill and multiprocess) and gguf, and cannot download;
-# the model travels as its 98 MB GGUF, split in two halves that two calls carry. Here:
-#     bash bench/gpu_grid.sh pack        # .whl/ (wheels for Python 3.12), .gpu/ (GGUF halves, GLUE rows)
-# then on the GPU machine, in two calls while it stays warm:
-#     carry .whl .gpu/part-aa .gpu/glue:  bash bench/gpu_grid.sh stage
-#     carry .gpu/part-ab:                 bash bench/gpu_grid.sh run 8 $OUT
+# speed (the first call, useful on a cold machine): installs and checks the wheels, keeps them,
+#   the first half and the rows in /tmp/gpu for the second call, and runs bench/gpu.py at 32 x 128
+#   and 8 x 256, one JSON per shape in $OUT/speed/ written after every method, the log in
+#   $OUT/log-speed.txt.
+# grid (the second call, while the machine is still warm: it stays about 30 s after a call): the
+#   SmolLM2 grid on SST-2, RTE and MRPC, one pool of 8 runs at a time across tasks and seeds,
+#   resumed from the JSON files carried in .gpu/grid/, no run started after MINUTES from the
+#   call's start (its set-up counted), the results in $OUT/grid/, the log in $OUT/log-grid.txt.
+#   On a machine that went cold it stops at once and says so: run speed again.
+# SMOKE=1 runs both on the CPU with a tiny budget (2 layers, 32 rows, two methods): what the
+# tests do in an environment like the GPU image's (bench/gpu_image.py; PYVER=3.11 packs its wheels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GLUE=${GLUE_DIR:-../shared/glue}
+STAGE=${STAGE:-/tmp/gpu}
+start=$SECONDS
+
+install() {  # the carried wheels into $STAGE/site, then a check that they import
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$STAGE/site" "$STAGE"/*.whl
+    PYTHONPATH="$STAGE/site" python3 -c "import datasets, dill, multiprocess, gguf; print('wheels: ok')"
+}
 
 case "${1:-}" in
 pack)
-    mkdir -p .whl .gpu/glue
-    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    rm -rf .whl .gpu && mkdir -p .whl .gpu/glue .gpu/grid
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version "${PYVER:-3.12}" --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d .whl datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 gguf==0.19.0
-    gguf=$(python3 -c "import sys; sys.path.insert(0, 'bench'); import smollm2; print(smollm2.gguf_path())")
+    gguf=$(python3 -c "from bench import smollm2; print(smollm2.gguf_path())")
     split -n 2 "$gguf" .gpu/part-  # .gpu/part-aa and .gpu/part-ab, 49 MB each
     for task in SST-2 RTE MRPC; do
         mkdir -p ".gpu/glue/$task"
         cp "$GLUE/$task/dev.tsv" ".gpu/glue/$task/"
         head -n 4001 "$GLUE/$task/train.tsv" > ".gpu/glue/$task/train.tsv"  # the grid reads at most 4,000 rows
     done
+    cp bench/results/gpu-grid/*.json .gpu/grid/ 2>/dev/null || true  # what already ran there
     du -sh .whl .gpu/part-aa .gpu/part-ab .gpu/glue
     ;;
-stage)  # first call: the wheels and the first half stay on the warm machine
-    mkdir -p /tmp/gpu && cp .gpu/part-aa /tmp/gpu/ && cp -r .gpu/glue /tmp/gpu/ && cp .whl/*.whl /tmp/gpu/
-    ls -la /tmp/gpu
+speed)
+    out=${2:?the output folder}
+    mkdir -p "$out/speed" "$STAGE"
+    {
+        cp .whl/*.whl .gpu/part-aa "$STAGE/" && cp -r .gpu/glue "$STAGE/"
+        install
+        if [ -n "${SMOKE:-}" ]; then
+            python3 bench/gpu.py --device cpu --layers 2 --shapes 2x16,2x32 --steps 1 --warmup 0 \
+                --rounds 1 --methods full,lora,prompt --out_dir "$out/speed"
+        else
+            nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/card.txt"
+            python3 bench/gpu.py --shapes 32x128,8x256 --out_dir "$out/speed"
+        fi
+    } 2>&1 | tee "$out/log-speed.txt"
     ;;
-run)
-    minutes=${2:-8}
-    out=${3:-bench/results}
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/gpu/*.whl
-    export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1
-    cat /tmp/gpu/part-aa .gpu/part-ab > /tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf
-    python3 bench/smollm2.py --gguf /tmp/gpu/SmolLM2-135M-Instruct.Q4_1.gguf
-    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu-grid-card.txt" || true
-    deadline=$((SECONDS + minutes * 60))
-    for seeds in "0" "1 2"; do
-        for task in sst2 rte mrpc; do
-            left=$((deadline - SECONDS))
-            [ "$left" -gt 10 ] || break 2
-            # shellcheck disable=SC2086
-            timeout "$left" python3 bench/accuracy_smollm2.py --part grid --task "$task" --seeds $seeds \
-                --jobs 8 --threads 2 --data_dir /tmp/gpu/glue --out "$out/accuracy-smollm2-gpu-$task.json" || true
-        done
-    done
+grid)
+    minutes=${2:?minutes}
+    out=${3:?the output folder}
+    mkdir -p "$out/grid"
+    {
+        if [ ! -f "$STAGE/part-aa" ] || [ ! -d "$STAGE/site" ]; then
+            echo "error: $STAGE holds no first half or wheels: the machine is not the warm one of the speed call; run speed again, then grid at once"
+            exit 3
+        fi
+        export PYTHONPATH="$STAGE/site" HF_HUB_OFFLINE=1 SMOLLM2_DIR="$STAGE/smollm2"
+        cp .gpu/grid/*.json "$out/grid/" 2>/dev/null || true  # resume what ran before
+        cat "$STAGE/part-aa" .gpu/part-ab > "$STAGE/SmolLM2-135M-Instruct.Q4_1.gguf"
+        python3 bench/smollm2.py --gguf "$STAGE/SmolLM2-135M-Instruct.Q4_1.gguf"
+        left=$(python3 -c "print(max(0.5, $minutes - ($SECONDS - $start) / 60))")  # from the call's start
+        flags=(--jobs 8 --threads 2)
+        [ -n "${SMOKE:-}" ] && flags=(--jobs 2 --threads 1 --methods lora prompt --seeds 0 --smoke)
+        python3 bench/accuracy_smollm2.py --part grid --task sst2 rte mrpc "${flags[@]}" \
+            --minutes "$left" --data_dir "$STAGE/glue" --out_dir "$out/grid"
+    } 2>&1 | tee "$out/log-grid.txt"
+    exit "${PIPESTATUS[0]}"
     ;;
 *)
-    echo "usage: bash bench/gpu_grid.sh pack | stage | run [MINUTES] [OUT]" >&2
+    echo "usage: bash bench/gpu_grid.sh pack | speed OUT | grid MINUTES OUT" >&2
     exit 2
     ;;
 esac

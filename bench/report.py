@@ -31,7 +31,7 @@ def gpu_table(path):
         for row in r["results"]:
             lines.append(
                 f"| {row['method']} | {row['tokens_per_s']:,.0f} | {row['mfu']:.1%} | "
-                f"{row['peak_mem_gib']:.1f} | {row['trainable']:,} |"
+                f"{memory(row)} | {row['trainable']:,} |"
             )
         return "\n".join(lines)
     lines = [
@@ -55,7 +55,12 @@ def gpu_table(path):
         ratio = f"{row['tokens_per_s'] / full['tokens_per_s']:.2f}x" if full else ""
         lines.append(
             f"| {row['batch']} x {row['seq']} | {row['method']} | {row['tokens_per_s']:,.0f} | {ratio} | "
-            f"{row['mfu']:.1%} | {row['peak_mem_gib']:.1f} | {row['trainable']:,} |"
+            f"{row['mfu']:.1%} | {memory(row)} | {row['trainable']:,} |"
+        )
+    for method, error in r.get("errors", {}).items():
+        lines.append(
+            f"| {rows[0]['batch'] if rows else ''} x {rows[0]['seq'] if rows else ''} | {method} | "
+            f"failed: {error} | | | | |"
         )
     at = {x["method"]: x for x in rows if (x["batch"], x["seq"]) == (32, 128)}
     checks = []
@@ -74,6 +79,11 @@ def gpu_table(path):
                 "(target <= 0.95)"
             )
     return "\n".join(lines + (["", "At 32 x 128: " + "; ".join(checks) + "."] if checks else []))
+
+
+def memory(row):
+    """Peak GPU memory in GiB, or - where none was measured (a CPU run)."""
+    return "-" if row.get("peak_mem_gib") is None else f"{row['peak_mem_gib']:.1f}"
 
 
 def speed_table(path):
@@ -189,10 +199,15 @@ def smollm2_grid_table(path):
     minus the reference library's (bench/accuracy_smollm2.py --part grid)."""
     r = json.load(open(path))
     b, summary, majority = r["budget"], r["summary"], r.get("dev_majority", SST2_DEV_MAJORITY)
+    scored = (
+        f"the first {b['max_eval_samples']} dev rows"
+        if b.get("max_eval_samples")
+        else "the full dev set"
+    )
     lines = [
         f"{r['model']}, {TASK_NAMES[r['task']]}: the first {b['rows']} training rows, {b['epochs']} epoch at "
         f"batch {b['batch']} ({-(-b['rows'] // b['batch'])} steps), max {b['max_length']} tokens, every script at "
-        f"its defaults, scored on the full dev set (majority class {majority:.2f}); minutes per run, "
+        f"its defaults, scored on {scored} (majority class {majority:.2f}); minutes per run, "
         f"{r.get('jobs', 1)} run(s) at a time on {r['threads_per_run']} threads each, often beside other work "
         f"(`{os.path.relpath(path, ROOT)}`):",
         "",
@@ -284,6 +299,21 @@ def smollm2_figure(path, png):
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
+
+
+def gpu_plan(folder):
+    """What bench/gpu_grid.sh brought back from a GPU machine, copied into `folder`: the card, the
+    speed JSON per shape (speed/) and the grid's JSON per task."""
+    grids = sorted(glob.glob(os.path.join(folder, "accuracy-smollm2-grid-*.json")))
+    speeds = sorted(glob.glob(os.path.join(folder, "speed", "*.json")))
+    if not grids and not speeds:
+        return ["No GPU plan has run yet: the tables appear here when its results are copied in."]
+    card = os.path.join(folder, "card.txt")
+    parts = [f"On {open(card).read().strip()}:"] if os.path.exists(card) else []
+    parts += [gpu_table(p) for p in speeds]
+    for p in grids:
+        parts += [smollm2_grid_table(p), "Against the targets:\n\n" + grid_targets(p)]
+    return parts
 
 
 def support_table(path):
@@ -415,6 +445,7 @@ def main():
             "accuracy": [accuracy_table(p) for p in minilm],
             "speed": [speed_table(os.path.join(results, "speed.json"))],
             "gpu": [gpu_table(p) for p in sorted(glob.glob(os.path.join(results, "gpu*.json")))],
+            "gpu-plan": gpu_plan(os.path.join(results, "gpu-grid")),
         },
     )
     smollm2_figure(grid, os.path.join(results, "accuracy-smollm2-grid.png"))

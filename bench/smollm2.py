@@ -17,7 +17,8 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FOLDER = os.path.join(ROOT, ".cache", "smollm2-135m")
+# The model folder; SMOLLM2_DIR puts it elsewhere (bench/gpu_grid.sh builds one on the GPU machine).
+FOLDER = os.environ.get("SMOLLM2_DIR", os.path.join(ROOT, ".cache", "smollm2-135m"))
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SPECIAL = ("<|im_start|>", "<|im_end|>", "<|im_end|>")  # bos, eos, pad
 
