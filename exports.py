@@ -212,6 +212,14 @@ def adapterhub_config(variant, reduction_factor, ln_before=False):
     }
 
 
+def class_name(model):
+    """The model's class name; FSDP2 gives a sharded model a class of its own, FSDP<name>, that
+    derives from it."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule)).__name__
+
+
 def adapterhub(path, trained, head, model, variant, m, base_model, name="glue"):
     """`trained` the trained tensors (ours: LAYERS.i.PLACE.adapter.down.weight ...), `model` the
     transformers model (its type, sizes and labels). Returns how many tensors went to
@@ -243,7 +251,7 @@ def adapterhub(path, trained, head, model, variant, m, base_model, name="glue"):
     d = model.config.hidden_size
     about = {
         "hidden_size": d,
-        "model_class": type(model).__name__,
+        "model_class": class_name(model),
         "model_name": base_model,
         "model_type": model.config.model_type,
         "version": "adapters.1.3.0",

@@ -80,7 +80,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from transformers import get_scheduler
 
-from common.checkpoint import gathered, trainable_names
+from common.checkpoint import gathered, trainable_names, unsharded
 from common.data import make_dataloaders, pack_left, positions
 from common.errors import run_main, usage_errors
 from common.model import (
@@ -399,8 +399,10 @@ def main(argv=None):
         model, optimizer, train_loader, scheduler, *eval_loaders.values()
     )
     run.begin(model, dict(zip(eval_loaders, loaders)), names)  # a resume restores the states
-    if accelerator.unwrap_model(model).cache:  # r of every training row, once
-        accelerator.unwrap_model(model).cache_states(train_loader, accelerator.gather)
+    plain = accelerator.unwrap_model(model)
+    if plain.cache:  # r of every training row, once (FSDP2: outside a forward, made whole)
+        with unsharded(plain):
+            plain.cache_states(train_loader, accelerator.gather)
 
     # Every epoch, less the batches a resumed run did, until the last step or early stopping.
     for batch in run.batches(train_loader, keep_idx=True):  # idx: the key to each row's r

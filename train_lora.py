@@ -70,7 +70,7 @@ from transformers import get_scheduler
 from transformers.pytorch_utils import Conv1D
 
 import exports
-from common.checkpoint import gathered, trainable_names
+from common.checkpoint import full, gathered, trainable_names
 from common.data import make_dataloaders
 from common.errors import run_main, usage_errors
 from common.model import (
@@ -140,10 +140,11 @@ class LoRALinear(nn.Module):
         # adapted columns').
         return y.index_add(-1, self.columns, torch.cat(updates, -1))
 
-    def add_delta(self, weight, sign=1):
-        """Add sign * (alpha / r) B A, per slice, to a full weight in the base layer's layout."""
-        for s, A, B in zip(self.slices, self.lora_A, self.lora_B):
-            delta = (B.to(weight) @ A.to(weight)) * (sign * self.scale)  # [part, d_in]
+    def add_delta(self, weight, lora_A, lora_B):
+        """Add (alpha / r) B A, per slice, to a full weight in the base layer's layout; lora_A and
+        lora_B: this layer's pairs, whole."""
+        for s, A, B in zip(self.slices, lora_A, lora_B):
+            delta = (B.to(weight) @ A.to(weight)) * self.scale  # [part, d_in]
             rows = slice(s * self.part, (s + 1) * self.part)
             (weight[:, rows] if self.conv1d else weight[rows]).add_(
                 delta.t() if self.conv1d else delta
@@ -218,8 +219,8 @@ def add_method(
 
 def merged_state(accelerator, model):
     """The weights of a plain transformers model with every update folded into its base weight (no
-    LoRA left), on the main process ({} on the others). Every rank calls this: under ZeRO-3 each
-    weight is gathered in turn with its pair (a collective, one weight in memory at a time)."""
+    LoRA left), on the main process ({} on the others). Every rank calls this: under ZeRO-3 and
+    FSDP2 each weight is gathered in turn with its pair (a collective, one weight at a time)."""
     plain = accelerator.unwrap_model(model, keep_torch_compile=False)
     lora = {
         f"{n}.base_layer.weight": m for n, m in plain.named_modules() if isinstance(m, LoRALinear)
@@ -230,10 +231,10 @@ def merged_state(accelerator, model):
             continue
         m = lora.get(name)
         with gathered([param, *m.lora_A, *m.lora_B] if m else [param]):
+            weight = full(param).detach().float().clone()
+            if m is not None:
+                m.add_delta(weight, [full(A) for A in m.lora_A], [full(B) for B in m.lora_B])
             if accelerator.is_main_process:
-                weight = param.detach().float().clone()
-                if m is not None:
-                    m.add_delta(weight)
                 state[name.replace(".base_layer.", ".")] = weight.to(param.dtype).cpu()
     return state
 

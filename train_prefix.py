@@ -77,7 +77,7 @@ from torch import nn
 from transformers import DynamicCache, get_scheduler
 
 import exports
-from common.checkpoint import atomic_save_tensors, gathered, trainable_names
+from common.checkpoint import atomic_save_tensors, gathered, trainable_names, unsharded
 from common.data import make_dataloaders
 from common.errors import run_main, usage_errors
 from common.model import (
@@ -229,9 +229,9 @@ def add_method(
 
 def computed_pairs(accelerator, model):
     """What inference needs: the pairs the prefix computes, (layers, 2, heads, p, head_dim), on the
-    CPU (gathered under ZeRO-3: every rank calls this)."""
+    CPU (gathered under ZeRO-3 and FSDP2: every rank calls this)."""
     plain = accelerator.unwrap_model(model, keep_torch_compile=False)
-    with torch.no_grad(), gathered(split_params(plain, plain.model)[0]):
+    with torch.no_grad(), gathered(split_params(plain, plain.model)[0]), unsharded(plain):
         return plain.prefix().detach().cpu().clone()
 
 

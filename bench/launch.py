@@ -30,6 +30,15 @@ CONFIGS = {
         "--num_processes",
         "2",
     ],
+    "fsdp": ["--config_file", "accelerate_configs/fsdp.yaml", "--num_processes", "2"],
+    "fsdp_bf16": [
+        "--config_file",
+        "accelerate_configs/fsdp.yaml",
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "bf16",
+    ],
     "fp16": [
         "--config_file",
         "accelerate_configs/fp16.yaml",
@@ -67,7 +76,7 @@ def launch(script, config, args, timeout=900, cwd=ROOT):
             str(free_port()),
             script,
         ]
-    # PYTHONPATH: helper programs outside the root (tests/launch/zero3_probe.py) import common/ too.
+    # PYTHONPATH: helper programs outside the root (tests/launch/shard_probe.py) import common/ too.
     path = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
     env = dict(
         os.environ,

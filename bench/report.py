@@ -109,6 +109,28 @@ def speed_table(path):
     return "\n".join(lines)
 
 
+def sharding_table(path):
+    """bench/sharding.py's FSDP2 against ZeRO-3, as ratios."""
+    r = json.load(open(path))
+    lines = [
+        f"CPU, {r['processes']} processes over gloo, {r['model']}, batch {r['batch_per_process']} a "
+        f"process, max {r['max_length']} tokens, {r['steps']} steps a run, median of "
+        f"{r['rounds']} interleaved rounds (`python bench/sharding.py`, "
+        f"`{os.path.relpath(path, ROOT)}`):",
+        "",
+        "| script | step time, FSDP2 / ZeRO-3 | peak memory a process, FSDP2 / ZeRO-3 "
+        "| ZeRO-3: s/step, MiB |",
+        "|---|---|---|---|",
+    ]
+    for x in r["rows"]:
+        lines.append(
+            f"| `train_{x['method']}.py` | {x['step_time_ratio']:.2f} | "
+            f"{x['peak_memory_ratio']:.2f} | {x['zero3_step_s']:.2f}, "
+            f"{x['zero3_peak_rss_mib']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def accuracy_table(path):
     r = json.load(open(path))
     b = {t: r["budget"][t] for t in r["summary"]}
@@ -322,7 +344,9 @@ def support_table(path):
     r = json.load(open(path))
     return (
         f"{r['model']}; every cell run by `bench/support.py` and by `tests/launch/test_matrix.py` "
-        f"(`{os.path.relpath(path, ROOT)}`). O: trains on every process and saves; X: fails (reason "
+        "(the FSDP2 cells by `tests/launch/test_fsdp.py`, which also resumes each bitwise and "
+        f"reloads its folder) (`{os.path.relpath(path, ROOT)}`). O: trains on every process and "
+        "saves; X: fails (reason "
         "below); O*: fp16 is a GPU setting: on CPU accelerate runs the fp16 yaml in fp32, so the launch path "
         "is tested, not fp16 numerics.\n\n" + table(r["cells"])
     )
@@ -450,7 +474,13 @@ def main():
     )
     smollm2_figure(grid, os.path.join(results, "accuracy-smollm2-grid.png"))
     support = os.path.join(results, "support.json")
-    rewrite(os.path.join(ROOT, "docs", "distributed.md"), {"support": [support_table(support)]})
+    rewrite(
+        os.path.join(ROOT, "docs", "distributed.md"),
+        {
+            "support": [support_table(support)],
+            "sharding": [sharding_table(os.path.join(results, "sharding.json"))],
+        },
+    )
 
 
 if __name__ == "__main__":

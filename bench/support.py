@@ -69,16 +69,18 @@ COLUMNS = {
     "zero3": "ZeRO-3",
     "zero3_bf16": "ZeRO-3 + bf16",
     "zero3_offload": "ZeRO-3 offload",
+    "fsdp": "FSDP2",
+    "fsdp_bf16": "FSDP2 + bf16",
 }
 GPU_ONLY = {
     "fp16"
 }  # on CPU accelerate runs the fp16 yaml in fp32: the launch path is tested, not fp16 numerics
 TRAIN_ROWS, BATCH = 64, 8
-MODEL = f"tiny random GPT-2 (tests/tiny.py), SST-2 fixture (tests/data/glue) {TRAIN_ROWS} rows, batch {BATCH}, 1 epoch"
+MODEL = f"tiny random GPT-2 (bench/tiny.py), SST-2 fixture (tests/data/glue) {TRAIN_ROWS} rows, batch {BATCH}, 1 epoch"
 
 
-def run_cell(row, config, model_dir, glue_dir, out_dir):
-    """One cell: {"ok": True, "steps": N} or {"ok": False, "error": "..."}."""
+def run_cell(row, config, model_dir, glue_dir, out_dir, extra=()):
+    """One cell: {"ok": True, "steps": N} or {"ok": False, "error": "..."}. `extra`: more flags."""
     from safetensors.torch import load_file
 
     script, _, flags = ROWS[row]
@@ -103,6 +105,7 @@ def run_cell(row, config, model_dir, glue_dir, out_dir):
             "--per_device_train_batch_size",
             str(BATCH),
             *[f.replace("{model}", model_dir) for f in flags],
+            *extra,
         ],
     )
     if proc.returncode != 0:

@@ -1,4 +1,4 @@
-"""Trainable weights (gathered under ZeRO-3) and resumable checkpoints.
+"""Trainable weights (gathered under ZeRO-3 and FSDP2) and resumable checkpoints.
 
 A checkpoint is complete or absent: every rank writes into a temporary folder, and only when all
 are done does the main process list the files with their sizes and rename the folder into place;
@@ -35,16 +35,51 @@ def gathered(params):
     return contextlib.nullcontext()
 
 
+def full(param):
+    """A parameter whole: FSDP2 keeps a shard on each rank (a DTensor) and gathers it here, a
+    collective that every rank calls; any other parameter is returned as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return param.full_tensor() if isinstance(param, DTensor) else param
+
+
+def local_part(param):
+    """This rank's part of a parameter: its ZeRO-3 partition, its FSDP2 shard, or all of it."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(param, DTensor):
+        return param.to_local()
+    return getattr(param, "ds_tensor", param)
+
+
+@contextlib.contextmanager
+def unsharded(module):
+    """Context in which an FSDP2-sharded module's own parameters (not those of its sharded
+    blocks, which gather themselves when called) are whole on every rank (a collective), to call
+    it outside the model's forward; for any other module it does nothing."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(module, FSDPModule):
+        yield
+        return
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
+
+
 def gather_tensors(accelerator, model, names):
     """{name: tensor on the CPU} of the parameters named in `names`, on the main process ({} on
-    the others). Every rank must call this (under ZeRO-3 the gather is a collective); one tensor
-    is gathered at a time, so a full fine-tune never holds two copies of the model."""
+    the others). Every rank must call this (under ZeRO-3 and FSDP2 the gather is a collective);
+    one tensor is gathered at a time, so a full fine-tune never holds two copies of the model."""
     params = dict(accelerator.unwrap_model(model, keep_torch_compile=False).named_parameters())
     state = {}
     for name in names:
         with gathered([params[name]]):
+            whole = full(params[name])
             if accelerator.is_main_process:
-                state[name] = params[name].detach().cpu().clone().contiguous()
+                state[name] = whole.detach().cpu().clone().contiguous()
     return state
 
 

@@ -32,6 +32,7 @@ from common.checkpoint import (
     atomic_save_tensors,
     find_checkpoint,
     load_checkpoint,
+    local_part,
     save_checkpoint,
     save_trainable,
 )
@@ -92,9 +93,10 @@ def make_accelerator(
         os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = shipped
     no_device = not torch.accelerator.is_available()
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") == "true"
-    return Accelerator(
-        cpu=no_device
-        and not deepspeed,  # multi-GPU yaml on CPU: real DDP over gloo, not two lone runs
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false") == "true"
+    accelerator = Accelerator(
+        # A multi-GPU yaml on CPU: real DDP over gloo, not two lone runs.
+        cpu=no_device and not deepspeed,
         log_with=report_to if with_tracking else None,
         project_dir=output_dir,
         # Run.batches calls set_epoch(epoch): with a seedable sampler that reshuffles, in the same
@@ -106,6 +108,25 @@ def make_accelerator(
         dynamo_backend="inductor" if torch_compile else "no",  # prepare() compiles the model
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if no_device and deepspeed else [],
     )
+    if no_device and fsdp:
+        cpu_fsdp(accelerator)
+    return accelerator
+
+
+def cpu_fsdp(accelerator):
+    """FSDP on a machine without GPUs, for the tests: accelerate 1.15 sets FSDP up only on an
+    accelerator device (on a CPU an FSDP yaml gives DDP over gloo), while torch's FSDP2 shards over
+    gloo. So the gloo state becomes an FSDP one, with the launcher's settings; prepare() then
+    shards the model with fully_shard as on GPUs. Nothing changes on a GPU machine."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables accelerate launch sets
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    AcceleratorState._shared_state["distributed_type"] = DistributedType.FSDP
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
 
 
 def identity(flags, method, accelerator):
@@ -325,17 +346,17 @@ class Run:
 
     def state_dict(self):
         """What a checkpoint stores beside the model, optimizer, scheduler and RNG states (every
-        rank calls it: the loss since the last evaluation is averaged over the ranks, a
-        collective)."""
+        rank calls it: the running losses are gathered, one value a rank, a collective; a resume
+        has the same ranks, each takes its own back, and the logged means are bitwise the same)."""
         return {
             "step": self.step,
             "log_history": self.log_history,
             "best_metrics": self.best,
             "evals_without_gain": self.evals_without_gain,
             "stopped_early_at_step": self.stopped_early_at,
-            "loss_sum": self.accelerator.reduce(self.loss_sum, "mean").item(),
+            "loss_sum": self.accelerator.gather(self.loss_sum[None]).tolist(),
             "loss_count": self.loss_count,
-            "window_sum": self.accelerator.reduce(self.window_sum, "mean").item(),
+            "window_sum": self.accelerator.gather(self.window_sum[None]).tolist(),
             "window_count": self.window_count,
             "identity": self.identity,
             "run_id": self.run_id,
@@ -347,9 +368,10 @@ class Run:
         self.best = state["best_metrics"]
         self.evals_without_gain = state["evals_without_gain"]
         self.stopped_early_at = state["stopped_early_at_step"]
-        self.loss_sum = torch.tensor(state["loss_sum"], device=self.accelerator.device)
+        rank = self.accelerator.process_index
+        self.loss_sum = torch.tensor(state["loss_sum"][rank], device=self.accelerator.device)
         self.loss_count = state["loss_count"]
-        self.window_sum = torch.tensor(state["window_sum"], device=self.accelerator.device)
+        self.window_sum = torch.tensor(state["window_sum"][rank], device=self.accelerator.device)
         self.window_count = state["window_count"]
 
     def begin(self, model, eval_loaders, names):
@@ -395,8 +417,7 @@ class Run:
         total = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
         for p in self.accelerator.unwrap_model(self.model).parameters():
             if p.requires_grad:
-                part = getattr(p, "ds_tensor", p)  # ZeRO-3: this rank's partition
-                total += part.detach().double().pow(2).sum()
+                total += local_part(p).detach().double().pow(2).sum()
         return self.accelerator.reduce(total, "sum").item()
 
     def log(self, values):

@@ -116,10 +116,12 @@ def with_batch(model, batch):
         return model.eval()(**batch).logits
 
 
-SINGLE_AND_ZERO3 = ["single", pytest.param("zero3", marks=pytest.mark.slow)]
+SINGLE_AND_SHARDED = ["single"] + [
+    pytest.param(c, marks=pytest.mark.slow) for c in ("zero3", "fsdp")
+]
 
 
-@pytest.mark.parametrize("config", SINGLE_AND_ZERO3)
+@pytest.mark.parametrize("config", SINGLE_AND_SHARDED)
 def test_prompt_tuning_loads_in_peft(config, tiny_gpt2, glue_dir, tmp_path):
     from peft import PeftModel
 
@@ -135,7 +137,7 @@ def test_prompt_tuning_loads_in_peft(config, tiny_gpt2, glue_dir, tmp_path):
     ).abs().max() > 1e-4  # the prompt and the head are used
 
 
-@pytest.mark.parametrize("config", SINGLE_AND_ZERO3)
+@pytest.mark.parametrize("config", SINGLE_AND_SHARDED)
 def test_prefix_tuning_loads_in_peft_0_17(config, tiny_gpt2, glue_dir, tmp_path):
     out = tmp_path / "out"
     train(
@@ -169,8 +171,9 @@ ADAPTERS = (
     ]
     + [(kind, "pfeiffer", "frozen", "single") for kind in ("gpt2", "bert")]
     + [
-        pytest.param("gpt2", variant, "frozen", "zero3", marks=pytest.mark.slow)
+        pytest.param("gpt2", variant, "frozen", config, marks=pytest.mark.slow)
         for variant in ("houlsby", "pfeiffer")
+        for config in ("zero3", "fsdp")
     ]
 )
 
@@ -226,7 +229,7 @@ def label_of_a_sentence(folder):
     return classify("a charming film , truly charming")[0]["label"]
 
 
-@pytest.mark.parametrize("config", SINGLE_AND_ZERO3)
+@pytest.mark.parametrize("config", SINGLE_AND_SHARDED)
 def test_full_fine_tuning_writes_a_model_folder(config, tiny_gpt2, glue_dir, tmp_path):
     out = tmp_path / "out"
     train("train_full.py", config, tiny_gpt2, glue_dir, out)

@@ -186,7 +186,7 @@ def check_lora_run(out, tiny_gpt2, glue_dir, atol, merged=None):
             if name.endswith("c_attn.weight"):
                 layer = model.get_submodule(name[: -len(".weight")])
                 w = w.clone()
-                layer.add_delta(w)
+                layer.add_delta(w, layer.lora_A, layer.lora_B)
             torch.testing.assert_close(merged_w[name], w, atol=1e-6, rtol=0)
 
 
@@ -199,10 +199,10 @@ def test_train_lora_in_process(tiny_gpt2, glue_dir, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "config", matrix(["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16"])
+    "config", matrix(["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16", "fsdp"])
 )
 def test_train_lora_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
-    merge = config in ("single", "zero3")
+    merge = config in ("single", "zero3", "fsdp")
     extra = ["--merge_and_save", str(tmp_path / "merged")] if merge else []
     check_ok(
         launch(

@@ -1,0 +1,43 @@
+"""Every script and variant of the support table under FSDP2 (accelerate_configs/fsdp.yaml), in
+fp32 and bf16, on 2 CPU processes: the cell trains as bench/results/support.json records, saves
+only the trainable weights, whole; a run resumed from its middle checkpoint ends bitwise equal;
+and exports.load_trained rebuilds the model from the folder alone, to the run's eval logits."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bench.support import ROWS, run_cell
+from tests.helpers import check_load_trained, results
+from tests.launch.test_matrix import recorded
+
+CELLS = [(row, config) for row in ROWS for config in ("fsdp", "fsdp_bf16")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row,config", CELLS)
+def test_fsdp_cell_trains_resumes_bitwise_and_reloads(row, config, tiny_gpt2, glue_dir, tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    saving = ["--checkpointing_steps", "1"]
+    outcome = run_cell(row, config, tiny_gpt2, glue_dir, str(whole), saving)
+    assert outcome == {"ok": True, "steps": 4}, outcome  # 64 rows, batch 8, 2 processes
+    assert recorded()[f"{row}/{config}"]["ok"], "rerun python bench/support.py"
+    middle = str(whole / "checkpoints" / "step_2")
+    again = run_cell(
+        row,
+        config,
+        tiny_gpt2,
+        glue_dir,
+        str(resumed),
+        [*saving, "--resume_from_checkpoint", middle],
+    )
+    assert again == outcome, again
+    a, b = results(whole), results(resumed)
+    assert a["log_history"] == b["log_history"] and a["metrics"] == b["metrics"]
+    wa, wb = (
+        load_file(whole / "trainable.safetensors"),
+        load_file(resumed / "trainable.safetensors"),
+    )
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert sum(t.numel() for t in wa.values()) == a["trainable_params"]  # whole, and nothing else
+    check_load_trained(whole, tiny_gpt2, glue_dir, 5e-2 if "bf16" in config else 1e-5)
