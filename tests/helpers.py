@@ -72,6 +72,16 @@ def results(output_dir):
         return json.load(f)
 
 
+def check_same_run(whole, resumed):
+    """Two runs ended bitwise the same: log, final metrics and trainable weights."""
+    a, b = results(whole), results(resumed)
+    assert a["log_history"] == b["log_history"] and a["metrics"] == b["metrics"]
+    wa = load_file(os.path.join(whole, "trainable.safetensors"))
+    wb = load_file(os.path.join(resumed, "trainable.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    return a, wa
+
+
 def eval_batches(model_dir, glue_dir, task, max_eval_samples, max_length=128, batch_size=16):
     """The eval split as the scripts see it, batched for a plain model."""
     from transformers import AutoTokenizer

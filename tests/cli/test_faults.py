@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from common.outputs import atomic_write_json, finite, steps
-from tests.helpers import ROOT, cli, evaluations, launch, results, run_in_process
+from tests.helpers import ROOT, check_same_run, cli, evaluations, launch, results, run_in_process
 
 
 def args_for(tiny_gpt2, data, out, *switches, **flags):
@@ -561,13 +561,7 @@ def test_resume_is_bitwise_equal_for_every_script(script, tiny_gpt2, glue_dir, t
             whole / "checkpoints" / "step_3",
         ),
     )
-    a, b = results(whole), results(resumed)
-    assert a["log_history"] == b["log_history"] and a["metrics"] == b["metrics"]
-    wa, wb = (
-        load_file(whole / "trainable.safetensors"),
-        load_file(resumed / "trainable.safetensors"),
-    )
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    check_same_run(whole, resumed)
 
 
 @pytest.mark.slow  # three fresh processes, about 30 s; the in-process resume test above runs by default
@@ -1128,10 +1122,4 @@ def test_two_processes_resume_bitwise_from_a_middle_checkpoint(
             ),
         )
     )
-    a, b = results(whole), results(resumed)
-    assert a["log_history"] == b["log_history"] and a["metrics"] == b["metrics"]
-    wa, wb = (
-        load_file(whole / "trainable.safetensors"),
-        load_file(resumed / "trainable.safetensors"),
-    )
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    check_same_run(whole, resumed)

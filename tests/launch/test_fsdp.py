@@ -4,11 +4,9 @@ only the trainable weights, whole; a run resumed from its middle checkpoint ends
 and exports.load_trained rebuilds the model from the folder alone, to the run's eval logits."""
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from bench.support import ROWS, run_cell
-from tests.helpers import check_load_trained, results
+from tests.helpers import check_load_trained, check_same_run
 from tests.launch.test_matrix import recorded
 
 CELLS = [(row, config) for row in ROWS for config in ("fsdp", "fsdp_bf16")]
@@ -32,12 +30,8 @@ def test_fsdp_cell_trains_resumes_bitwise_and_reloads(row, config, tiny_gpt2, gl
         [*saving, "--resume_from_checkpoint", middle],
     )
     assert again == outcome, again
-    a, b = results(whole), results(resumed)
-    assert a["log_history"] == b["log_history"] and a["metrics"] == b["metrics"]
-    wa, wb = (
-        load_file(whole / "trainable.safetensors"),
-        load_file(resumed / "trainable.safetensors"),
-    )
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert sum(t.numel() for t in wa.values()) == a["trainable_params"]  # whole, and nothing else
+    a, saved = check_same_run(whole, resumed)
+    assert (
+        sum(t.numel() for t in saved.values()) == a["trainable_params"]
+    )  # whole, and nothing else
     check_load_trained(whole, tiny_gpt2, glue_dir, 5e-2 if "bf16" in config else 1e-5)
