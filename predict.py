@@ -3,13 +3,26 @@
     python predict.py runs/lora-sst2 "a charming film" "a dull, tired film"
     python predict.py runs/lora-rte "A man is sleeping. ||| Nobody sleeps."   # a pair: ' ||| '
 
-Any script's run, any variant: the model is rebuilt from OUTPUT_DIR/args.json by the run's own
-script and loaded with its trained weights (exports.load_trained). Prints one line a sentence:
-the label, its probability (STS-B: the score), the text.
+Any script's run, any variant: the model is rebuilt from OUTPUT_DIR/args.json with the run's own script's
+add_method and loaded with its trained weights (load_run). Prints one line a sentence: the label, its probability
+(STS-B: the score), the text.
 """
 
 import argparse
+import importlib
+import os
 import sys
+
+
+def load_run(output_dir, best=False):
+    """(tokenizer, model) of a finished run of any script, in eval mode on the CPU (common.models.load_trained, given
+    the add_method of the script that trained it)."""
+    from common.models import load_trained
+    from common.outputs import read_json
+
+    method = read_json(os.path.join(output_dir, "args.json"))["method"]
+    script = importlib.import_module(f"train_{method}")
+    return load_trained(output_dir, script.add_method, best)
 
 
 def main(argv=None):
@@ -21,15 +34,14 @@ def main(argv=None):
 
     import torch
 
-    import exports
     from common.data import Collator
-    from common.model import takes_position_ids
+    from common.models import takes_position_ids
     from common.outputs import read_json
     from common.tasks import TASKS
 
     flags = read_json(f"{args.output_dir}/args.json")
     task = TASKS[flags["task"]]
-    tokenizer, model = exports.load_trained(args.output_dir, best=args.best)
+    tokenizer, model = load_run(args.output_dir, best=args.best)
     rows = []
     for i, text in enumerate(args.texts):
         parts = [t.strip() for t in text.split("|||")]

@@ -1,23 +1,22 @@
 """Full fine-tuning of a sequence classifier on a GLUE task: the baseline of every PEFT script.
 
-Every weight of the pretrained model is trained, with a classification head on top
-(GPT-2 pools the hidden state of the last real token of each row). It is the most accurate
-and the most expensive method: the optimizer keeps two fp32 moments for each weight, and a
-checkpoint is the whole model. The PEFT scripts share this loop and change what is trained.
+Every weight of the pretrained model is trained, with a classification head on top (GPT-2 pools the hidden state of
+the last real token of each row). It is the most accurate and the most expensive method: the optimizer keeps two
+fp32 moments for each weight, and a checkpoint is the whole model. The PEFT scripts share this loop and change what
+is trained.
 
     python train_full.py --task rte                                   # one process
     accelerate launch --config_file accelerate_configs/ddp.yaml train_full.py --task rte
-    accelerate launch --config_file accelerate_configs/zero3.yaml train_full.py --task rte \
+    accelerate launch --config_file accelerate_configs/zero3.yaml train_full.py --task rte \\
         --model_name_or_path gpt2-xl
 
-Outputs in --output_dir: results.json (final and best metrics, parameter counts, speed),
-model/ (a standard transformers folder: from_pretrained, pipeline), trainable.safetensors (here:
-every weight), best/trainable.safetensors, args.json, and checkpoints/step_N when
---checkpointing_steps is set.
+Outputs in --output_dir: results.json (final and best metrics, parameter counts, speed), model/ (a standard
+transformers folder: from_pretrained, pipeline), trainable.safetensors (here: every weight),
+best/trainable.safetensors, args.json, and checkpoints/step_N when --checkpointing_steps is set.
 """
 
 from common.args import base_parser, check_args
-from common.errors import check_early
+from common.errors import parse_command_line
 
 
 def parse_args(argv=None):
@@ -27,65 +26,151 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    check_early(parse_args)  # --help and bad flags answer before the imports below take seconds
+    args = parse_command_line(parse_args)  # --help and bad flags answer before the imports below take seconds
 
-import os
+import math
+import time
 
 from accelerate.utils import set_seed
+from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-import exports
-from common.checkpoint import trainable_names
-from common.data import make_dataloaders
-from common.errors import run_main
-from common.model import adamw, load_model, optimizer_groups, takes_position_ids
-from common.run import Run, make_accelerator
+from common import checkpoint, data, evaluation, loop, models, results
+from common.errors import run_main, stop_on_signals
 
 
-def add_method(model, tokenizer, **_):
-    """Full fine-tuning adds nothing: every parameter trains (for exports.load_trained)."""
+def add_method(model, tokenizer):
+    """Full fine-tuning adds nothing: every parameter trains (predict.py rebuilds a run with this)."""
     return model
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    accelerator = make_accelerator(**vars(args))
-    run = Run(accelerator, "full", outputs=["model"], **vars(args))  # owns OUTPUT_DIR
+def main(args):
+    accelerator = loop.make_accelerator(args.output_dir, args.with_tracking, args.report_to, args.torch_compile)
+    state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
+        accelerator,
+        "full",
+        vars(args),
+        output_dir=args.output_dir,
+        outputs=["model"],
+        overwrite=args.overwrite_output_dir,
+        resume=args.resume_from_checkpoint,
+        predict=args.do_predict,
+        tracking=args.with_tracking,
+    )
+    stop_on_signals(state.note)  # Ctrl-C and SIGTERM say where the last checkpoint is
     set_seed(args.seed)
-    tokenizer, model = load_model(**vars(args))
+    tokenizer, model = models.load_model(
+        args.model_name_or_path, args.task, args.max_length, ignore_mismatched_sizes=args.ignore_mismatched_sizes
+    )
 
     # The method: nothing to add. Every parameter trains and is saved.
-    names = trainable_names(model)
+    names = checkpoint.trainable_names(model)
+    accelerator.print(models.describe(model))
 
-    positions = takes_position_ids(model)
-    train_loader, eval_loaders = make_dataloaders(accelerator, tokenizer, positions, **vars(args))
-    optimizer = adamw(optimizer_groups(model.parameters(), args.weight_decay), **vars(args))
-    max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
+    train_loader, eval_loaders = data.make_dataloaders(
+        accelerator,
+        tokenizer,
+        models.takes_position_ids(model),
+        task=args.task,
+        data_dir=args.data_dir,
+        max_length=args.max_length,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        seed=args.seed,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+        validation_size=args.validation_size,
+        validation_dev_half=args.validation_dev_half,
+        group_by_length=args.group_by_length,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+        do_predict=args.do_predict,
+    )
+    groups = models.optimizer_groups(model.parameters(), args.weight_decay)
+    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon)
+    state.steps_per_epoch, state.max_steps = loop.count_steps(
+        len(train_loader), accelerator, args.num_train_epochs, args.max_train_steps
+    )
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, state.max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values()
     )
-    run.begin(model, dict(zip(eval_loaders, loaders)), names)  # a resume restores the states
+    eval_loaders = dict(zip(eval_loaders, loaders))
+    if state.resume_from:  # the model, optimizer, scheduler, random states and the loop's state
+        checkpoint.load_checkpoint(accelerator, state, loop.best_path(args.output_dir))
 
-    # Every epoch, less the batches a resumed run did, until the last step or early stopping.
-    for batch in run.batches(train_loader):
-        with accelerator.accumulate(model):  # the gradients sync, and the optimizer steps, every N
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            optimizer.step()
-            if accelerator.sync_gradients:  # one scheduler step per optimizer step
-                scheduler.step()
-            optimizer.zero_grad()
-        run.after_batch(loss)  # count the loss; after a step: log, evaluate, save when due
-
-    trained = run.finish()  # the final metrics, trainable.safetensors (every weight), predictions
+    start_size = results.weights_size(accelerator, model)  # did the weights move? (results.json says)
+    metrics, logits, runtime = train(
+        args, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names
+    )
+    trained = checkpoint.save_trainable(accelerator, model, names, f"{args.output_dir}/trainable.safetensors")
+    if args.do_predict:  # GLUE submission files for the test split
+        evaluation.write_predictions(model, eval_loaders, accelerator, args.task, args.output_dir)
     if accelerator.is_main_process:  # OUTPUT_DIR/model: a standard transformers folder
         config = accelerator.unwrap_model(model).config
-        exports.transformers_folder(
-            os.path.join(args.output_dir, "model"), trained, config, tokenizer
-        )
-    run.close()  # results.json
+        checkpoint.transformers_folder(f"{args.output_dir}/model", trained, config, tokenizer)
+    results.write_results(
+        accelerator,
+        state,
+        model,
+        args.output_dir,
+        method="full",
+        task=args.task,
+        model_name=args.model_name_or_path,
+        metrics=metrics,
+        logits=logits,
+        eval_loaders=eval_loaders,
+        start_size=start_size,
+        runtime=runtime,
+        learning_rates={"learning_rate": args.learning_rate},
+    )
+
+
+def train(args, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names):
+    """The loop: every epoch, less what a resumed run did, until the last step or early stopping. Returns the last
+    evaluation (metrics, logits) and the seconds spent training. `names`: the trainable weights, kept in best/."""
+    best = loop.best_path(args.output_dir)
+    select = evaluation.selected_metric(args.task, eval_loaders)  # the metric that picks best/ and stops early
+    eval_every = args.eval_steps or state.steps_per_epoch
+    bar = tqdm(total=state.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
+    started, metrics = time.perf_counter(), None
+    for epoch in range(state.step // state.steps_per_epoch, math.ceil(state.max_steps / state.steps_per_epoch)):
+        if state.finished:  # (a resumed run that had stopped)
+            break
+        model.train()
+        train_loader.set_epoch(epoch)  # a new shuffle, the same on every rank and after a resume
+        done = (state.step - epoch * state.steps_per_epoch) * accelerator.gradient_accumulation_steps
+        for batch in accelerator.skip_first_batches(train_loader, done) if done else train_loader:
+            batch.pop("idx")  # the rows' positions in their file: not an input of the model
+            with accelerator.accumulate(model):  # syncs the gradients and steps only every Nth batch
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                optimizer.step()  # (between those, accumulate makes this and zero_grad no-ops)
+                if accelerator.sync_gradients:
+                    scheduler.step()  # once per optimizer step
+                optimizer.zero_grad()
+            state.count(loss, batch["attention_mask"])
+            if not accelerator.sync_gradients:
+                continue  # the gradients accumulate: no optimizer step yet
+            state.step += 1
+            bar.update(1)
+            if state.step % args.logging_steps == 0:
+                loop.log_loss(accelerator, state, bar)
+            paused = time.perf_counter()  # evaluating and saving is not training time
+            if state.step % eval_every == 0 or state.step == state.max_steps:
+                metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, args.task)
+                if loop.log_evaluation(accelerator, state, metrics, select, bar):  # the best so far
+                    checkpoint.save_trainable(accelerator, model, names, best)
+                loop.stop_early(state, args.early_stopping_patience, select, bar)
+            if loop.checkpoint_due(state, args.checkpointing_steps):
+                state.last_saved = checkpoint.save_checkpoint(accelerator, args.output_dir, state, best)
+            state.aside += time.perf_counter() - paused
+            if state.finished:
+                break
+    bar.close()
+    if metrics is None:  # a resumed run that had no step left
+        metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, args.task)
+    return metrics, logits, time.perf_counter() - started - state.aside
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(args))

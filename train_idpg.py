@@ -32,7 +32,7 @@ encoder with dropout on while training (r changes every step): --encoder_dropout
 """
 
 from common.args import base_parser, check_args
-from common.errors import check_early, fail
+from common.errors import fail, parse_command_line
 
 
 def parse_args(argv=None):
@@ -53,9 +53,7 @@ def parse_args(argv=None):
     add("--phm_n", type=int, default=16, help="PHM: the number of Kronecker summands")
     add("--prompt_layers", choices=["input", "all"], default="input", help="all: M-IDPG")
     add("--no_cache", action="store_true", help="run the frozen encoder every step")
-    add(
-        "--encoder_dropout", action="store_true", help="the frozen encoder's dropout on in training"
-    )
+    add("--encoder_dropout", action="store_true", help="the frozen encoder's dropout on in training")
     add(
         "--prompt_learning_rate",
         type=float,
@@ -71,28 +69,22 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    check_early(parse_args)  # --help and bad flags answer before the imports below take seconds
+    args = parse_command_line(parse_args)  # --help and bad flags answer before the imports below take seconds
 
 import math
+import time
 
 import torch
 from accelerate.utils import set_seed
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from common.checkpoint import gathered, trainable_names, unsharded
-from common.data import make_dataloaders, pack_left, positions
-from common.errors import run_main, usage_errors
-from common.model import (
-    adamw,
-    freeze_backbone,
-    load_model,
-    optimizer_groups,
-    param_dtype,
-    run_with_prompt,
-    split_params,
-)
-from common.run import Run, make_accelerator
+from common import checkpoint, data, evaluation, loop, models, results
+from common.checkpoint import gathered, unsharded
+from common.data import pack_left, positions
+from common.errors import run_main, stop_on_signals, usage_errors
+from common.models import param_dtype, run_with_prompt
 
 
 def load_encoder(name, tokenizer):
@@ -219,7 +211,7 @@ class IDPG(nn.Module):
         init="prompt",
     ):
         super().__init__()
-        freeze_backbone(model)
+        models.freeze_backbone(model)
         if encoder is not None:
             encoder.requires_grad_(train_encoder)
         d_enc = (encoder or model).config.hidden_size
@@ -235,9 +227,7 @@ class IDPG(nn.Module):
         self.config = model.config  # DeepSpeed sizes its buckets from it
         self.encoder = encoder
         self.t = num_tokens
-        self.generator = make_generator(
-            d_enc, d, num_tokens, generator, hidden, phm_n, init == "prompt"
-        )
+        self.generator = make_generator(d_enc, d, num_tokens, generator, hidden, phm_n, init == "prompt")
         self.generator.to(dtype)
         if init == "prompt":
             start_as_prompt_tuning(self.generator, model, num_tokens)
@@ -324,16 +314,12 @@ class IDPG(nn.Module):
         idx=None,
     ):
         # (position_ids, if a collator made them, are made again: the prompt comes first)
-        input_ids, attention_mask, token_type_ids = pack_left(
-            input_ids, attention_mask, token_type_ids
-        )
+        input_ids, attention_mask, token_type_ids = pack_left(input_ids, attention_mask, token_type_ids)
         r = self.represent(input_ids, attention_mask, idx)
         prompt = self.generator(r.to(param_dtype(self.model))).view(len(input_ids), self.t, -1)
         self.prompting = True
         try:
-            return run_with_prompt(
-                self.model, prompt, input_ids, attention_mask, token_type_ids, labels
-            )
+            return run_with_prompt(self.model, prompt, input_ids, attention_mask, token_type_ids, labels)
         finally:
             self.prompting = False
 
@@ -341,7 +327,6 @@ class IDPG(nn.Module):
 def add_method(
     model,
     tokenizer,
-    *,
     encoder_name_or_path,
     num_virtual_tokens,
     generator,
@@ -353,10 +338,9 @@ def add_method(
     no_cache,
     prompt_layers,
     generator_init,
-    **_,
 ):
-    """IDPG on a loaded model as the flags of the same names ask (others are ignored: main and
-    exports.load_trained pass a run's flags), its encoder loaded."""
+    """IDPG on a loaded model as the flags of the same names ask (predict.py rebuilds a run with this), its encoder
+    loaded."""
     encoder = load_encoder(encoder_name_or_path, tokenizer)
     return IDPG(
         model,
@@ -374,50 +358,159 @@ def add_method(
     )
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    accelerator = make_accelerator(**vars(args))
-    run = Run(accelerator, "idpg", **vars(args))  # owns OUTPUT_DIR
+def main(args):
+    accelerator = loop.make_accelerator(args.output_dir, args.with_tracking, args.report_to, args.torch_compile)
+    state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
+        accelerator,
+        "idpg",
+        vars(args),
+        output_dir=args.output_dir,
+        outputs=[],
+        overwrite=args.overwrite_output_dir,
+        resume=args.resume_from_checkpoint,
+        predict=args.do_predict,
+        tracking=args.with_tracking,
+    )
+    stop_on_signals(state.note)  # Ctrl-C and SIGTERM say where the last checkpoint is
     set_seed(args.seed)
-    tokenizer, model = load_model(extra_positions=args.num_virtual_tokens, **vars(args))
+    tokenizer, model = models.load_model(
+        args.model_name_or_path,
+        args.task,
+        args.max_length,
+        extra_positions=args.num_virtual_tokens,
+        ignore_mismatched_sizes=args.ignore_mismatched_sizes,
+    )
 
     # The method: freeze the backbone, generate a prompt per input and put it before the embeddings.
     with usage_errors():  # an encoder that cannot serve, settings that do not fit: one line
-        model = add_method(model, tokenizer, **vars(args))
-    names = trainable_names(model)
+        model = add_method(
+            model,
+            tokenizer,
+            encoder_name_or_path=args.encoder_name_or_path,
+            num_virtual_tokens=args.num_virtual_tokens,
+            generator=args.generator,
+            generator_hidden=args.generator_hidden,
+            phm_n=args.phm_n,
+            prompt_only=args.prompt_only,
+            train_encoder=args.train_encoder,
+            encoder_dropout=args.encoder_dropout,
+            no_cache=args.no_cache,
+            prompt_layers=args.prompt_layers,
+            generator_init=args.generator_init,
+        )
+    names = checkpoint.trainable_names(model)
+    accelerator.print(models.describe(model))
 
-    train_loader, eval_loaders = make_dataloaders(accelerator, tokenizer, False, **vars(args))
-    generator, head = split_params(model, model.model)  # G (and PG's inputs, a trained encoder)
+    train_loader, eval_loaders = data.make_dataloaders(
+        accelerator,
+        tokenizer,
+        False,  # (the prompt comes first: the forward makes the positions)
+        task=args.task,
+        data_dir=args.data_dir,
+        max_length=args.max_length,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        seed=args.seed,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+        validation_size=args.validation_size,
+        validation_dev_half=args.validation_dev_half,
+        group_by_length=args.group_by_length,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+        do_predict=args.do_predict,
+    )
+    generator, head = models.split_params(model, model.model)  # G (and PG's inputs, a trained encoder), the head
     groups = [
-        *optimizer_groups(generator, args.weight_decay, lr=args.prompt_learning_rate),
-        *optimizer_groups(head, args.weight_decay),
+        *models.optimizer_groups(generator, args.weight_decay, lr=args.prompt_learning_rate),
+        *models.optimizer_groups(head, args.weight_decay),
     ]
-    optimizer = adamw(groups, **vars(args))
-    max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
+    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon)
+    state.steps_per_epoch, state.max_steps = loop.count_steps(
+        len(train_loader), accelerator, args.num_train_epochs, args.max_train_steps
+    )
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, state.max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values()
     )
-    run.begin(model, dict(zip(eval_loaders, loaders)), names)  # a resume restores the states
+    eval_loaders = dict(zip(eval_loaders, loaders))
+    if state.resume_from:  # the model, optimizer, scheduler, random states and the loop's state
+        checkpoint.load_checkpoint(accelerator, state, loop.best_path(args.output_dir))
+
     plain = accelerator.unwrap_model(model)
     if plain.cache:  # r of every training row, once (FSDP2: outside a forward, made whole)
         with unsharded(plain):
             plain.cache_states(train_loader, accelerator.gather)
 
-    # Every epoch, less the batches a resumed run did, until the last step or early stopping.
-    for batch in run.batches(train_loader, keep_idx=True):  # idx: the key to each row's r
-        with accelerator.accumulate(model):  # the gradients sync, and the optimizer steps, every N
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            optimizer.step()
-            if accelerator.sync_gradients:  # one scheduler step per optimizer step
-                scheduler.step()
-            optimizer.zero_grad()
-        run.after_batch(loss)  # count the loss; after a step: log, evaluate, save when due
+    start_size = results.weights_size(accelerator, model)  # did the weights move? (results.json says)
+    metrics, logits, runtime = train(
+        args, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names
+    )
+    checkpoint.save_trainable(accelerator, model, names, f"{args.output_dir}/trainable.safetensors")
+    if args.do_predict:  # GLUE submission files for the test split
+        evaluation.write_predictions(model, eval_loaders, accelerator, args.task, args.output_dir)
+    results.write_results(
+        accelerator,
+        state,
+        model,
+        args.output_dir,
+        method="idpg",
+        task=args.task,
+        model_name=args.model_name_or_path,
+        metrics=metrics,
+        logits=logits,
+        eval_loaders=eval_loaders,
+        start_size=start_size,
+        runtime=runtime,
+        learning_rates={"learning_rate": args.learning_rate, "prompt_learning_rate": args.prompt_learning_rate},
+    )
 
-    run.finish()  # the final metrics, trainable.safetensors, predictions
-    run.close()  # results.json
+
+def train(args, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names):
+    """The loop: every epoch, less what a resumed run did, until the last step or early stopping. Returns the last
+    evaluation (metrics, logits) and the seconds spent training. `names`: the trainable weights, kept in best/."""
+    best = loop.best_path(args.output_dir)
+    select = evaluation.selected_metric(args.task, eval_loaders)  # the metric that picks best/ and stops early
+    eval_every = args.eval_steps or state.steps_per_epoch
+    bar = tqdm(total=state.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
+    started, metrics = time.perf_counter(), None
+    for epoch in range(state.step // state.steps_per_epoch, math.ceil(state.max_steps / state.steps_per_epoch)):
+        if state.finished:  # (a resumed run that had stopped)
+            break
+        model.train()
+        train_loader.set_epoch(epoch)  # a new shuffle, the same on every rank and after a resume
+        done = (state.step - epoch * state.steps_per_epoch) * accelerator.gradient_accumulation_steps
+        for batch in accelerator.skip_first_batches(train_loader, done) if done else train_loader:
+            # (batch["idx"], the rows' positions in their file, stays: the key to each row's r in the cache)
+            with accelerator.accumulate(model):  # syncs the gradients and steps only every Nth batch
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                optimizer.step()  # (between those, accumulate makes this and zero_grad no-ops)
+                if accelerator.sync_gradients:
+                    scheduler.step()  # once per optimizer step
+                optimizer.zero_grad()
+            state.count(loss, batch["attention_mask"])
+            if not accelerator.sync_gradients:
+                continue  # the gradients accumulate: no optimizer step yet
+            state.step += 1
+            bar.update(1)
+            if state.step % args.logging_steps == 0:
+                loop.log_loss(accelerator, state, bar)
+            paused = time.perf_counter()  # evaluating and saving is not training time
+            if state.step % eval_every == 0 or state.step == state.max_steps:
+                metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, args.task)
+                if loop.log_evaluation(accelerator, state, metrics, select, bar):  # the best so far
+                    checkpoint.save_trainable(accelerator, model, names, best)
+                loop.stop_early(state, args.early_stopping_patience, select, bar)
+            if loop.checkpoint_due(state, args.checkpointing_steps):
+                state.last_saved = checkpoint.save_checkpoint(accelerator, args.output_dir, state, best)
+            state.aside += time.perf_counter() - paused
+            if state.finished:
+                break
+    bar.close()
+    if metrics is None:  # a resumed run that had no step left
+        metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, args.task)
+    return metrics, logits, time.perf_counter() - started - state.aside
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(args))

@@ -21,7 +21,7 @@ OUTPUT_DIR/peft/ loads with peft.PeftModel.from_pretrained.
 import os
 
 from common.args import base_parser, check_args
-from common.errors import check_early, fail
+from common.errors import fail, parse_command_line
 from common.outputs import in_checkpoint, same_path, writable
 
 
@@ -46,42 +46,31 @@ def parse_args(argv=None):
             "it; pass a new folder"
         )
     if target and in_checkpoint(target):
-        fail(
-            f"--merge_and_save {target} lies in a run's checkpoint folder; pass a folder of its own"
-        )
+        fail(f"--merge_and_save {target} lies in a run's checkpoint folder; pass a folder of its own")
     if target and writable(target):
-        fail(
-            f"cannot write to --merge_and_save {target} ({writable(target)}); pass a folder you "
-            "can write to"
-        )
+        fail(f"cannot write to --merge_and_save {target} ({writable(target)}); pass a folder you can write to")
     return args
 
 
 if __name__ == "__main__":
-    check_early(parse_args)  # --help and bad flags answer before the imports below take seconds
+    args = parse_command_line(parse_args)  # --help and bad flags answer before the imports below take seconds
 
+import json
 import math
+import time
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import get_scheduler
 from transformers.pytorch_utils import Conv1D
 
-import exports
-from common.checkpoint import full, gathered, trainable_names
-from common.data import make_dataloaders
-from common.errors import run_main, usage_errors
-from common.model import (
-    adamw,
-    freeze_backbone,
-    head_names,
-    load_model,
-    optimizer_groups,
-    takes_position_ids,
-)
-from common.run import Run, make_accelerator
+from common import checkpoint, data, evaluation, loop, models, results
+from common.checkpoint import full, gathered
+from common.errors import run_main, stop_on_signals, usage_errors
+from common.outputs import atomic_write_text
 
 # Default projections per model type, and the fused projections whose output is [q | k | v].
 DEFAULT_TARGETS = {
@@ -114,12 +103,8 @@ class LoRALinear(nn.Module):
         self.part = d_out // n_parts  # the width of one slice of the output
         # ZeRO-3 + bf16 loads the model in bf16 and casts nothing after
         dtype = base_layer.weight.dtype
-        self.lora_A = nn.ParameterList(
-            [nn.Parameter(torch.empty(r, d_in, dtype=dtype)) for _ in slices]
-        )
-        self.lora_B = nn.ParameterList(
-            [nn.Parameter(torch.zeros(self.part, r, dtype=dtype)) for _ in slices]
-        )
+        self.lora_A = nn.ParameterList([nn.Parameter(torch.empty(r, d_in, dtype=dtype)) for _ in slices])
+        self.lora_B = nn.ParameterList([nn.Parameter(torch.zeros(self.part, r, dtype=dtype)) for _ in slices])
         for A in self.lora_A:
             nn.init.kaiming_uniform_(A, a=math.sqrt(5))  # as nn.Linear and peft
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -130,9 +115,7 @@ class LoRALinear(nn.Module):
     def forward(self, x):
         y = self.base_layer(x)
         x = self.dropout(x)
-        updates = [
-            F.linear(F.linear(x, A), B) * self.scale for A, B in zip(self.lora_A, self.lora_B)
-        ]  # thin matmuls
+        updates = [F.linear(F.linear(x, A), B) * self.scale for A, B in zip(self.lora_A, self.lora_B)]  # thin matmuls
         if self.n_parts == 1:  # one pair over the whole output
             return y + updates[0]
         # Each slice's update into its columns of y in one out-of-place index_add: y is neither
@@ -146,9 +129,7 @@ class LoRALinear(nn.Module):
         for s, A, B in zip(self.slices, lora_A, lora_B):
             delta = (B.to(weight) @ A.to(weight)) * self.scale  # [part, d_in]
             rows = slice(s * self.part, (s + 1) * self.part)
-            (weight[:, rows] if self.conv1d else weight[rows]).add_(
-                delta.t() if self.conv1d else delta
-            )
+            (weight[:, rows] if self.conv1d else weight[rows]).add_(delta.t() if self.conv1d else delta)
 
 
 def add_lora(model, targets, r=8, alpha=16, dropout=0.0, slices=None):
@@ -172,17 +153,10 @@ def resolve_targets(model, targets=None, slices=None):
     that says what to pass when they do not fit it."""
     kind = model.config.model_type
     targets = targets or DEFAULT_TARGETS.get(kind)
-    names = sorted(
-        {
-            n.rsplit(".", 1)[-1]
-            for n, m in model.named_modules()
-            if isinstance(m, (nn.Linear, Conv1D))
-        }
-    )
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
     if targets is None:
         raise ValueError(
-            f"no default LoRA targets for model type '{kind}'; pass --lora_targets from: "
-            f"{','.join(names)}"
+            f"no default LoRA targets for model type '{kind}'; pass --lora_targets from: {','.join(names)}"
         )
     targets = targets.split(",")
     if not set(targets) <= set(names):
@@ -195,24 +169,17 @@ def resolve_targets(model, targets=None, slices=None):
     if slices == "fused":
         return targets, None
     if not fused:
-        raise ValueError(
-            f"--lora_slices applies to a fused q|k|v projection ({', '.join(FUSED)}); "
-            "none is targeted"
-        )
+        raise ValueError(f"--lora_slices applies to a fused q|k|v projection ({', '.join(FUSED)}); none is targeted")
     if not set(slices.split(",")) <= set(FUSED[fused[0]]):
-        raise ValueError(
-            f"--lora_slices takes names from {','.join(FUSED[fused[0]])} or 'fused', got '{slices}'"
-        )
+        raise ValueError(f"--lora_slices takes names from {','.join(FUSED[fused[0]])} or 'fused', got '{slices}'")
     return targets, slices.split(",")
 
 
-def add_method(
-    model, tokenizer, *, lora_targets, lora_slices, lora_r, lora_alpha, lora_dropout, **_
-):
-    """LoRA on a loaded model as the flags of the same names ask (others are ignored: main and
-    exports.load_trained pass a run's flags): the backbone frozen, the targets wrapped."""
+def add_method(model, tokenizer, lora_targets, lora_slices, lora_r, lora_alpha, lora_dropout):
+    """LoRA on a loaded model as the flags of the same names ask (predict.py rebuilds a run with this): the backbone
+    frozen, the targets wrapped."""
     targets, slices = resolve_targets(model, lora_targets, lora_slices)
-    freeze_backbone(model)
+    models.freeze_backbone(model)
     add_lora(model, targets, lora_r, lora_alpha, lora_dropout, slices)
     return model
 
@@ -222,9 +189,7 @@ def merged_state(accelerator, model):
     LoRA left), on the main process ({} on the others). Every rank calls this: under ZeRO-3 and
     FSDP2 each weight is gathered in turn with its pair (a collective, one weight at a time)."""
     plain = accelerator.unwrap_model(model, keep_torch_compile=False)
-    lora = {
-        f"{n}.base_layer.weight": m for n, m in plain.named_modules() if isinstance(m, LoRALinear)
-    }
+    lora = {f"{n}.base_layer.weight": m for n, m in plain.named_modules() if isinstance(m, LoRALinear)}
     state = {}
     for name, param in plain.named_parameters():
         if ".lora_" in name:
@@ -239,61 +204,191 @@ def merged_state(accelerator, model):
     return state
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    accelerator = make_accelerator(**vars(args))
-    outputs = [
-        "peft",
-        args.merge_and_save,
-    ]  # (a --merge_and_save folder outside is not OUTPUT_DIR's)
-    run = Run(accelerator, "lora", outputs=outputs, **vars(args))  # owns OUTPUT_DIR
+def peft_export(path, layers, trained, head, base_model):
+    """OUTPUT_DIR/peft: the pairs and the head as a peft adapter, for PeftModel.from_pretrained(base, path). `layers`
+    {module name: LoRALinear}, `trained` their tensors (lora_A.i, lora_B.i), `head` the head's by their names in the
+    transformers model. k adapted slices of a fused q|k|v projection, each of rank r, are one pair of rank k r: A
+    stacked, B placed block by block (zeros for the slices left alone), alpha scaled by k so that alpha / rank stays
+    the same (peft's rank_pattern and alpha_pattern)."""
+    state = {f"base_model.model.{n}": t for n, t in head.items()}
+    any_layer = next(iter(layers.values()))
+    r, alpha = any_layer.r, any_layer.scale * any_layer.r
+    ranks = {}
+    for name, m in layers.items():
+        k = len(m.slices)
+        A = torch.cat([trained[f"{name}.lora_A.{i}"] for i in range(k)])
+        B = torch.zeros(m.part * m.n_parts, r * k, dtype=A.dtype)
+        for i, s in enumerate(m.slices):
+            B[s * m.part : (s + 1) * m.part, i * r : (i + 1) * r] = trained[f"{name}.lora_B.{i}"]
+        state[f"base_model.model.{name}.lora_A.weight"] = A
+        state[f"base_model.model.{name}.lora_B.weight"] = B
+        ranks[name] = k
+    config = {
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": base_model,
+        "r": r,
+        "lora_alpha": alpha,
+        "lora_dropout": getattr(any_layer.dropout, "p", 0.0),  # nn.Identity when there is none
+        "target_modules": list(ranks),
+        "fan_in_fan_out": any_layer.conv1d,  # GPT-2's Conv1D stores weights [in, out]
+        "bias": "none",
+        "modules_to_save": sorted({n.split(".")[0] for n in head}),
+        "rank_pattern": {n: r * k for n, k in ranks.items()},
+        "alpha_pattern": {n: alpha * k for n, k in ranks.items()},
+        "inference_mode": True,
+    }
+    atomic_write_text(f"{path}/adapter_config.json", json.dumps(config, indent=2) + "\n")
+    checkpoint.atomic_save_tensors(f"{path}/adapter_model.safetensors", state)
+
+
+def main(args):
+    accelerator = loop.make_accelerator(args.output_dir, args.with_tracking, args.report_to, args.torch_compile)
+    state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
+        accelerator,
+        "lora",
+        vars(args),
+        output_dir=args.output_dir,
+        outputs=["peft", args.merge_and_save],  # (a --merge_and_save folder outside OUTPUT_DIR is not its)
+        overwrite=args.overwrite_output_dir,
+        resume=args.resume_from_checkpoint,
+        predict=args.do_predict,
+        tracking=args.with_tracking,
+    )
+    stop_on_signals(state.note)  # Ctrl-C and SIGTERM say where the last checkpoint is
     set_seed(args.seed)
-    tokenizer, model = load_model(**vars(args))
+    tokenizer, model = models.load_model(
+        args.model_name_or_path, args.task, args.max_length, ignore_mismatched_sizes=args.ignore_mismatched_sizes
+    )
 
     # The method: freeze the backbone, wrap the target projections, train the pairs and the head.
-    heads = head_names(model)
+    heads = models.head_names(model)
     with usage_errors():  # a model without the targets: a one-line error
-        model = add_method(model, tokenizer, **vars(args))
-    names = trainable_names(model)
+        model = add_method(
+            model,
+            tokenizer,
+            lora_targets=args.lora_targets,
+            lora_slices=args.lora_slices,
+            lora_r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+        )
+    names = checkpoint.trainable_names(model)
     lora_params = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
     wrapped = [m for m in model.modules() if isinstance(m, LoRALinear)]
-    accelerator.print(f"LoRA: {lora_params:,} weights in {len(wrapped)} modules")
+    accelerator.print(f"LoRA: {lora_params:,} weights in {len(wrapped)} modules; {models.describe(model)}")
 
-    positions = takes_position_ids(model)
-    train_loader, eval_loaders = make_dataloaders(accelerator, tokenizer, positions, **vars(args))
-    optimizer = adamw(optimizer_groups(model.parameters(), args.weight_decay), **vars(args))
-    max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
+    train_loader, eval_loaders = data.make_dataloaders(
+        accelerator,
+        tokenizer,
+        models.takes_position_ids(model),
+        task=args.task,
+        data_dir=args.data_dir,
+        max_length=args.max_length,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        seed=args.seed,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+        validation_size=args.validation_size,
+        validation_dev_half=args.validation_dev_half,
+        group_by_length=args.group_by_length,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+        do_predict=args.do_predict,
+    )
+    groups = models.optimizer_groups(model.parameters(), args.weight_decay)
+    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon)
+    state.steps_per_epoch, state.max_steps = loop.count_steps(
+        len(train_loader), accelerator, args.num_train_epochs, args.max_train_steps
+    )
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, state.max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values()
     )
-    run.begin(model, dict(zip(eval_loaders, loaders)), names)  # a resume restores the states
+    eval_loaders = dict(zip(eval_loaders, loaders))
+    if state.resume_from:  # the model, optimizer, scheduler, random states and the loop's state
+        checkpoint.load_checkpoint(accelerator, state, loop.best_path(args.output_dir))
 
-    # Every epoch, less the batches a resumed run did, until the last step or early stopping.
-    for batch in run.batches(train_loader):
-        with accelerator.accumulate(model):  # the gradients sync, and the optimizer steps, every N
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            optimizer.step()
-            if accelerator.sync_gradients:  # one scheduler step per optimizer step
-                scheduler.step()
-            optimizer.zero_grad()
-        run.after_batch(loss)  # count the loss; after a step: log, evaluate, save when due
-
-    trained = run.finish()  # the final metrics, trainable.safetensors, predictions
+    start_size = results.weights_size(accelerator, model)  # did the weights move? (results.json says)
+    metrics, logits, runtime = train(
+        args, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names
+    )
+    trained = checkpoint.save_trainable(accelerator, model, names, f"{args.output_dir}/trainable.safetensors")
+    if args.do_predict:  # GLUE submission files for the test split
+        evaluation.write_predictions(model, eval_loaders, accelerator, args.task, args.output_dir)
     plain = accelerator.unwrap_model(model, keep_torch_compile=False)
-    # A plain model with the update merged in (every rank gathers the weights: a collective).
-    if args.merge_and_save:
-        state = merged_state(accelerator, model)
+    if args.merge_and_save:  # a plain model, the update merged in (every rank gathers the weights: a collective)
+        merged = merged_state(accelerator, model)
         if accelerator.is_main_process:
-            exports.transformers_folder(args.merge_and_save, state, plain.config, tokenizer)
+            checkpoint.transformers_folder(args.merge_and_save, merged, plain.config, tokenizer)
     if accelerator.is_main_process:  # OUTPUT_DIR/peft: the pairs and the head as a peft adapter
         layers = {n: m for n, m in plain.named_modules() if isinstance(m, LoRALinear)}
-        head = exports.head_of(trained, heads)
-        path = os.path.join(args.output_dir, "peft")
-        exports.peft_lora(path, layers, trained, head, args.model_name_or_path)
-    run.close(lora_params=lora_params)  # results.json
+        head = checkpoint.head_of(trained, heads)
+        peft_export(f"{args.output_dir}/peft", layers, trained, head, args.model_name_or_path)
+    results.write_results(
+        accelerator,
+        state,
+        model,
+        args.output_dir,
+        method="lora",
+        task=args.task,
+        model_name=args.model_name_or_path,
+        metrics=metrics,
+        logits=logits,
+        eval_loaders=eval_loaders,
+        start_size=start_size,
+        runtime=runtime,
+        learning_rates={"learning_rate": args.learning_rate},
+        extra={"lora_params": lora_params},
+    )
+
+
+def train(args, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names):
+    """The loop: every epoch, less what a resumed run did, until the last step or early stopping. Returns the last
+    evaluation (metrics, logits) and the seconds spent training. `names`: the trainable weights, kept in best/."""
+    best = loop.best_path(args.output_dir)
+    select = evaluation.selected_metric(args.task, eval_loaders)  # the metric that picks best/ and stops early
+    eval_every = args.eval_steps or state.steps_per_epoch
+    bar = tqdm(total=state.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
+    started, metrics = time.perf_counter(), None
+    for epoch in range(state.step // state.steps_per_epoch, math.ceil(state.max_steps / state.steps_per_epoch)):
+        if state.finished:  # (a resumed run that had stopped)
+            break
+        model.train()
+        train_loader.set_epoch(epoch)  # a new shuffle, the same on every rank and after a resume
+        done = (state.step - epoch * state.steps_per_epoch) * accelerator.gradient_accumulation_steps
+        for batch in accelerator.skip_first_batches(train_loader, done) if done else train_loader:
+            batch.pop("idx")  # the rows' positions in their file: not an input of the model
+            with accelerator.accumulate(model):  # syncs the gradients and steps only every Nth batch
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                optimizer.step()  # (between those, accumulate makes this and zero_grad no-ops)
+                if accelerator.sync_gradients:
+                    scheduler.step()  # once per optimizer step
+                optimizer.zero_grad()
+            state.count(loss, batch["attention_mask"])
+            if not accelerator.sync_gradients:
+                continue  # the gradients accumulate: no optimizer step yet
+            state.step += 1
+            bar.update(1)
+            if state.step % args.logging_steps == 0:
+                loop.log_loss(accelerator, state, bar)
+            paused = time.perf_counter()  # evaluating and saving is not training time
+            if state.step % eval_every == 0 or state.step == state.max_steps:
+                metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, args.task)
+                if loop.log_evaluation(accelerator, state, metrics, select, bar):  # the best so far
+                    checkpoint.save_trainable(accelerator, model, names, best)
+                loop.stop_early(state, args.early_stopping_patience, select, bar)
+            if loop.checkpoint_due(state, args.checkpointing_steps):
+                state.last_saved = checkpoint.save_checkpoint(accelerator, args.output_dir, state, best)
+            state.aside += time.perf_counter() - paused
+            if state.finished:
+                break
+    bar.close()
+    if metrics is None:  # a resumed run that had no step left
+        metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, args.task)
+    return metrics, logits, time.perf_counter() - started - state.aside
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(args))

@@ -34,7 +34,7 @@ Models whose attention takes a cache: decoders (GPT-2, Llama, Qwen, ...) and BER
 """
 
 from common.args import base_parser, check_args
-from common.errors import check_early, fail
+from common.errors import fail, parse_command_line
 
 
 def parse_args(argv=None):
@@ -66,30 +66,24 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    check_early(parse_args)  # --help and bad flags answer before the imports below take seconds
+    args = parse_command_line(parse_args)  # --help and bad flags answer before the imports below take seconds
 
 import inspect
-import os
+import json
+import math
+import time
 
 import torch
 from accelerate.utils import set_seed
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import DynamicCache, get_scheduler
 
-import exports
-from common.checkpoint import atomic_save_tensors, gathered, trainable_names, unsharded
-from common.data import make_dataloaders
-from common.errors import run_main, usage_errors
-from common.model import (
-    adamw,
-    freeze_backbone,
-    head_names,
-    load_model,
-    optimizer_groups,
-    param_dtype,
-    split_params,
-)
-from common.run import Run, make_accelerator
+from common import checkpoint, data, evaluation, loop, models, results
+from common.checkpoint import gathered, unsharded
+from common.errors import run_main, stop_on_signals, usage_errors
+from common.models import param_dtype, split_params
+from common.outputs import atomic_write_text
 
 
 def cache_name(model):
@@ -114,9 +108,7 @@ def prefix_text_ids(tokenizer, text, p):
     """The first p token ids of `text` (repeated as p needs): where --prefix_init text starts."""
     ids = tokenizer(text)["input_ids"]
     if not ids:
-        raise ValueError(
-            "--prefix_init_text gives no tokens: pass a sentence, or --prefix_init random"
-        )
+        raise ValueError("--prefix_init_text gives no tokens: pass a sentence, or --prefix_init random")
     return (ids * (p // len(ids) + 1))[:p]
 
 
@@ -147,18 +139,14 @@ class PrefixTuning(nn.Module):
         dtype = param_dtype(model)
         if projection:
             self.embedding = nn.Parameter(torch.randn(p, d, dtype=dtype) * 0.02)
-            self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, width)).to(
-                dtype
-            )
+            self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, width)).to(dtype)
         else:
             self.pairs = nn.Parameter(torch.randn(p, width, dtype=dtype) * 0.02)
         # --prefix_init text: the pairs are the model's own for these p token ids plus a learned
         # change, which starts at zero (the MLP's last layer, or the directly trained pairs).
         self.text_pairs = None  # computed in the first forward, where ZeRO-3 can gather the weights
         if text_ids is not None:
-            self.register_buffer(
-                "text_ids", torch.as_tensor(text_ids)[:p].reshape(1, p), persistent=False
-            )
+            self.register_buffer("text_ids", torch.as_tensor(text_ids)[:p].reshape(1, p), persistent=False)
             with torch.no_grad():
                 for zero in [*self.mlp[-1].parameters()] if projection else [self.pairs]:
                     zero.zero_()
@@ -180,9 +168,7 @@ class PrefixTuning(nn.Module):
                     "from: "
                     "use --prefix_init random"
                 )
-            self.text_pairs = torch.stack(
-                [torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers]
-            )
+            self.text_pairs = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers])
         return self.text_pairs
 
     def prefix(self):
@@ -194,36 +180,22 @@ class PrefixTuning(nn.Module):
     def forward(self, input_ids, attention_mask, labels=None, position_ids=None, **kwargs):
         batch = input_ids.shape[0]
         kv = self.prefix().to(param_dtype(self.model))
-        cache = DynamicCache(
-            [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv]
-        )
+        cache = DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv])
         mask = torch.cat([attention_mask.new_ones(batch, self.p), attention_mask], 1)
         if position_ids is not None:  # the input comes after the prefix, as after p read tokens
             kwargs["position_ids"] = position_ids + self.p
         kwargs[self.cache_name] = cache
-        return self.model(
-            input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=True, **kwargs
-        )
+        return self.model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=True, **kwargs)
 
 
-def add_method(
-    model,
-    tokenizer,
-    *,
-    num_prefix,
-    prefix_projection,
-    prefix_hidden,
-    prefix_init,
-    prefix_init_text,
-    **_,
-):
-    """Prefix tuning on a loaded model as the flags of the same names ask (others are ignored:
-    main and exports.load_trained pass a run's flags). An encoder starts at random (no cache)."""
+def add_method(model, tokenizer, num_prefix, prefix_projection, prefix_hidden, prefix_init, prefix_init_text):
+    """Prefix tuning on a loaded model as the flags of the same names ask (predict.py rebuilds a run with this). An
+    encoder starts at random (it returns no cache)."""
     check_supported(model)
     text_ids = None
     if prefix_init == "text" and not is_encoder(model):
         text_ids = prefix_text_ids(tokenizer, prefix_init_text, num_prefix)
-    freeze_backbone(model)
+    models.freeze_backbone(model)
     return PrefixTuning(model, num_prefix, prefix_projection, prefix_hidden, text_ids)
 
 
@@ -235,56 +207,183 @@ def computed_pairs(accelerator, model):
         return plain.prefix().detach().cpu().clone()
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    accelerator = make_accelerator(**vars(args))
-    # owns OUTPUT_DIR
-    run = Run(accelerator, "prefix", outputs=["prefix.safetensors", "peft"], **vars(args))
+def peft_export(path, pairs, head, base_model):
+    """OUTPUT_DIR/peft: the computed key/value pairs (no MLP: prefix_projection off) and the head (by its names in
+    the transformers model) as a peft adapter, for PeftModel.from_pretrained(base, path). `pairs` (layers, 2,
+    key/value heads, p, head_dim) become `prompt_embeddings`, (p, layers x 2 x heads x head_dim); peft 0.17 loads
+    it (peft 0.21 refuses prefix tuning on transformers 5.2x models)."""
+    layers, _, heads, p, head_dim = pairs.shape
+    token_dim = heads * head_dim  # peft sizes the pairs by the key/value heads
+    config = {
+        "peft_type": "PREFIX_TUNING",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": base_model,
+        "num_virtual_tokens": p,
+        "token_dim": token_dim,
+        "encoder_hidden_size": token_dim,
+        "num_layers": layers,
+        "num_attention_heads": heads,
+        "num_transformer_submodules": 1,
+        "prefix_projection": False,
+        "modules_to_save": sorted({n.split(".")[0] for n in head}),
+        "inference_mode": True,
+    }
+    atomic_write_text(f"{path}/adapter_config.json", json.dumps(config, indent=2) + "\n")
+    embeddings = pairs.permute(3, 0, 1, 2, 4).reshape(p, -1)
+    tensors = {"prompt_embeddings": embeddings, **{f"base_model.{n}": t for n, t in head.items()}}
+    checkpoint.atomic_save_tensors(f"{path}/adapter_model.safetensors", tensors)
+
+
+def main(args):
+    accelerator = loop.make_accelerator(args.output_dir, args.with_tracking, args.report_to, args.torch_compile)
+    state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
+        accelerator,
+        "prefix",
+        vars(args),
+        output_dir=args.output_dir,
+        outputs=["prefix.safetensors", "peft"],
+        overwrite=args.overwrite_output_dir,
+        resume=args.resume_from_checkpoint,
+        predict=args.do_predict,
+        tracking=args.with_tracking,
+    )
+    stop_on_signals(state.note)  # Ctrl-C and SIGTERM say where the last checkpoint is
     set_seed(args.seed)
-    tokenizer, model = load_model(extra_positions=args.num_prefix, **vars(args))
+    tokenizer, model = models.load_model(
+        args.model_name_or_path,
+        args.task,
+        args.max_length,
+        extra_positions=args.num_prefix,
+        ignore_mismatched_sizes=args.ignore_mismatched_sizes,
+    )
 
     # The method: freeze the backbone; every attention layer reads p trained key/value pairs first.
-    heads = head_names(model)
+    heads = models.head_names(model)
     with usage_errors():  # a model whose attention reads no cache, an empty text: one line
-        model = add_method(model, tokenizer, **vars(args))
+        model = add_method(
+            model,
+            tokenizer,
+            num_prefix=args.num_prefix,
+            prefix_projection=args.prefix_projection,
+            prefix_hidden=args.prefix_hidden,
+            prefix_init=args.prefix_init,
+            prefix_init_text=args.prefix_init_text,
+        )
     if args.prefix_init == "text" and not hasattr(model, "text_ids"):
         accelerator.print(f"prefix: random init ({model.config.model_type} returns no cache)")
-    names = trainable_names(model)
+    names = checkpoint.trainable_names(model)
+    accelerator.print(models.describe(model))
 
-    train_loader, eval_loaders = make_dataloaders(accelerator, tokenizer, True, **vars(args))
+    train_loader, eval_loaders = data.make_dataloaders(
+        accelerator,
+        tokenizer,
+        True,
+        task=args.task,
+        data_dir=args.data_dir,
+        max_length=args.max_length,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        seed=args.seed,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+        validation_size=args.validation_size,
+        validation_dev_half=args.validation_dev_half,
+        group_by_length=args.group_by_length,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+        do_predict=args.do_predict,
+    )
     prefix, head = split_params(model, model.model)  # the prefix (embedding and MLP), the head
     groups = [
-        *optimizer_groups(prefix, args.weight_decay, lr=args.prefix_learning_rate),
-        *optimizer_groups(head, args.weight_decay),
+        *models.optimizer_groups(prefix, args.weight_decay, lr=args.prefix_learning_rate),
+        *models.optimizer_groups(head, args.weight_decay),
     ]
-    optimizer = adamw(groups, **vars(args))
-    max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
+    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon)
+    state.steps_per_epoch, state.max_steps = loop.count_steps(
+        len(train_loader), accelerator, args.num_train_epochs, args.max_train_steps
+    )
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, state.max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values()
     )
-    run.begin(model, dict(zip(eval_loaders, loaders)), names)  # a resume restores the states
+    eval_loaders = dict(zip(eval_loaders, loaders))
+    if state.resume_from:  # the model, optimizer, scheduler, random states and the loop's state
+        checkpoint.load_checkpoint(accelerator, state, loop.best_path(args.output_dir))
 
-    # Every epoch, less the batches a resumed run did, until the last step or early stopping.
-    for batch in run.batches(train_loader):
-        with accelerator.accumulate(model):  # the gradients sync, and the optimizer steps, every N
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            optimizer.step()
-            if accelerator.sync_gradients:  # one scheduler step per optimizer step
-                scheduler.step()
-            optimizer.zero_grad()
-        run.after_batch(loss)  # count the loss; after a step: log, evaluate, save when due
-
-    trained = run.finish()  # the final metrics, trainable.safetensors, predictions
-    pairs = computed_pairs(accelerator, model)  # (a collective under ZeRO-3)
+    start_size = results.weights_size(accelerator, model)  # did the weights move? (results.json says)
+    metrics, logits, runtime = train(
+        args, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names
+    )
+    trained = checkpoint.save_trainable(accelerator, model, names, f"{args.output_dir}/trainable.safetensors")
+    if args.do_predict:  # GLUE submission files for the test split
+        evaluation.write_predictions(model, eval_loaders, accelerator, args.task, args.output_dir)
+    pairs = computed_pairs(accelerator, model)  # (a collective under ZeRO-3 and FSDP2)
     if accelerator.is_main_process:  # the pairs alone, and with the head as a peft adapter
-        atomic_save_tensors(os.path.join(args.output_dir, "prefix.safetensors"), {"prefix": pairs})
-        head = exports.head_of(trained, heads, inside="model.")
-        path = os.path.join(args.output_dir, "peft")
-        exports.peft_prefix(path, pairs, head, args.model_name_or_path)
-    run.close()  # results.json
+        checkpoint.atomic_save_tensors(f"{args.output_dir}/prefix.safetensors", {"prefix": pairs})
+        head = checkpoint.head_of(trained, heads, inside="model.")
+        peft_export(f"{args.output_dir}/peft", pairs, head, args.model_name_or_path)
+    results.write_results(
+        accelerator,
+        state,
+        model,
+        args.output_dir,
+        method="prefix",
+        task=args.task,
+        model_name=args.model_name_or_path,
+        metrics=metrics,
+        logits=logits,
+        eval_loaders=eval_loaders,
+        start_size=start_size,
+        runtime=runtime,
+        learning_rates={"learning_rate": args.learning_rate, "prefix_learning_rate": args.prefix_learning_rate},
+    )
+
+
+def train(args, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names):
+    """The loop: every epoch, less what a resumed run did, until the last step or early stopping. Returns the last
+    evaluation (metrics, logits) and the seconds spent training. `names`: the trainable weights, kept in best/."""
+    best = loop.best_path(args.output_dir)
+    select = evaluation.selected_metric(args.task, eval_loaders)  # the metric that picks best/ and stops early
+    eval_every = args.eval_steps or state.steps_per_epoch
+    bar = tqdm(total=state.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
+    started, metrics = time.perf_counter(), None
+    for epoch in range(state.step // state.steps_per_epoch, math.ceil(state.max_steps / state.steps_per_epoch)):
+        if state.finished:  # (a resumed run that had stopped)
+            break
+        model.train()
+        train_loader.set_epoch(epoch)  # a new shuffle, the same on every rank and after a resume
+        done = (state.step - epoch * state.steps_per_epoch) * accelerator.gradient_accumulation_steps
+        for batch in accelerator.skip_first_batches(train_loader, done) if done else train_loader:
+            batch.pop("idx")  # the rows' positions in their file: not an input of the model
+            with accelerator.accumulate(model):  # syncs the gradients and steps only every Nth batch
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                optimizer.step()  # (between those, accumulate makes this and zero_grad no-ops)
+                if accelerator.sync_gradients:
+                    scheduler.step()  # once per optimizer step
+                optimizer.zero_grad()
+            state.count(loss, batch["attention_mask"])
+            if not accelerator.sync_gradients:
+                continue  # the gradients accumulate: no optimizer step yet
+            state.step += 1
+            bar.update(1)
+            if state.step % args.logging_steps == 0:
+                loop.log_loss(accelerator, state, bar)
+            paused = time.perf_counter()  # evaluating and saving is not training time
+            if state.step % eval_every == 0 or state.step == state.max_steps:
+                metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, args.task)
+                if loop.log_evaluation(accelerator, state, metrics, select, bar):  # the best so far
+                    checkpoint.save_trainable(accelerator, model, names, best)
+                loop.stop_early(state, args.early_stopping_patience, select, bar)
+            if loop.checkpoint_due(state, args.checkpointing_steps):
+                state.last_saved = checkpoint.save_checkpoint(accelerator, args.output_dir, state, best)
+            state.aside += time.perf_counter() - paused
+            if state.finished:
+                break
+    bar.close()
+    if metrics is None:  # a resumed run that had no step left
+        metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, args.task)
+    return metrics, logits, time.perf_counter() - started - state.aside
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(args))

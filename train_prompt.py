@@ -21,7 +21,7 @@ train_idpg.py is this script plus a prompt generator: `diff train_prompt.py trai
 """
 
 from common.args import base_parser, check_args
-from common.errors import check_early, fail
+from common.errors import fail, parse_command_line
 
 
 def parse_args(argv=None):
@@ -41,30 +41,24 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    check_early(parse_args)  # --help and bad flags answer before the imports below take seconds
+    args = parse_command_line(parse_args)  # --help and bad flags answer before the imports below take seconds
 
+import json
 import math
-import os
+import time
 
 import torch
 from accelerate.utils import set_seed
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-import exports
-from common.checkpoint import gathered, trainable_names
-from common.data import make_dataloaders, pack_left
-from common.errors import run_main, usage_errors
-from common.model import (
-    adamw,
-    freeze_backbone,
-    head_names,
-    load_model,
-    optimizer_groups,
-    run_with_prompt,
-    split_params,
-)
-from common.run import Run, make_accelerator
+from common import checkpoint, data, evaluation, loop, models, results
+from common.checkpoint import gathered
+from common.data import pack_left
+from common.errors import run_main, stop_on_signals, usage_errors
+from common.models import run_with_prompt
+from common.outputs import atomic_write_text
 
 
 def initial_prompt(model, tokenizer, t=20, init="vocab", text=None):
@@ -95,73 +89,181 @@ class PromptTuning(nn.Module):
         self.config = model.config  # DeepSpeed sizes its buckets from it
         self.prompt = nn.Parameter(prompt)
 
-    def forward(
-        self, input_ids, attention_mask, labels=None, token_type_ids=None, position_ids=None
-    ):
+    def forward(self, input_ids, attention_mask, labels=None, token_type_ids=None, position_ids=None):
         # (position_ids, if a collator made them, are made again: the prompt comes first)
-        input_ids, attention_mask, token_type_ids = pack_left(
-            input_ids, attention_mask, token_type_ids
-        )
+        input_ids, attention_mask, token_type_ids = pack_left(input_ids, attention_mask, token_type_ids)
         prompt = self.prompt.expand(len(input_ids), -1, -1)  # the same t x d for every row
-        return run_with_prompt(
-            self.model, prompt, input_ids, attention_mask, token_type_ids, labels
-        )
+        return run_with_prompt(self.model, prompt, input_ids, attention_mask, token_type_ids, labels)
 
 
-def add_method(model, tokenizer, *, num_virtual_tokens, prompt_init, prompt_init_text, **_):
-    """Prompt tuning on a loaded model as the flags of the same names ask (others are ignored:
-    main and exports.load_trained pass a run's flags)."""
-    freeze_backbone(model)
+def add_method(model, tokenizer, num_virtual_tokens, prompt_init, prompt_init_text):
+    """Prompt tuning on a loaded model as the flags of the same names ask (predict.py rebuilds a run with this)."""
+    models.freeze_backbone(model)
     prompt = initial_prompt(model, tokenizer, num_virtual_tokens, prompt_init, prompt_init_text)
     return PromptTuning(model, prompt)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    accelerator = make_accelerator(**vars(args))
-    run = Run(accelerator, "prompt", outputs=["peft"], **vars(args))  # owns OUTPUT_DIR
+def peft_export(path, prompt, head, config, base_model):
+    """OUTPUT_DIR/peft: the prompt (t x d) and the head (by its names in the transformers model, `config` its config)
+    as a peft adapter, for PeftModel.from_pretrained(base, path). peft's classifier reads the last position: give it
+    unpadded or left-padded rows."""
+    peft_config = {
+        "peft_type": "PROMPT_TUNING",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": base_model,
+        "num_virtual_tokens": prompt.shape[0],
+        "token_dim": prompt.shape[1],
+        "num_transformer_submodules": 1,
+        "num_attention_heads": config.num_attention_heads,
+        "num_layers": config.num_hidden_layers,
+        "prompt_tuning_init": "RANDOM",
+        "modules_to_save": sorted({n.split(".")[0] for n in head}),
+        "inference_mode": True,
+    }
+    atomic_write_text(f"{path}/adapter_config.json", json.dumps(peft_config, indent=2) + "\n")
+    tensors = {"prompt_embeddings": prompt, **{f"base_model.{n}": t for n, t in head.items()}}
+    checkpoint.atomic_save_tensors(f"{path}/adapter_model.safetensors", tensors)
+
+
+def main(args):
+    accelerator = loop.make_accelerator(args.output_dir, args.with_tracking, args.report_to, args.torch_compile)
+    state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
+        accelerator,
+        "prompt",
+        vars(args),
+        output_dir=args.output_dir,
+        outputs=["peft"],
+        overwrite=args.overwrite_output_dir,
+        resume=args.resume_from_checkpoint,
+        predict=args.do_predict,
+        tracking=args.with_tracking,
+    )
+    stop_on_signals(state.note)  # Ctrl-C and SIGTERM say where the last checkpoint is
     set_seed(args.seed)
-    tokenizer, model = load_model(extra_positions=args.num_virtual_tokens, **vars(args))
+    tokenizer, model = models.load_model(
+        args.model_name_or_path,
+        args.task,
+        args.max_length,
+        extra_positions=args.num_virtual_tokens,
+        ignore_mismatched_sizes=args.ignore_mismatched_sizes,
+    )
 
     # The method: freeze the backbone, put a trainable prompt before the input embeddings.
-    heads = head_names(model)
+    heads = models.head_names(model)
     with usage_errors():  # an init text without tokens: a one-line error
-        model = add_method(model, tokenizer, **vars(args))
-    names = trainable_names(model)
+        model = add_method(model, tokenizer, args.num_virtual_tokens, args.prompt_init, args.prompt_init_text)
+    names = checkpoint.trainable_names(model)
+    accelerator.print(models.describe(model))
 
-    train_loader, eval_loaders = make_dataloaders(accelerator, tokenizer, False, **vars(args))
-    _, head = split_params(model, model.model)  # the prompt has its own rate
+    train_loader, eval_loaders = data.make_dataloaders(
+        accelerator,
+        tokenizer,
+        False,  # (the prompt comes first: the forward makes the positions)
+        task=args.task,
+        data_dir=args.data_dir,
+        max_length=args.max_length,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        seed=args.seed,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+        validation_size=args.validation_size,
+        validation_dev_half=args.validation_dev_half,
+        group_by_length=args.group_by_length,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+        do_predict=args.do_predict,
+    )
+    _, head = models.split_params(model, model.model)  # the prompt has its own rate
     groups = [
         {"params": [model.prompt], "lr": args.prompt_learning_rate, "weight_decay": 0.0},
-        *optimizer_groups(head, args.weight_decay),
+        *models.optimizer_groups(head, args.weight_decay),
     ]
-    optimizer = adamw(groups, **vars(args))
-    max_steps = run.count_steps(len(train_loader))  # optimizer steps of the whole run
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_steps)
+    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon)
+    state.steps_per_epoch, state.max_steps = loop.count_steps(
+        len(train_loader), accelerator, args.num_train_epochs, args.max_train_steps
+    )
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, state.max_steps)
     model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values()
     )
-    run.begin(model, dict(zip(eval_loaders, loaders)), names)  # a resume restores the states
+    eval_loaders = dict(zip(eval_loaders, loaders))
+    if state.resume_from:  # the model, optimizer, scheduler, random states and the loop's state
+        checkpoint.load_checkpoint(accelerator, state, loop.best_path(args.output_dir))
 
-    # Every epoch, less the batches a resumed run did, until the last step or early stopping.
-    for batch in run.batches(train_loader):
-        with accelerator.accumulate(model):  # the gradients sync, and the optimizer steps, every N
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            optimizer.step()
-            if accelerator.sync_gradients:  # one scheduler step per optimizer step
-                scheduler.step()
-            optimizer.zero_grad()
-        run.after_batch(loss)  # count the loss; after a step: log, evaluate, save when due
-
-    trained = run.finish()  # the final metrics, trainable.safetensors, predictions
+    start_size = results.weights_size(accelerator, model)  # did the weights move? (results.json says)
+    metrics, logits, runtime = train(
+        args, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names
+    )
+    trained = checkpoint.save_trainable(accelerator, model, names, f"{args.output_dir}/trainable.safetensors")
+    if args.do_predict:  # GLUE submission files for the test split
+        evaluation.write_predictions(model, eval_loaders, accelerator, args.task, args.output_dir)
     if accelerator.is_main_process:  # OUTPUT_DIR/peft: the prompt and the head as a peft adapter
-        head = exports.head_of(trained, heads, inside="model.")
+        head = checkpoint.head_of(trained, heads, inside="model.")
         config = accelerator.unwrap_model(model).config
-        path = os.path.join(args.output_dir, "peft")
-        exports.peft_prompt(path, trained["prompt"], head, config, args.model_name_or_path)
-    run.close()  # results.json
+        peft_export(f"{args.output_dir}/peft", trained["prompt"], head, config, args.model_name_or_path)
+    results.write_results(
+        accelerator,
+        state,
+        model,
+        args.output_dir,
+        method="prompt",
+        task=args.task,
+        model_name=args.model_name_or_path,
+        metrics=metrics,
+        logits=logits,
+        eval_loaders=eval_loaders,
+        start_size=start_size,
+        runtime=runtime,
+        learning_rates={"learning_rate": args.learning_rate, "prompt_learning_rate": args.prompt_learning_rate},
+    )
+
+
+def train(args, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names):
+    """The loop: every epoch, less what a resumed run did, until the last step or early stopping. Returns the last
+    evaluation (metrics, logits) and the seconds spent training. `names`: the trainable weights, kept in best/."""
+    best = loop.best_path(args.output_dir)
+    select = evaluation.selected_metric(args.task, eval_loaders)  # the metric that picks best/ and stops early
+    eval_every = args.eval_steps or state.steps_per_epoch
+    bar = tqdm(total=state.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
+    started, metrics = time.perf_counter(), None
+    for epoch in range(state.step // state.steps_per_epoch, math.ceil(state.max_steps / state.steps_per_epoch)):
+        if state.finished:  # (a resumed run that had stopped)
+            break
+        model.train()
+        train_loader.set_epoch(epoch)  # a new shuffle, the same on every rank and after a resume
+        done = (state.step - epoch * state.steps_per_epoch) * accelerator.gradient_accumulation_steps
+        for batch in accelerator.skip_first_batches(train_loader, done) if done else train_loader:
+            batch.pop("idx")  # the rows' positions in their file: not an input of the model
+            with accelerator.accumulate(model):  # syncs the gradients and steps only every Nth batch
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                optimizer.step()  # (between those, accumulate makes this and zero_grad no-ops)
+                if accelerator.sync_gradients:
+                    scheduler.step()  # once per optimizer step
+                optimizer.zero_grad()
+            state.count(loss, batch["attention_mask"])
+            if not accelerator.sync_gradients:
+                continue  # the gradients accumulate: no optimizer step yet
+            state.step += 1
+            bar.update(1)
+            if state.step % args.logging_steps == 0:
+                loop.log_loss(accelerator, state, bar)
+            paused = time.perf_counter()  # evaluating and saving is not training time
+            if state.step % eval_every == 0 or state.step == state.max_steps:
+                metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, args.task)
+                if loop.log_evaluation(accelerator, state, metrics, select, bar):  # the best so far
+                    checkpoint.save_trainable(accelerator, model, names, best)
+                loop.stop_early(state, args.early_stopping_patience, select, bar)
+            if loop.checkpoint_due(state, args.checkpointing_steps):
+                state.last_saved = checkpoint.save_checkpoint(accelerator, args.output_dir, state, best)
+            state.aside += time.perf_counter() - paused
+            if state.finished:
+                break
+    bar.close()
+    if metrics is None:  # a resumed run that had no step left
+        metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, args.task)
+    return metrics, logits, time.perf_counter() - started - state.aside
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(args))

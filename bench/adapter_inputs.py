@@ -20,7 +20,7 @@ def measure(folder, texts, variant, ln_before):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from common.model import freeze_backbone
+    from common.models import freeze_backbone
     from train_adapter import Bottleneck, add_adapters
 
     torch.manual_seed(0)

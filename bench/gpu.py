@@ -34,7 +34,7 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2Model
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.model import freeze_backbone  # noqa: E402
+from common.models import freeze_backbone  # noqa: E402
 from train_adapter import add_adapters  # noqa: E402
 from train_idpg import IDPG  # noqa: E402
 from train_lora import add_lora  # noqa: E402

@@ -38,7 +38,8 @@ def as_rank(argv):
     out = args[args.index("--output_dir") + 1]
 
     def main():
-        importlib.import_module(script[:-3]).main(args)
+        module = importlib.import_module(script[:-3])
+        module.main(module.parse_args(args))
         rank = os.environ.get("RANK", "0")
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         with open(os.path.join(out, f"peak_rss_rank{rank}.json"), "w") as f:

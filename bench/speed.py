@@ -102,7 +102,7 @@ def build(method, layers):
         )
         model.train_adapter("a")
         return model
-    from common.model import freeze_backbone
+    from common.models import freeze_backbone
 
     freeze_backbone(model)
     if method in ("lora", "lora_fused"):

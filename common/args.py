@@ -52,9 +52,7 @@ class Parser(argparse.ArgumentParser):
             if action is not None and action.type is not None and isinstance(value, str):
                 value = action.type(value)  # YAML reads 1e-3 as a string
             if action is not None and action.choices is not None and value not in action.choices:
-                fail(
-                    f"--config {path}: {name} must be one of {', '.join(map(str, action.choices))}"
-                )
+                fail(f"--config {path}: {name} must be one of {', '.join(map(str, action.choices))}")
             typed[name] = value
         return typed
 
@@ -108,9 +106,7 @@ def base_parser(doc):
     add("--validation_size", type=int, default=None, help="N training rows held out to validate")
     add("--validation_dev_half", action="store_true", help="half of dev validates, half tests")
     add("--early_stopping_patience", type=int, default=None, help="evaluations without a gain")
-    add(
-        "--checkpointing_steps", default=None, help="a resumable checkpoint every N steps, or epoch"
-    )
+    add("--checkpointing_steps", default=None, help="a resumable checkpoint every N steps, or epoch")
     add("--resume_from_checkpoint", default=None, help="OUTPUT_DIR/checkpoints/step_N, or latest")
     add("--do_predict", action="store_true", help="GLUE submission files for the test split")
     add("--torch_compile", action="store_true", help="compile the model (inductor)")
@@ -146,17 +142,12 @@ def check_args(args, script):
         if value is not None and value < 1:
             fail(f"--{name} must be at least 1, got {value}")
     if args.validation_size is not None and args.validation_dev_half:
-        fail(
-            "--validation_size and --validation_dev_half both choose the validation set; "
-            "pass one of them"
-        )
+        fail("--validation_size and --validation_dev_half both choose the validation set; pass one of them")
     if args.adam_epsilon <= 0:
         fail(f"--adam_epsilon must be positive, got {args.adam_epsilon}")
     every = args.checkpointing_steps
     if every not in (None, "epoch") and not (str(every).isdigit() and int(every) >= 1):
-        fail(
-            f"--checkpointing_steps takes a number of steps (at least 1) or 'epoch', got '{every}'"
-        )
+        fail(f"--checkpointing_steps takes a number of steps (at least 1) or 'epoch', got '{every}'")
     if not 0 <= args.seed < 2**32:
         fail(f"--seed must be from 0 to 2**32 - 1 (numpy's range), got {args.seed}")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
@@ -164,8 +155,5 @@ def check_args(args, script):
     args.output_dir = args.output_dir or os.path.join("runs", f"{script}-{args.task}")
     why = writable(args.output_dir)
     if why:
-        fail(
-            f"cannot write to --output_dir {args.output_dir} ({why}); pass a folder you can write "
-            "to"
-        )
+        fail(f"cannot write to --output_dir {args.output_dir} ({why}); pass a folder you can write to")
     return args

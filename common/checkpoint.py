@@ -8,6 +8,7 @@ a resume refuses a folder whose files do not match that list.
 import contextlib
 import os
 import shutil
+import tempfile
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -93,6 +94,29 @@ def save_trainable(accelerator, model, names, path):
     return state
 
 
+def head_of(trained, heads, inside=""):
+    """The classification head's tensors among `trained`, named as in the transformers model:
+    `heads` are its module names ("score"), `inside` the wrapper's attribute that holds the model
+    ("model.")."""
+    head = {}
+    for name, tensor in trained.items():
+        if name.startswith(inside) and name[len(inside) :].split(".")[0] in heads:
+            head[name[len(inside) :]] = tensor
+    return head
+
+
+def transformers_folder(path, state, config, tokenizer):
+    """A standard transformers model folder (from_pretrained, pipeline) of the tensors `state`;
+    each file is written beside, then renamed into it."""
+    os.makedirs(path, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path, prefix=".tmp-") as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, f"{tmp}/model.safetensors")
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name in os.listdir(tmp):
+            os.replace(os.path.join(tmp, name), os.path.join(path, name))
+
+
 def load_trainable(model, path):
     """Load a trainable.safetensors into a plain (not distributed) model; returns the names."""
     state = load_file(path)
@@ -106,15 +130,16 @@ def load_trainable(model, path):
     return list(state)
 
 
-def save_checkpoint(accelerator, output_dir, step, state, tag, files=None):
-    """A resumable checkpoint (model, optimizer, scheduler, RNG, and `state` such as the step) at
-    OUTPUT_DIR/checkpoints/step_N. Every rank calls this. All ranks write into a new folder named
-    with `tag` (the run's id, the same on every rank); only when every rank is done does the main
-    process list the files with their sizes in trainer_state.json (written last) and rename the
-    folder into place. `files` {name: path}: files to keep as they are now (hard-linked: they are
-    replaced, never rewritten, so the link is a snapshot)."""
-    final = os.path.join(output_dir, "checkpoints", f"step_{step}")
-    tmp = f"{final}.tmp-{tag}"
+def save_checkpoint(accelerator, output_dir, state, best_path):
+    """A resumable checkpoint at OUTPUT_DIR/checkpoints/step_N: the prepared objects (model,
+    optimizer, scheduler, random states), the loop's `state` (TrainState) and the best weights
+    so far (`best_path`, hard-linked: it is replaced, never rewritten, so the link is a snapshot).
+    Every rank calls this. All ranks write into a new folder named with the run's id; only when
+    every rank is done does the main process list the files with their sizes in
+    trainer_state.json (written last) and rename the folder into place. Returns its path."""
+    final = os.path.join(output_dir, "checkpoints", f"step_{state.step}")
+    tmp = f"{final}.tmp-{state.run_id}"
+    saved = state.state_dict(accelerator)  # (a collective; a nan loss stops here)
     if accelerator.is_main_process:
         remove(tmp)  # an earlier try of this run that died while saving
         os.makedirs(tmp)
@@ -122,12 +147,12 @@ def save_checkpoint(accelerator, output_dir, step, state, tag, files=None):
     accelerator.save_state(tmp)
     accelerator.wait_for_everyone()  # every rank's files are written (DeepSpeed: each its shards)
     if accelerator.is_main_process:
-        for name, path in (files or {}).items():
+        if state.best:
             try:
-                os.link(path, os.path.join(tmp, name))
+                os.link(best_path, os.path.join(tmp, "best.safetensors"))
             except OSError:
-                shutil.copyfile(path, os.path.join(tmp, name))
-        atomic_write_json(os.path.join(tmp, "trainer_state.json"), {**state, "files": listing(tmp)})
+                shutil.copyfile(best_path, os.path.join(tmp, "best.safetensors"))
+        atomic_write_json(os.path.join(tmp, "trainer_state.json"), {**saved, "files": listing(tmp)})
         remove(final)
         os.replace(tmp, final)
     accelerator.wait_for_everyone()
@@ -151,11 +176,11 @@ def damage(path):
     except (OSError, ValueError, KeyError, TypeError):
         return "it has no readable trainer_state.json (its run stopped while saving it)"
     for name, size in written.items():
-        full = os.path.join(path, name)
-        if not os.path.isfile(full):
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
             return f"{name} is missing"
-        if os.path.getsize(full) != size:
-            return f"{name} has {os.path.getsize(full):,} bytes, written with {size:,}"
+        if os.path.getsize(file) != size:
+            return f"{name} has {os.path.getsize(file):,} bytes, written with {size:,}"
     return ""
 
 
@@ -169,9 +194,7 @@ def find_checkpoint(output_dir, which):
             return None, []
         why = damage(path)
         if why:
-            raise UsageError(
-                f"{path} cannot be resumed: {why}; pass an earlier checkpoint, or 'latest'"
-            )
+            raise UsageError(f"{path} cannot be resumed: {why}; pass an earlier checkpoint, or 'latest'")
         return path, []
     skipped = []
     for path in steps(output_dir):
@@ -182,9 +205,75 @@ def find_checkpoint(output_dir, which):
     return None, skipped
 
 
-def load_checkpoint(accelerator, path):
-    """Restore the prepared objects from a checkpoint folder; returns its trainer_state.json. A
-    file that cannot be read (damaged after it was written) is a one-line error."""
+# Flags that change how a run is done, not what it computes: every other flag is part of the
+# run's identity, which a checkpoint records and a resume must match.
+OPERATIONAL = {
+    "output_dir",
+    "overwrite_output_dir",
+    "resume_from_checkpoint",
+    "checkpointing_steps",
+    "with_tracking",
+    "report_to",
+    "do_predict",
+    "per_device_eval_batch_size",
+    "data_dir",
+    "merge_and_save",
+    "logging_steps",
+    "no_cache",
+    "torch_compile",
+    "pad_to_multiple_of",
+    "config",
+}
+
+
+def run_identity(flags, method, accelerator):
+    """What a checkpoint must have been written with to be resumed: the script, every flag that
+    changes the result, and the launch settings that shape the saved states and the data order
+    (num_processes, gradient_accumulation_steps and mixed_precision are accelerate launch's
+    flags)."""
+    launch = {
+        "num_processes": accelerator.num_processes,
+        "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+        "mixed_precision": str(accelerator.mixed_precision),
+        "distributed_type": str(accelerator.distributed_type),
+    }
+    chosen = {k: v for k, v in sorted(flags.items()) if k not in OPERATIONAL}
+    return {"method": method, **launch, **chosen}
+
+
+def differences(saved, ours):
+    """The flags in which two identities differ, as `--name value` pairs, theirs and ours."""
+
+    def show(who, key):
+        return f"train_{who.get(key)}.py" if key == "method" else f"--{key} {who.get(key)}"
+
+    keys = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
+    return " ".join(show(saved, k) for k in keys), " ".join(show(ours, k) for k in keys)
+
+
+def check_resume(accelerator, output_dir, which, identity):
+    """The checkpoint --resume_from_checkpoint `which` names, complete and written with the same
+    `identity` (run_identity); a UsageError that says what to do otherwise."""
+    path, skipped = find_checkpoint(output_dir, which)
+    for line in skipped:
+        accelerator.print(line)
+    if path is None:
+        raise UsageError(f"no checkpoint at '{which}'; pass OUTPUT_DIR/checkpoints/step_N or 'latest'")
+    saved = read_json(os.path.join(path, "trainer_state.json")).get("identity", {})
+    if saved != identity:
+        theirs, ours = differences(saved, identity)
+        raise UsageError(
+            f"{path} was written by a run with {theirs}; this run has {ours}: resume with the "
+            "same flags, or start a new run in another --output_dir"
+        )
+    return path
+
+
+def load_checkpoint(accelerator, state, best_path):
+    """Restore the prepared objects and the loop's `state` (TrainState) from the checkpoint
+    state.resume_from, and its best weights to `best_path` (a new file: the checkpoint's stays as
+    it is). A file that cannot be read (damaged after it was written) is a one-line error."""
+    path = state.resume_from
     try:
         accelerator.load_state(path)
     except Exception as e:  # a corrupt pickle or tensor file: what torch and DeepSpeed raise varies
@@ -193,4 +282,10 @@ def load_checkpoint(accelerator, path):
             f"cannot resume from {path} ({type(e).__name__}: {first}): pass an earlier checkpoint, "
             "or start over with --overwrite_output_dir"
         ) from None
-    return read_json(os.path.join(path, "trainer_state.json"))
+    state.load_state_dict(read_json(os.path.join(path, "trainer_state.json")), accelerator)
+    kept = os.path.join(path, "best.safetensors")  # best/ as it was then
+    if accelerator.is_main_process and os.path.exists(kept):
+        with replacing(best_path) as tmp:
+            shutil.copyfile(kept, tmp)
+    state.last_saved = path
+    accelerator.print(f"resumed from {path} at step {state.step}")

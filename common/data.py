@@ -34,16 +34,11 @@ def read_tsv(task_name, path, labeled=True):
     csv.field_size_limit(sys.maxsize)
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = [
-                (n, r)
-                for n, r in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1)
-                if r
-            ]
+            rows = [(n, r) for n, r in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1) if r]
     except UnicodeDecodeError as e:
         line = open(path, "rb").read()[: e.start].count(b"\n") + 1
         raise UsageError(
-            f"{path}, line {line}: byte 0x{e.object[e.start]:02x} is not UTF-8; "
-            "save the file as UTF-8"
+            f"{path}, line {line}: byte 0x{e.object[e.start]:02x} is not UTF-8; save the file as UTF-8"
         ) from None
     if not rows:
         raise UsageError(f"{path} is empty; it must hold GLUE's {task.tsv_dir} rows")
@@ -56,8 +51,7 @@ def read_tsv(task_name, path, labeled=True):
         names = ("sentence", "label") if positional else task.tsv_columns
         if not set(names[:-1]) <= set(header):
             raise UsageError(
-                f"{path}, line 1: expected a header with the columns {', '.join(names[:-1])}, "
-                f"found {header[:6]}"
+                f"{path}, line 1: expected a header with the columns {', '.join(names[:-1])}, found {header[:6]}"
             )
         columns, body, width = (
             [header.index(n) if n in header else None for n in names],
@@ -69,25 +63,18 @@ def read_tsv(task_name, path, labeled=True):
     for line, row in body:
         if len(row) != width:
             raise UsageError(
-                f"{path}, line {line}: {len(row)} fields where the header has {width} "
-                "(a tab inside a text?)"
+                f"{path}, line {line}: {len(row)} fields where the header has {width} (a tab inside a text?)"
             )
     out = {key: [r[c] for _, r in body] for key, c in zip(task.text_keys, columns)}
     if columns[-1] is None and labeled:
-        raise UsageError(
-            f"{path}: no label column ('{task.tsv_columns[-1]}'); a train or dev file needs one"
-        )
+        raise UsageError(f"{path}: no label column ('{task.tsv_columns[-1]}'); a train or dev file needs one")
     out["label"] = [
-        _label(task, r[columns[-1]], path, line)
-        if labeled
-        else (-1.0 if task.is_regression else -1)
+        _label(task, r[columns[-1]], path, line) if labeled else (-1.0 if task.is_regression else -1)
         for line, r in body
     ]
     idx_col = header.index("index") if "index" in header else None
     out["idx"] = list(range(len(body)))
-    out["index"] = [
-        i if idx_col is None else _index(r[idx_col], path, line) for i, (line, r) in enumerate(body)
-    ]
+    out["index"] = [i if idx_col is None else _index(r[idx_col], path, line) for i, (line, r) in enumerate(body)]
     return out
 
 
@@ -99,9 +86,7 @@ def _label(task, raw, path, line):
         except ValueError:
             score = math.nan
         if not 0.0 <= score <= 5.0:  # also refuses nan and inf
-            raise UsageError(
-                f"{path}, line {line}: STS-B's score must be a number from 0 to 5, got '{raw}'"
-            )
+            raise UsageError(f"{path}, line {line}: STS-B's score must be a number from 0 to 5, got '{raw}'")
         return score
     if raw in task.label_names:
         return task.label_names.index(raw)
@@ -109,16 +94,13 @@ def _label(task, raw, path, line):
     if raw.strip().isdigit() and int(raw) < task.num_labels:
         return int(raw)
     raise UsageError(
-        f"{path}, line {line}: label '{raw}' is not one of {', '.join(task.label_names)} "
-        f"(or 0-{task.num_labels - 1})"
+        f"{path}, line {line}: label '{raw}' is not one of {', '.join(task.label_names)} (or 0-{task.num_labels - 1})"
     )
 
 
 def _index(raw, path, line):
     if not raw.strip().isdigit():
-        raise UsageError(
-            f"{path}, line {line}: the index column holds '{raw[:40]}', not a row number"
-        )
+        raise UsageError(f"{path}, line {line}: the index column holds '{raw[:40]}', not a row number")
     return int(raw)
 
 
@@ -148,9 +130,7 @@ def load_glue(task_name, data_dir=None):
     for split in splits:
         path = os.path.join(data_dir, task.tsv_dir, TSV_FILES[split])
         if os.path.exists(path):
-            out[split] = datasets.Dataset.from_dict(
-                read_tsv(task_name, path, labeled=split not in task.test_splits)
-            )
+            out[split] = datasets.Dataset.from_dict(read_tsv(task_name, path, labeled=split not in task.test_splits))
         elif split in ("train", task.eval_splits[0]):
             dev = TSV_FILES[task.eval_splits[0]]
             raise UsageError(
@@ -181,9 +161,7 @@ def tokenize(dataset, task_name, tokenizer, max_length):
     chars = 100 * (max_length + 1)
 
     def encode(batch):
-        enc = tokenizer(
-            *[[t[:chars] for t in batch[k]] for k in keys], truncation=True, max_length=max_length
-        )
+        enc = tokenizer(*[[t[:chars] for t in batch[k]] for k in keys], truncation=True, max_length=max_length)
         return {
             "input_ids": enc["input_ids"],
             "attention_mask": enc["attention_mask"],
@@ -191,9 +169,7 @@ def tokenize(dataset, task_name, tokenizer, max_length):
         }
 
     keep = ["label", "idx", "index"]
-    return dataset.map(
-        encode, batched=True, remove_columns=[c for c in dataset.column_names if c not in keep]
-    )
+    return dataset.map(encode, batched=True, remove_columns=[c for c in dataset.column_names if c not in keep])
 
 
 def positions(attention_mask):
@@ -226,9 +202,7 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         return len(self.lengths)
 
     def __iter__(self):
-        order = torch.randperm(
-            len(self.lengths), generator=torch.Generator().manual_seed(self.seed + self.epoch)
-        )
+        order = torch.randperm(len(self.lengths), generator=torch.Generator().manual_seed(self.seed + self.epoch))
         groups = [
             sorted(order[i : i + self.size].tolist(), key=lambda j: -self.lengths[j])
             for i in range(0, len(order), self.size)
@@ -337,10 +311,9 @@ def make_dataloaders(
     group_by_length=False,
     pad_to_multiple_of=None,
     do_predict=False,
-    **_,
 ):
     """Train loader (shuffled) and one loader per eval split; test loaders with `do_predict`. The
-    keywords are the flags of the same names (other flags are ignored: scripts pass **vars(args)).
+    keywords are the flags of the same names.
 
     Each batch holds input_ids, attention_mask, labels, `idx` (the row's position in its file: the
     key that puts predictions back in file order, whatever the file's own index column says; not a
@@ -364,9 +337,7 @@ def make_dataloaders(
                 validation_dev_half,
                 seed,
             )
-        except (
-            UsageError
-        ) as e:  # kept, not raised here: the main process would skip the others' barrier
+        except UsageError as e:  # kept, not raised here: the main process would skip the others' barrier
             error = str(e)
     agree(accelerator, error)  # every rank leaves with the same one line
     spec = TASKS[task]
@@ -393,8 +364,7 @@ def make_dataloaders(
         names += [s for s in spec.test_splits if s in data]
         if not any(s in data for s in spec.test_splits):
             raise UsageError(
-                f"--do_predict needs the unlabeled test split ({', '.join(spec.test_splits)}); "
-                "none was found"
+                f"--do_predict needs the unlabeled test split ({', '.join(spec.test_splits)}); none was found"
             )
     evals = {
         s: DataLoader(

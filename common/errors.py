@@ -67,11 +67,12 @@ def stop_on_signals(note):
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
-def check_early(parse_args):
-    """Parse the command line at once, before a script's heavy imports (torch, transformers take
-    seconds): --help prints and exits, and a bad flag prints its one line and exits 2."""
+def parse_command_line(parse_args):
+    """The flags of the command line, parsed before a script's heavy imports (torch, transformers
+    take seconds): --help prints and exits at once, and a bad flag prints its one line and exits
+    2."""
     try:
-        parse_args()
+        return parse_args()
     except UsageError as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr, flush=True)

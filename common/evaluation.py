@@ -57,6 +57,12 @@ def evaluate(model, loaders, accelerator, task_name):
     return metrics, logits
 
 
+def selected_metric(task_name, loaders):
+    """The metric that picks the best weights and stops early: the validation set's when there is
+    one (HELD_OUT among the eval `loaders`), else the first eval split's."""
+    return ("val_" if HELD_OUT in loaders else "") + TASKS[task_name].metric
+
+
 def constant_metrics(loaders, task_name):
     """The metrics of always predicting the majority class of each labeled eval split (STS-B:
     always its mean score, whose correlations are undefined: nan), keyed as evaluate's: what a
@@ -89,8 +95,7 @@ def in_file_order(dataset, idx, column):
     order = rows.argsort()
     if not torch.equal(rows[order], idx):
         raise RuntimeError(
-            f"the gathered predictions are not every row of the split once ({len(idx)} for "
-            f"{len(order)} rows)"
+            f"the gathered predictions are not every row of the split once ({len(idx)} for {len(order)} rows)"
         )
     values = dataset[column]
     return [values[i] for i in order.tolist()]

@@ -107,9 +107,7 @@ def in_checkpoint(path):
     path = os.path.realpath(path)
     while os.path.dirname(path) != path:
         parent = os.path.dirname(path)
-        if os.path.basename(parent) == "checkpoints" and re.fullmatch(
-            r"step_\d+(\.tmp-\w+)?", os.path.basename(path)
-        ):
+        if os.path.basename(parent) == "checkpoints" and re.fullmatch(r"step_\d+(\.tmp-\w+)?", os.path.basename(path)):
             return True
         path = parent
     return False
@@ -176,10 +174,7 @@ def claim(output_dir, outputs, run_id, overwrite=False, resuming_here=False):
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as e:
-        raise UsageError(
-            f"cannot write to --output_dir {output_dir} ({e.strerror}); "
-            "pass a folder you can write to"
-        )
+        raise UsageError(f"cannot write to --output_dir {output_dir} ({e.strerror}); pass a folder you can write to")
     lock = take_lock(output_dir, run_id)
     try:
         manifest = os.path.join(output_dir, MANIFEST)
@@ -187,11 +182,7 @@ def claim(output_dir, outputs, run_id, overwrite=False, resuming_here=False):
         results = os.path.join(output_dir, "results.json")
         saved = [
             *steps(output_dir)[:1],
-            *[
-                p
-                for p in (results, os.path.join(output_dir, "trainable.safetensors"))
-                if os.path.exists(p)
-            ],
+            *[p for p in (results, os.path.join(output_dir, "trainable.safetensors")) if os.path.exists(p)],
         ]
         if resuming_here:
             outputs = sorted(set(outputs) | set(earlier or []))
@@ -217,12 +208,8 @@ def claim(output_dir, outputs, run_id, overwrite=False, resuming_here=False):
         for name in outputs:
             path = os.path.join(output_dir, name)
             if not resuming_here and name not in (LOCK, MANIFEST) and os.path.lexists(path):
-                raise UsageError(
-                    f"{path} exists and no run wrote it; move it away, or pass another --output_dir"
-                )
-        atomic_write_json(
-            manifest, {"run_id": run_id, "outputs": sorted(set(outputs) | {LOCK, MANIFEST})}
-        )
+                raise UsageError(f"{path} exists and no run wrote it; move it away, or pass another --output_dir")
+        atomic_write_json(manifest, {"run_id": run_id, "outputs": sorted(set(outputs) | {LOCK, MANIFEST})})
     except BaseException:
         os.remove(lock)
         raise

@@ -29,12 +29,8 @@ class Task:
 
 
 TASKS = {
-    "cola": Task(
-        ("sentence",), ("unacceptable", "acceptable"), "matthews_correlation", "CoLA", (3, 1)
-    ),
-    "sst2": Task(
-        ("sentence",), ("negative", "positive"), "accuracy", "SST-2", ("sentence", "label")
-    ),
+    "cola": Task(("sentence",), ("unacceptable", "acceptable"), "matthews_correlation", "CoLA", (3, 1)),
+    "sst2": Task(("sentence",), ("negative", "positive"), "accuracy", "SST-2", ("sentence", "label")),
     "mrpc": Task(
         ("sentence1", "sentence2"),
         ("not_equivalent", "equivalent"),
@@ -42,9 +38,7 @@ TASKS = {
         "MRPC",
         ("#1 String", "#2 String", "Quality"),
     ),
-    "stsb": Task(
-        ("sentence1", "sentence2"), (), "pearson", "STS-B", ("sentence1", "sentence2", "score")
-    ),
+    "stsb": Task(("sentence1", "sentence2"), (), "pearson", "STS-B", ("sentence1", "sentence2", "score")),
     "qqp": Task(
         ("question1", "question2"),
         ("not_duplicate", "duplicate"),

@@ -35,7 +35,8 @@ def run_in_process(script, args):
     AcceleratorState._reset_state(reset_partial_state=True)  # accelerate's process-wide singletons
     GradientState._reset_state()
     try:
-        importlib.import_module(script[:-3]).main([str(a) for a in args])
+        module = importlib.import_module(script[:-3])
+        module.main(module.parse_args([str(a) for a in args]))
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
@@ -109,11 +110,11 @@ def saved_eval_logits(output_dir, task):
 
 
 def check_load_trained(output_dir, model_dir, glue_dir, atol, task="sst2", rows=32):
-    """exports.load_trained rebuilds the run's model from its folder alone: its logits on the
+    """predict.load_run rebuilds the run's model from its folder alone: its logits on the
     eval rows are the run's own eval_logits."""
-    import exports
+    from predict import load_run
 
-    _, model = exports.load_trained(str(output_dir))
+    _, model = load_run(str(output_dir))
     ours = logits_of(model, eval_batches(model_dir, glue_dir, task, rows))
     torch.testing.assert_close(ours, saved_eval_logits(output_dir, task), atol=atol, rtol=0)
 

@@ -1,4 +1,4 @@
-"""The model as common.model loads it: GPT-2's one-kernel GELU gives the same logits."""
+"""The model as common.models loads it: GPT-2's one-kernel GELU gives the same logits."""
 
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
@@ -19,7 +19,7 @@ def test_gpt2_gelu_in_one_kernel_gives_the_same_logits():
     )
     assert config.activation_function == "gelu_new"
     slow = GPT2ForSequenceClassification(config).eval()
-    config.activation_function = "gelu_pytorch_tanh"  # what common.model.load_model asks for
+    config.activation_function = "gelu_pytorch_tanh"  # what common.models.load_model asks for
     fast = GPT2ForSequenceClassification(config).eval()
     fast.load_state_dict(slow.state_dict())
     ids = torch.randint(1, 100, (3, 20), generator=torch.Generator().manual_seed(1))

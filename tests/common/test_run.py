@@ -1,4 +1,4 @@
-"""The run's bookkeeping (common/run.py): the original experiments' protocol (a validation set held
+"""The run's bookkeeping (common/loop.py, common/results.py): the original experiments' protocol (a validation set held
 out of train or half of dev, model selection and early stopping on it, the test set scored with the
 chosen weights, --adam_epsilon), the token counts in results.json, --torch_compile."""
 
@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from common.data import HELD_OUT, make_dataloaders
 from common.errors import UsageError
-from common.run import make_accelerator
+from common.loop import make_accelerator
 from tests.helpers import evaluations, results, run_in_process, saved_eval_logits
 
 
@@ -46,7 +46,23 @@ def loaders(tiny_gpt2, glue_dir, tmp_path, *flags, task="sst2"):
     )
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
     tokenizer.pad_token = tokenizer.eos_token
-    return make_dataloaders(make_accelerator(args.output_dir), tokenizer, **vars(args))
+    return make_dataloaders(
+        make_accelerator(args.output_dir),
+        tokenizer,
+        task=args.task,
+        data_dir=args.data_dir,
+        max_length=args.max_length,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        seed=args.seed,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+        validation_size=args.validation_size,
+        validation_dev_half=args.validation_dev_half,
+        group_by_length=args.group_by_length,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+        do_predict=args.do_predict,
+    )
 
 
 def test_held_out_rows_never_reach_a_training_batch(tiny_gpt2, glue_dir, tmp_path):

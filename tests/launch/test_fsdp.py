@@ -1,7 +1,7 @@
 """Every script and variant of the support table under FSDP2 (accelerate_configs/fsdp.yaml), in
 fp32 and bf16, on 2 CPU processes: the cell trains as bench/results/support.json records, saves
 only the trainable weights, whole; a run resumed from its middle checkpoint ends bitwise equal;
-and exports.load_trained rebuilds the model from the folder alone, to the run's eval logits."""
+and predict.load_run rebuilds the model from the folder alone, to the run's eval logits."""
 
 import pytest
 

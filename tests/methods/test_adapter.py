@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification
 
 from bench import tiny
 from common.checkpoint import load_trainable
-from common.model import freeze_backbone
+from common.models import freeze_backbone
 from tests.helpers import (
     check_load_trained,
     check_ok,

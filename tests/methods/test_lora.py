@@ -13,10 +13,9 @@ from transformers import (
     GPT2ForSequenceClassification,
 )
 
-import exports
 from bench import tiny
-from common.checkpoint import load_trainable
-from common.model import freeze_backbone
+from common.checkpoint import head_of, load_trainable
+from common.models import freeze_backbone
 from tests.helpers import (
     check_load_trained,
     check_ok,
@@ -29,7 +28,7 @@ from tests.helpers import (
     run_in_process,
     saved_eval_logits,
 )
-from train_lora import LoRALinear, add_lora, merged_state, resolve_targets
+from train_lora import LoRALinear, add_lora, merged_state, peft_export, resolve_targets
 
 
 def tiny_gpt2_model(seed=0):
@@ -267,8 +266,8 @@ def test_peft_export_with_mixed_slice_and_fused_targets(tmp_path):
     randomize_lora(model)
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     layers = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
-    exports.peft_lora(
-        str(tmp_path / "peft"), layers, trainable, exports.head_of(trainable, ["score"]), "tiny"
+    peft_export(
+        str(tmp_path / "peft"), layers, trainable, head_of(trainable, ["score"]), "tiny"
     )
     ref = PeftModel.from_pretrained(tiny_gpt2_model(), tmp_path / "peft").eval()
     torch.testing.assert_close(logits(ref), logits(model), atol=1e-5, rtol=0)

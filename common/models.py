@@ -38,10 +38,9 @@ def load_model(
     extra_positions=0,
     ignore_mismatched_sizes=False,
     fast_gelu=True,
-    **_,
 ):
     """Tokenizer and sequence-classification model for the GLUE `task` (keywords: the flags of the
-    same names; other flags are ignored), with a pad token set on both (GPT-2 has none: it pads
+    same names), with a pad token set on both (GPT-2 has none: it pads
     with eos; padded positions are masked). `extra_positions`: the positions a method puts before
     the input (virtual tokens). `fast_gelu`: GPT-2's gelu_new runs as about 8 elementwise
     kernels; gelu_pytorch_tanh is the same formula in one (logits within 1e-6, tested), so GPT-2
@@ -83,17 +82,13 @@ def load_model(
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
             hint = "HF_HUB_OFFLINE=1 is set: pass a local model directory or unset it"
         else:
-            hint = (
-                "pass a local model directory, or check the name and your network "
-                "(HF_HUB_OFFLINE=1 fails fast)"
-            )
+            hint = "pass a local model directory, or check the name and your network (HF_HUB_OFFLINE=1 fails fast)"
         first = str(e).strip().splitlines()[0][:160]
         raise UsageError(f"cannot load model '{name}' ({first}); {hint}") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UsageError(
-                f"the tokenizer of '{name}' has neither a pad nor an eos token; add a pad token "
-                "to it and save it"
+                f"the tokenizer of '{name}' has neither a pad nor an eos token; add a pad token to it and save it"
             )
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -108,11 +103,7 @@ def takes_position_ids(model):
 def head_names(model):
     """The classification head's module names: the top-level modules beside the backbone that hold
     parameters (GPT-2 `score`, BERT `classifier`)."""
-    return [
-        n
-        for n, c in model.named_children()
-        if c is not model.base_model and any(True for _ in c.parameters())
-    ]
+    return [n for n, c in model.named_children() if c is not model.base_model and any(True for _ in c.parameters())]
 
 
 def freeze_backbone(model):
@@ -145,12 +136,16 @@ def count_params(model):
     return sum(n for n, p in zip(sizes, params) if p.requires_grad), sum(sizes)
 
 
-def adamw(groups, learning_rate, adam_epsilon, **_):
-    """AdamW over `groups` (optimizer_groups) with the flags of the same names (others are
-    ignored); on a GPU its fused kernel (one kernel for every parameter, not several per tensor)."""
-    return torch.optim.AdamW(
-        groups, lr=learning_rate, eps=adam_epsilon, fused=torch.cuda.is_available()
-    )
+def describe(model):
+    """How many of the model's parameters train, as a line to print."""
+    trainable, total = count_params(model)
+    return f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.3f}%)"
+
+
+def adamw(groups, lr, eps):
+    """AdamW over `groups` (optimizer_groups); on a GPU its fused kernel (one kernel for every
+    parameter, not several per tensor)."""
+    return torch.optim.AdamW(groups, lr=lr, eps=eps, fused=torch.cuda.is_available())
 
 
 def optimizer_groups(params, weight_decay, **options):
@@ -180,3 +175,24 @@ def run_with_prompt(model, prompt, input_ids, attention_mask, token_type_ids=Non
         extra["token_type_ids"] = torch.cat([token_type_ids.new_zeros(batch, t), token_type_ids], 1)
     inputs = torch.cat([prompt.to(embeds.dtype), embeds], 1)
     return model(inputs_embeds=inputs, attention_mask=mask, labels=labels, **extra)
+
+
+def load_trained(output_dir, add_method, best=False):
+    """(tokenizer, model) of a finished run, rebuilt from OUTPUT_DIR/args.json: the base model,
+    the run's method added by `add_method` (its script's: it is given the run's flags that it
+    names), and the trained weights (`best`: best/trainable.safetensors); in eval mode on the CPU,
+    ready for model(**batch) on batches of common.data.Collator. The base model (and IDPG's
+    encoder) must be where the run found them."""
+    from common.checkpoint import load_trainable
+    from common.outputs import read_json
+
+    flags = read_json(os.path.join(output_dir, "args.json"))
+    tokenizer, model = load_model(
+        flags["model_name_or_path"],
+        flags["task"],
+        ignore_mismatched_sizes=flags["ignore_mismatched_sizes"],
+    )
+    names = list(inspect.signature(add_method).parameters)[2:]  # after (model, tokenizer)
+    model = add_method(model, tokenizer, **{name: flags[name] for name in names})
+    load_trainable(model, os.path.join(output_dir, "best" if best else "", "trainable.safetensors"))
+    return tokenizer, model.eval()

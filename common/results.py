@@ -1,0 +1,136 @@
+"""The end of a run: whether it learned, results.json, the eval logits and curves.png."""
+
+import math
+import os
+
+import torch
+
+from common.checkpoint import atomic_save_tensors, local_part
+from common.evaluation import constant_metrics
+from common.loop import comparable
+from common.models import count_params
+from common.outputs import LOCK, atomic_write_json, replacing
+from common.tasks import TASKS
+
+
+def weights_size(accelerator, model):
+    """The sum of squares of the trainable weights, over every rank's part (a collective): did they move?"""
+    total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for p in accelerator.unwrap_model(model).parameters():
+        if p.requires_grad:
+            total += local_part(p).detach().double().pow(2).sum()
+    return accelerator.reduce(total, "sum").item()
+
+
+def learning_warnings(metrics, majority, metric, change, trained, learning_rates, max_steps):
+    """What to say when a run learned nothing: its trainable weights did not move (`change`, the relative change of
+    their sum of squares, under 1e-6, though it `trained`), or its `metric` is within 1 point of always predicting
+    the majority class (`majority`)."""
+    rates = ", ".join(f"--{k} {v:g}" for k, v in learning_rates.items())
+    advice = (
+        f"try other learning rates ({rates}) or more optimizer steps (this run: {max_steps}; "
+        "--num_train_epochs, --max_train_samples)"
+    )
+    warnings = []
+    if trained and change < 1e-6:
+        warnings.append(f"the trainable weights did not move (relative change {change:.1e}): {advice}")
+    ours, theirs = comparable(metrics.get(metric)), comparable(majority.get(metric))
+    if math.isfinite(ours) and math.isfinite(theirs) and abs(ours - theirs) <= 0.01:
+        warnings.append(
+            f"{metric} {ours:.4f} is within 1 point of always predicting the majority class ({theirs:.4f}): the run "
+            f"learned nothing it shows; {advice}"
+        )
+    return warnings
+
+
+def draw_curves(log_history, metric, path):
+    """`path` (a PNG): the training loss at every logged step and the eval `metric` at every evaluation, against the
+    step. False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    losses = [(h["step"], h["loss"]) for h in log_history if h.get("loss") is not None]
+    evals = [(h["step"], h[metric]) for h in log_history if h.get(metric) is not None]
+    fig, left = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if losses:
+        left.plot(*zip(*losses), color="C0", label="training loss")
+    left.set_xlabel("optimizer step")
+    left.set_ylabel("training loss", color="C0")
+    right = left.twinx()
+    if evals:
+        right.plot(*zip(*evals), "o-", color="C1", label=metric)
+    right.set_ylabel(f"eval {metric}", color="C1")
+    fig.tight_layout()
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
+
+
+def write_results(
+    accelerator,
+    state,
+    model,
+    output_dir,
+    *,
+    method,
+    task,
+    model_name,
+    metrics,
+    logits,
+    eval_loaders,
+    start_size,
+    runtime,
+    learning_rates,
+    extra=None,
+):
+    """results.json (the output contract every script follows, `extra` added), the final eval logits and curves.png;
+    print the warnings and the final line, close the trackers and free OUTPUT_DIR. Every rank calls this
+    (collectives). `start_size`: weights_size before training; `runtime`: the seconds of training (evaluation and
+    saving left out); `learning_rates` {flag: value}: named by a warning."""
+    counts = torch.stack([state.tokens, state.tokens.new_tensor(state.padded), state.tokens.new_tensor(state.rows)])
+    tokens, padded, rows = accelerator.reduce(counts).tolist()
+    change = abs(weights_size(accelerator, model) - start_size) / max(start_size, 1e-30)
+    majority = constant_metrics(eval_loaders, task)
+    trainable, total = count_params(accelerator.unwrap_model(model))
+    metric = TASKS[task].metric
+    warnings = learning_warnings(metrics, majority, metric, change, rows > 0, learning_rates, state.max_steps)
+    for line in warnings:
+        accelerator.print(f"warning: {line}")
+    if accelerator.is_main_process:
+        selected = {}
+        if any(k.startswith("val_") for k in state.best):  # the test set, with the weights chosen on validation
+            selected["validation_metrics"] = {k[4:]: v for k, v in state.best.items() if k.startswith("val_")}
+            selected["test_metrics"] = {k: v for k, v in state.best.items() if k != "step" and k[:4] != "val_"}
+        atomic_save_tensors(os.path.join(output_dir, "eval_logits.safetensors"), logits)
+        per_second = (lambda n: n / runtime) if runtime else (lambda n: 0.0)
+        results = {
+            "task": task,
+            "method": method,
+            "model": model_name,
+            "metrics": metrics,
+            "best_metrics": state.best,
+            **selected,
+            "stopped_early_at_step": state.stopped_early_at,
+            "majority_metrics": majority,
+            "warnings": warnings,
+            "log_history": state.log_history,
+            "trainable_params": trainable,
+            "total_params": total,
+            **(extra or {}),
+            "train_runtime_s": runtime,
+            "train_samples_per_s": per_second(rows),
+            "train_tokens": tokens,
+            "train_padded_tokens": padded,
+            "train_tokens_per_s": per_second(tokens),
+        }
+        atomic_write_json(os.path.join(output_dir, "results.json"), results)
+        if not draw_curves(state.log_history, metric, os.path.join(output_dir, "curves.png")):
+            accelerator.print("curves.png not written: matplotlib is not installed")
+        os.remove(os.path.join(output_dir, LOCK))
+    accelerator.print(f"final {task} {method}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    accelerator.end_training()  # closes the trackers and the process group
