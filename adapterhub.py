@@ -2,8 +2,7 @@
 head_config.json, pytorch_adapter.bin and pytorch_model_head.bin, for model.load_adapter(path) and then
 set_active_adapters, on GPT-2 and BERT-style models. The .bin files are pickles, as AdapterHub writes them. Trained
 layer norms have no place in that format: they go to layer_norms.safetensors beside it (load them with
-load_state_dict(..., strict=False)).
-"""
+load_state_dict(..., strict=False))."""
 
 import json
 import os
@@ -24,20 +23,12 @@ def write_json(path, obj):
 ADAPTERHUB = {
     "gpt2": (
         "transformer.h",
-        {
-            "attn.c_proj": "attention_adapters",
-            "mlp.c_proj": "output_adapters",
-            "": "output_adapters",
-        },
+        {"attn.c_proj": "attention_adapters", "mlp.c_proj": "output_adapters", "": "output_adapters"},
     ),
     **{
         t: (
             f"{t}.encoder.layer",
-            {
-                "attention.output.dense": "attention.output",
-                "output.dense": "output",
-                "output.LayerNorm": "output",
-            },
+            {"attention.output.dense": "attention.output", "output.dense": "output", "output.LayerNorm": "output"},
         )
         for t in ("bert", "roberta")
     },
@@ -45,8 +36,8 @@ ADAPTERHUB = {
 
 
 def adapterhub_config(variant, reduction_factor, ln_before=False):
-    """AdapterHub's configuration of our adapters: Houlsby is its DoubleSeqBnConfig, Pfeiffer its
-    SeqBnConfig, with every field as adapters 1.3 writes it."""
+    """AdapterHub's configuration of our adapters: Houlsby is its DoubleSeqBnConfig, Pfeiffer its SeqBnConfig, with
+    every field as adapters 1.3 writes it."""
     houlsby = variant == "houlsby"
     return {
         "adapter_residual_before_ln": False,
@@ -86,17 +77,16 @@ def adapterhub_config(variant, reduction_factor, ln_before=False):
 
 
 def class_name(model):
-    """The model's class name; FSDP2 gives a sharded model a class of its own, FSDP<name>, that
-    derives from it."""
+    """The model's class name; FSDP2 gives a sharded model a class of its own, FSDP<name>, that derives from it."""
     from torch.distributed.fsdp import FSDPModule
 
     return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule)).__name__
 
 
 def export(path, trained, head, model, variant, m, base_model, name="glue"):
-    """`trained` the trained tensors (ours: LAYERS.i.PLACE.adapter.down.weight ...), `model` the
-    transformers model (its type, sizes and labels). Returns how many tensors went to
-    layer_norms.safetensors (0: the export is the whole trained state)."""
+    """`trained` the trained tensors (ours: LAYERS.i.PLACE.adapter.down.weight ...), `model` the transformers model
+    (its type, sizes and labels). Returns how many tensors went to layer_norms.safetensors (0: the export is the whole
+    trained state)."""
     layers, places = ADAPTERHUB[model.config.model_type]
     ours = re.compile(rf"{re.escape(layers)}\.(\d+)\.(?:(.*)\.)?adapter\.(norm|down|up)\.(weight|bias)$")
     normed = any(ours.match(k) and ours.match(k)[3] == "norm" for k in trained)  # ln_before

@@ -10,19 +10,29 @@ add_method and loaded with its trained weights (load_run). Prints one line a sen
 
 import argparse
 import importlib
+import inspect
 import os
 import sys
 
 
 def load_run(output_dir, best=False):
-    """(tokenizer, model) of a finished run of any script, in eval mode on the CPU (common.models.load_trained, given
-    the add_method of the script that trained it)."""
-    from common.models import load_trained
+    """(tokenizer, model) of a finished run of any script, rebuilt from OUTPUT_DIR/args.json: the base model, the
+    method added by the add_method of the script that trained it (given the run's flags that it names), and the
+    trained weights (`best`: best/trainable.safetensors); in eval mode on the CPU, ready for model(**batch) on batches
+    of common.data.Collator. The base model (and IDPG's encoder) must be where the run found them."""
+    from common.checkpoint import load_trainable
+    from common.models import load_model
     from common.outputs import read_json
 
-    method = read_json(os.path.join(output_dir, "args.json"))["method"]
-    script = importlib.import_module(f"train_{method}")
-    return load_trained(output_dir, script.add_method, best)
+    flags = read_json(os.path.join(output_dir, "args.json"))
+    add_method = importlib.import_module(f"train_{flags['method']}").add_method
+    tokenizer, model = load_model(
+        flags["model_name_or_path"], flags["task"], ignore_mismatched_sizes=flags["ignore_mismatched_sizes"]
+    )
+    names = list(inspect.signature(add_method).parameters)[2:]  # after (model, tokenizer)
+    model = add_method(model, tokenizer, **{name: flags[name] for name in names})
+    load_trainable(model, os.path.join(output_dir, "best" if best else "", "trainable.safetensors"))
+    return tokenizer, model.eval()
 
 
 def main(argv=None):
@@ -46,9 +56,7 @@ def main(argv=None):
     for i, text in enumerate(args.texts):
         parts = [t.strip() for t in text.split("|||")]
         if len(parts) != len(task.text_keys):
-            sys.exit(
-                f"error: '{text}' has {len(parts)} text(s); this task reads {len(task.text_keys)}"
-            )
+            sys.exit(f"error: '{text}' has {len(parts)} text(s); this task reads {len(task.text_keys)}")
         enc = tokenizer(*parts, truncation=True, max_length=flags["max_length"])
         rows.append({**enc, "label": 0.0 if task.is_regression else 0, "idx": i})
     collate = Collator(tokenizer.pad_token_id, tokenizer.padding_side, takes_position_ids(model))

@@ -34,12 +34,7 @@ def parse_args(argv=None):
     parser = base_parser(__doc__)
     parser.set_defaults(learning_rate=1e-3)
     add = parser.add_argument
-    add(
-        "--variant",
-        choices=["houlsby", "pfeiffer"],
-        default="houlsby",
-        help="where the adapters go",
-    )
+    add("--variant", choices=["houlsby", "pfeiffer"], default="houlsby", help="where the adapters go")
     add("--reduction_factor", type=int, default=16, help="the bottleneck m = d / reduction_factor")
     add("--adapter_size", type=int, default=None, help="the bottleneck m (overrides the factor)")
     add("--freeze_layer_norms", action="store_true", help="Houlsby: keep the layer norms frozen")
@@ -79,10 +74,7 @@ LAYOUT = {
         for t in ("llama", "mistral", "qwen2", "qwen3", "gemma")
     },
     **{
-        t: {
-            "houlsby": ("attention.output.dense", "output.dense"),
-            "pfeiffer": ("output.LayerNorm",),
-        }
+        t: {"houlsby": ("attention.output.dense", "output.dense"), "pfeiffer": ("output.LayerNorm",)}
         for t in ("bert", "roberta")
     },
 }

@@ -40,11 +40,7 @@ def parse_args(argv=None):
     parser.set_defaults(learning_rate=1e-3)
     add = parser.add_argument
     add("--num_virtual_tokens", type=int, default=20, help="prompt length t")
-    add(
-        "--encoder_name_or_path",
-        default="gpt2",
-        help="the encoder (the backbone's tokenizer), or self",
-    )
+    add("--encoder_name_or_path", default="gpt2", help="the encoder (the backbone's tokenizer), or self")
     add("--train_encoder", action="store_true", help="train the encoder too (IDPG Trained)")
     add("--prompt_only", action="store_true", help="PG: t learned encoder inputs for every row")
     add("--generator", choices=["mlp", "phm"], default="mlp", help="G: an MLP, or PHM layers")
@@ -54,12 +50,7 @@ def parse_args(argv=None):
     add("--prompt_layers", choices=["input", "all"], default="input", help="all: M-IDPG")
     add("--no_cache", action="store_true", help="run the frozen encoder every step")
     add("--encoder_dropout", action="store_true", help="the frozen encoder's dropout on in training")
-    add(
-        "--prompt_learning_rate",
-        type=float,
-        default=1e-4,
-        help="the generator's (and PG's inputs')",
-    )
+    add("--prompt_learning_rate", type=float, default=1e-4, help="the generator's (and PG's inputs')")
     args = check_args(parser.parse_args(argv), "idpg")
     if args.num_virtual_tokens < 1 or args.generator_hidden < 1 or args.prompt_learning_rate <= 0:
         fail("--num_virtual_tokens, --generator_hidden >= 1 and --prompt_learning_rate > 0")
@@ -81,10 +72,11 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from common import checkpoint, data, evaluation, loop, models, results
-from common.checkpoint import gathered, unsharded
-from common.data import pack_left, positions
+from common.checkpoint import gathered
+from common.data import positions
 from common.errors import run_main, stop_on_signals, usage_errors
-from common.models import param_dtype, run_with_prompt
+from common.models import param_dtype
+from common.prompts import pack_left, run_with_prompt, split_params, unsharded
 
 
 def load_encoder(name, tokenizer):
@@ -152,11 +144,7 @@ def make_generator(d_enc, d, num_tokens, kind="mlp", hidden=384, phm_n=16, norma
     if kind == "mlp":
         layers = [nn.Linear(d_enc, hidden), nn.ReLU(), nn.Linear(hidden, num_tokens * d)]
     else:
-        layers = [
-            PHMLinear(d_enc, hidden, phm_n),
-            nn.GELU(),
-            PHMLinear(hidden, num_tokens * d, phm_n),
-        ]
+        layers = [PHMLinear(d_enc, hidden, phm_n), nn.GELU(), PHMLinear(hidden, num_tokens * d, phm_n)]
     return nn.Sequential(*first, *layers)
 
 
@@ -304,15 +292,7 @@ class IDPG(nn.Module):
         self.keys = keys[order]
         self.states = torch.cat(states)[order]
 
-    def forward(
-        self,
-        input_ids,
-        attention_mask,
-        labels=None,
-        token_type_ids=None,
-        position_ids=None,
-        idx=None,
-    ):
+    def forward(self, input_ids, attention_mask, labels=None, token_type_ids=None, position_ids=None, idx=None):
         # (position_ids, if a collator made them, are made again: the prompt comes first)
         input_ids, attention_mask, token_type_ids = pack_left(input_ids, attention_mask, token_type_ids)
         r = self.represent(input_ids, attention_mask, idx)
@@ -419,7 +399,7 @@ def main(args):
         pad_to_multiple_of=args.pad_to_multiple_of,
         do_predict=args.do_predict,
     )
-    generator, head = models.split_params(model, model.model)  # G (and PG's inputs, a trained encoder), the head
+    generator, head = split_params(model, model.model)  # G (and PG's inputs, a trained encoder), the head
     groups = [
         *models.optimizer_groups(generator, args.weight_decay, lr=args.prompt_learning_rate),
         *models.optimizer_groups(head, args.weight_decay),

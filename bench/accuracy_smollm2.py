@@ -32,21 +32,9 @@ METHODS = {
     "full": ("train_full.py", [], ("--learning_rate", [2e-6, 2e-5, 2e-4])),
     "lora": ("train_lora.py", [], ("--learning_rate", [5e-5, 5e-4, 5e-3])),
     "prefix": ("train_prefix.py", [], ("--prefix_learning_rate", [1e-4, 1e-3, 1e-2])),
-    "prefix-random": (
-        "train_prefix.py",
-        ["--prefix_init", "random"],
-        ("--prefix_learning_rate", [1e-4, 1e-3, 1e-2]),
-    ),
-    "houlsby": (
-        "train_adapter.py",
-        ["--variant", "houlsby"],
-        ("--learning_rate", [1e-4, 1e-3, 1e-2]),
-    ),
-    "pfeiffer": (
-        "train_adapter.py",
-        ["--variant", "pfeiffer"],
-        ("--learning_rate", [1e-4, 1e-3, 1e-2]),
-    ),
+    "prefix-random": ("train_prefix.py", ["--prefix_init", "random"], ("--prefix_learning_rate", [1e-4, 1e-3, 1e-2])),
+    "houlsby": ("train_adapter.py", ["--variant", "houlsby"], ("--learning_rate", [1e-4, 1e-3, 1e-2])),
+    "pfeiffer": ("train_adapter.py", ["--variant", "pfeiffer"], ("--learning_rate", [1e-4, 1e-3, 1e-2])),
     # AdapterHub's own placement: the adapter reads the raw residual stream.
     "pfeiffer-stream": (
         "train_adapter.py",
@@ -54,16 +42,8 @@ METHODS = {
         ("--learning_rate", [1e-4, 1e-3, 1e-2]),
     ),
     "prompt": ("train_prompt.py", [], ("--prompt_learning_rate", [3e-3, 3e-2, 3e-1])),
-    "idpg": (
-        "train_idpg.py",
-        ["--encoder_name_or_path", "{model}"],
-        ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2]),
-    ),
-    "idpg-self": (
-        "train_idpg.py",
-        ["--encoder_name_or_path", "self"],
-        ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2]),
-    ),
+    "idpg": ("train_idpg.py", ["--encoder_name_or_path", "{model}"], ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2])),
+    "idpg-self": ("train_idpg.py", ["--encoder_name_or_path", "self"], ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2])),
     "m-idpg": (
         "train_idpg.py",
         ["--encoder_name_or_path", "self", "--prompt_layers", "all"],
@@ -79,11 +59,7 @@ METHODS = {
     # each row then reads its prompt from another distance. Rows of similar lengths in a batch
     # (few pads) keep it near [prompt][text], as ours packs it: how a peft user runs it.
     "peft:lora": ("peft", ["--method", "lora"], None),
-    "peft:prompt": (
-        "peft",
-        ["--method", "prompt", "--num_virtual_tokens", "20", "--group_by_length"],
-        None,
-    ),
+    "peft:prompt": ("peft", ["--method", "prompt", "--num_virtual_tokens", "20", "--group_by_length"], None),
     "peft:prompt-padded": ("peft", ["--method", "prompt", "--num_virtual_tokens", "20"], None),
 }
 REFERENCE = {"lora": "peft:lora", "prompt": "peft:prompt"}
@@ -101,9 +77,7 @@ TASKS = {
     "rte": {"dir": "RTE", "rows": 2490, "max_length": 128},
     "mrpc": {"dir": "MRPC", "rows": 3668, "max_length": 128},
 }
-OUT = {
-    part: os.path.join(ROOT, "bench", "results", f"accuracy-smollm2-{part}.json") for part in BUDGET
-}
+OUT = {part: os.path.join(ROOT, "bench", "results", f"accuracy-smollm2-{part}.json") for part in BUDGET}
 
 
 def budget(part, task):
@@ -124,9 +98,7 @@ def default_rates(script):
     import importlib
 
     args = importlib.import_module(script[:-3]).parse_args(["--task", "sst2"])
-    method = getattr(args, "prefix_learning_rate", None) or getattr(
-        args, "prompt_learning_rate", None
-    )
+    method = getattr(args, "prefix_learning_rate", None) or getattr(args, "prompt_learning_rate", None)
     return args.learning_rate, method
 
 
@@ -167,11 +139,9 @@ def command(name, seed, model, data_dir, out_dir, part, rate=None, task="sst2"):
             out_dir,
             "--overwrite_output_dir",
         ]
-    ours = {
-        "peft:lora": "train_lora.py",
-        "peft:prompt": "train_prompt.py",
-        "peft:prompt-padded": "train_prompt.py",
-    }[name]
+    ours = {"peft:lora": "train_lora.py", "peft:prompt": "train_prompt.py", "peft:prompt-padded": "train_prompt.py"}[
+        name
+    ]
     head, method = default_rates(ours)
     return [
         sys.executable,
@@ -203,9 +173,7 @@ def run(name, seed, model, data_dir, part, rate, threads, task="sst2", deadline=
         )
         left = None if deadline is None else deadline - time.monotonic()
         try:
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=left
-            )
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=left)
         except subprocess.TimeoutExpired:
             return None
         if proc.returncode != 0:
@@ -214,13 +182,7 @@ def run(name, seed, model, data_dir, part, rate, threads, task="sst2", deadline=
         if METHODS[name][0] == "peft":
             return json.loads(proc.stdout.strip().splitlines()[-1])
         res = json.load(open(os.path.join(out_dir, "results.json")))
-        keep = (
-            "metrics",
-            "validation_metrics",
-            "trainable_params",
-            "train_runtime_s",
-            "log_history",
-        )
+        keep = ("metrics", "validation_metrics", "trainable_params", "train_runtime_s", "log_history")
         return {k: res[k] for k in keep if k in res}
 
 
@@ -237,16 +199,10 @@ def summarise(runs, part):
     if part == "sweep":
         for r in runs.values():
             if "validation_metrics" in r:
-                table.setdefault(r["method"], {})[str(r["rate"])] = (
-                    100 * r["validation_metrics"]["accuracy"]
-                )
+                table.setdefault(r["method"], {})[str(r["rate"])] = 100 * r["validation_metrics"]["accuracy"]
         return table
     for name in METHODS:
-        scores = [
-            100 * r["metrics"]["accuracy"]
-            for r in runs.values()
-            if r["method"] == name and "metrics" in r
-        ]
+        scores = [100 * r["metrics"]["accuracy"] for r in runs.values() if r["method"] == name and "metrics" in r]
         if scores:
             table[name] = {
                 "mean": statistics.mean(scores),
@@ -292,9 +248,7 @@ def main():
         help="the grid's tasks, one pool of runs across them (the sweep is SST-2's)",
     )
     p.add_argument("--threads", type=int, default=2, help="torch threads of each run")
-    p.add_argument(
-        "--jobs", type=int, default=1, help="runs at a time (on a GPU: several share it)"
-    )
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (on a GPU: several share it)")
     p.add_argument(
         "--minutes",
         type=float,
@@ -305,15 +259,10 @@ def main():
     p.add_argument(
         "--out",
         default=None,
-        help="one task: its results file (default: "
-        "bench/results/accuracy-smollm2-PART[-TASK].json)",
+        help="one task: its results file (default: bench/results/accuracy-smollm2-PART[-TASK].json)",
     )
-    p.add_argument(
-        "--out_dir", default=None, help="a folder for OUT_DIR/accuracy-smollm2-PART-TASK.json"
-    )
-    p.add_argument(
-        "--smoke", action="store_true", help="32 training and 32 dev rows: a test of the plan"
-    )
+    p.add_argument("--out_dir", default=None, help="a folder for OUT_DIR/accuracy-smollm2-PART-TASK.json")
+    p.add_argument("--smoke", action="store_true", help="32 training and 32 dev rows: a test of the plan")
     args = p.parse_args()
     if args.smoke:
         for part in BUDGET.values():
@@ -342,15 +291,15 @@ def main():
             for j in jobs(args.part, args.methods, args.seeds, args.rates)
             if key(*j) not in done or "error" in done[key(*j)]
         ]
-        print(
-            f"{task}: {sum(t == task for t, *_ in todo)} runs to do ({len(done)} saved in {path})",
-            flush=True,
-        )
+        print(f"{task}: {sum(t == task for t, *_ in todo)} runs to do ({len(done)} saved in {path})", flush=True)
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process
         futures = {
-            pool.submit(
-                run, name, seed, model, data_dir, args.part, rate, args.threads, task, deadline
-            ): (task, name, seed, rate)
+            pool.submit(run, name, seed, model, data_dir, args.part, rate, args.threads, task, deadline): (
+                task,
+                name,
+                seed,
+                rate,
+            )
             for task, name, seed, rate in todo
         }
         for future in concurrent.futures.as_completed(futures):
@@ -358,15 +307,8 @@ def main():
             result = future.result()
             if result is None:
                 continue  # the deadline came first: left for a later call
-            runs[task][key(name, seed, rate)] = {
-                "method": name,
-                "seed": seed,
-                "rate": rate,
-                **result,
-            }
-            score = (result.get("validation_metrics") or result.get("metrics") or {}).get(
-                "accuracy"
-            )
+            runs[task][key(name, seed, rate)] = {"method": name, "seed": seed, "rate": rate, **result}
+            score = (result.get("validation_metrics") or result.get("metrics") or {}).get("accuracy")
             shown = f"{100 * score:.2f}" if score is not None else result["error"]
             print(f"{task} {key(name, seed, rate):28s} {shown}", flush=True)
             atomic_write_json(
@@ -378,9 +320,7 @@ def main():
                     "dev_majority": dev_majority(data_dir, task),
                     "threads_per_run": args.threads,
                     "jobs": args.jobs,
-                    "methods": {
-                        n: {"runner": r, "flags": f, "swept": s} for n, (r, f, s) in METHODS.items()
-                    },
+                    "methods": {n: {"runner": r, "flags": f, "swept": s} for n, (r, f, s) in METHODS.items()},
                     "summary": summarise(runs[task], args.part),
                     "runs": runs[task],
                 },

@@ -34,11 +34,7 @@ def measure(folder, texts, variant, ln_before):
     def record(name):
         def hook(module, args, out):
             h = args[0]
-            seen[name] = (
-                h.pow(2).mean().sqrt().item(),
-                h.abs().max().item(),
-                out.pow(2).mean().sqrt().item(),
-            )
+            seen[name] = (h.pow(2).mean().sqrt().item(), h.abs().max().item(), out.pow(2).mean().sqrt().item())
 
         return hook
 

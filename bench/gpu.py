@@ -64,9 +64,7 @@ def parse_args():
     p.add_argument("--layers", type=int, default=48)
     p.add_argument("--shapes", default="32x128,8x128,8x256", help="batch x tokens, comma-separated")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument(
-        "--rounds", type=int, default=2, help="interleaved rounds of the first shape (others: 1)"
-    )
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the first shape (others: 1)")
     p.add_argument("--steps", type=int, default=8, help="timed steps per round")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cuda")
@@ -76,9 +74,7 @@ def parse_args():
         default=None,
         help="dense bf16 peak of the card (default: H100 SXM 989, H200 989, A100 312)",
     )
-    p.add_argument(
-        "--profile", default=None, metavar="METHOD", help="profile one method at the first shape"
-    )
+    p.add_argument("--profile", default=None, metavar="METHOD", help="profile one method at the first shape")
     p.add_argument(
         "--out_dir",
         default=os.path.join("bench", "results"),
@@ -106,20 +102,14 @@ def build(method, layers, device):
 
             kind = {
                 "peft_lora": peft.LoraConfig(
-                    r=8,
-                    lora_alpha=16,
-                    target_modules=["c_attn"],
-                    fan_in_fan_out=True,
-                    task_type="SEQ_CLS",
+                    r=8, lora_alpha=16, target_modules=["c_attn"], fan_in_fan_out=True, task_type="SEQ_CLS"
                 ),
                 "peft_prompt": peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20),
             }[method]
             return peft.get_peft_model(model, kind)
         freeze_backbone(model)
         if method in ("lora", "lora_qv"):
-            add_lora(
-                model, ["c_attn"], r=8, alpha=16, slices=["q", "v"] if method == "lora_qv" else None
-            )
+            add_lora(model, ["c_attn"], r=8, alpha=16, slices=["q", "v"] if method == "lora_qv" else None)
         elif method in ("houlsby", "pfeiffer"):
             add_adapters(model, method, 1600 // 16, train_layer_norms=False)
         elif method == "prefix":
@@ -157,11 +147,7 @@ def step_fn(method, model, batch, device):
         with autocast:
             if method == "floor":  # gradients flow to the input embeddings only
                 embeds = embeddings(batch["input_ids"]).detach().requires_grad_()
-                loss = model(
-                    inputs_embeds=embeds,
-                    attention_mask=batch["attention_mask"],
-                    labels=batch["labels"],
-                ).loss
+                loss = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
             else:
                 loss = model(**batch).loss
         loss.backward()
@@ -239,18 +225,14 @@ def profile(method, layers, batch_size, seq, device):
         kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
         busy = sum(e.device_time for e in kernels)
         span = max(e.time_range.end for e in kernels) - min(e.time_range.start for e in kernels)
-        print(
-            f"GPU busy: {busy / span:.1%} of the 3 steps' span ({len(kernels) / 3:.0f} kernels a step)"
-        )
+        print(f"GPU busy: {busy / span:.1%} of the 3 steps' span ({len(kernels) / 3:.0f} kernels a step)")
 
 
 def main():
     args = parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    peak = args.peak_tflops or next(
-        (v for k, v in {"A100": 312, "H100": 989, "H200": 989}.items() if k in name), 989
-    )
+    peak = args.peak_tflops or next((v for k, v in {"A100": 312, "H100": 989, "H200": 989}.items() if k in name), 989)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     methods = args.methods.split(",")
     if args.profile:
@@ -271,24 +253,14 @@ def main():
                 free(device)
                 try:
                     t, mem, flops, trainable = measure(
-                        method,
-                        args.layers,
-                        batch_size,
-                        seq,
-                        args,
-                        device,
-                        count_flops=method not in info,
+                        method, args.layers, batch_size, seq, args, device, count_flops=method not in info
                     )
-                except (
-                    Exception
-                ) as e:  # an out-of-memory, a library missing: the other rows still count
+                except Exception as e:  # an out-of-memory, a library missing: the other rows still count
                     errors[method] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
                     print(f"{batch_size}x{seq} {method}: {errors[method]}", flush=True)
                     continue
                 times[method].append(t)
-                info.setdefault(
-                    method, {"flops": flops, "trainable": trainable, "peak_mem_gib": mem}
-                )
+                info.setdefault(method, {"flops": flops, "trainable": trainable, "peak_mem_gib": mem})
                 print(f"{batch_size}x{seq} round {r} {method:15s} {t * 1000:8.1f} ms", flush=True)
                 rows = summary(times, info, batch_size, seq, peak)
                 write(out, name, args, peak, rows, errors)
@@ -340,9 +312,7 @@ def write(out, name, args, peak, rows, errors):
 
 
 def show(rows, out):
-    print(
-        f"\n{'shape':>7} {'method':15} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}  vs full  ({out})"
-    )
+    print(f"\n{'shape':>7} {'method':15} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}  vs full  ({out})")
     full = next((x for x in rows if x["method"] == "full"), None)
     for r in rows:
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"

@@ -34,9 +34,7 @@ def python():
     stamp = os.path.join(VENV, "pins.txt")
     if not (os.path.exists(stamp) and open(stamp).read() == " ".join(PINS)):
         subprocess.run([sys.executable, "-m", "venv", "--clear", VENV], check=True)
-        subprocess.run(
-            [exe, "-m", "pip", "install", "-q", PINS[0]], check=True
-        )  # first: the CPU wheel
+        subprocess.run([exe, "-m", "pip", "install", "-q", PINS[0]], check=True)  # first: the CPU wheel
         subprocess.run([exe, "-m", "pip", "install", "-q", *PINS[1:]], check=True)
         with open(stamp, "w") as f:
             f.write(" ".join(PINS))

@@ -24,12 +24,7 @@ CONFIGS = {
         "--mixed_precision",
         "bf16",
     ],
-    "zero3_offload": [
-        "--config_file",
-        "accelerate_configs/zero3_offload.yaml",
-        "--num_processes",
-        "2",
-    ],
+    "zero3_offload": ["--config_file", "accelerate_configs/zero3_offload.yaml", "--num_processes", "2"],
     "fsdp": ["--config_file", "accelerate_configs/fsdp.yaml", "--num_processes", "2"],
     "fsdp_bf16": [
         "--config_file",
@@ -39,12 +34,7 @@ CONFIGS = {
         "--mixed_precision",
         "bf16",
     ],
-    "fp16": [
-        "--config_file",
-        "accelerate_configs/fp16.yaml",
-        "--num_processes",
-        "2",
-    ],  # CPU: accelerate runs fp32
+    "fp16": ["--config_file", "accelerate_configs/fp16.yaml", "--num_processes", "2"],  # CPU: accelerate runs fp32
 }
 WORLD = {name: 1 if launch is None else 2 for name, launch in CONFIGS.items()}
 
@@ -78,13 +68,5 @@ def launch(script, config, args, timeout=900, cwd=ROOT):
         ]
     # PYTHONPATH: helper programs outside the root (tests/launch/shard_probe.py) import common/ too.
     path = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = dict(
-        os.environ,
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=path,
-    )
-    return subprocess.run(
-        cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=path)
+    return subprocess.run(cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

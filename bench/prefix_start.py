@@ -26,11 +26,7 @@ def measure(model, tok, texts, kv, layers):
     p = 0 if kv is None else kv.shape[3]
     for text in texts:
         ids = tok(text, return_tensors="pt").input_ids
-        extra = (
-            {}
-            if kv is None
-            else {"past_key_values": DynamicCache([(k[None], v[None]) for k, v in kv])}
-        )
+        extra = {} if kv is None else {"past_key_values": DynamicCache([(k[None], v[None]) for k, v in kv])}
         with torch.no_grad():
             out = model.model(
                 input_ids=ids,
@@ -52,34 +48,22 @@ def main():
 
     path = smollm2_dir()
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=2, attn_implementation="eager"
-    )
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation="eager")
     model.eval()
     data = os.path.join(ROOT, "..", "shared", "glue", "SST-2", "train.tsv")
-    texts = [
-        row[0] for row in list(csv.reader(open(data), delimiter="\t", quoting=csv.QUOTE_NONE))[1:33]
-    ]
+    texts = [row[0] for row in list(csv.reader(open(data), delimiter="\t", quoting=csv.QUOTE_NONE))[1:33]]
     n = model.config.num_hidden_layers
     layers = [0, n // 6, n // 2, n - 1]
     torch.manual_seed(0)
     random = PrefixTuning(model, 10).eval()
-    text = PrefixTuning(
-        model,
-        10,
-        text_ids=prefix_text_ids(tok, parse_args(["--task", "sst2"]).prefix_init_text, 10),
-    )
-    print(
-        f"layers {layers}: attention share of the last token on the first position | on the prefix; spread"
-    )
+    text = PrefixTuning(model, 10, text_ids=prefix_text_ids(tok, parse_args(["--task", "sst2"]).prefix_init_text, 10))
+    print(f"layers {layers}: attention share of the last token on the first position | on the prefix; spread")
     for name, kv in (
         ("no prefix", None),
         ("random (peft)", random.prefix()),
         ("text (default)", text.eval().prefix()),
     ):
-        first, prefix, spread = measure(
-            model, tok, texts, None if kv is None else kv.detach(), layers
-        )
+        first, prefix, spread = measure(model, tok, texts, None if kv is None else kv.detach(), layers)
         print(
             f"{name:15s} first {[round(x, 2) for x in first.tolist()]} | prefix "
             f"{[round(x, 2) for x in prefix.tolist()]}; spread {spread:.2f}"

@@ -17,9 +17,7 @@ def python():
     exe = os.path.join(VENV, "bin", "python")
     stamp = os.path.join(VENV, "pins.txt")
     if not (os.path.exists(stamp) and open(stamp).read() == " ".join(PINS)):
-        subprocess.run(
-            [sys.executable, "-m", "venv", "--system-site-packages", "--clear", VENV], check=True
-        )
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--clear", VENV], check=True)
         subprocess.run([exe, "-m", "pip", "install", "-q", *PINS], check=True)
         with open(stamp, "w") as f:
             f.write(" ".join(PINS))

@@ -23,19 +23,14 @@ from common.data import Collator, LengthGroupedSampler, read_tsv  # noqa: E402
 from common.metrics import glue_metrics  # noqa: E402
 from common.tasks import TASKS, TSV_FILES  # noqa: E402
 
-LORA_TARGETS = {
-    "bert": ["query", "value"],
-    "llama": ["q_proj", "v_proj"],
-}  # as train_lora.py's defaults
+LORA_TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}  # as train_lora.py's defaults
 HEAD = {"bert": "classifier", "llama": "score"}
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--library", choices=["peft", "adapters"], required=True)
-    p.add_argument(
-        "--method", choices=["lora", "prefix", "prompt", "houlsby", "pfeiffer"], required=True
-    )
+    p.add_argument("--method", choices=["lora", "prefix", "prompt", "houlsby", "pfeiffer"], required=True)
     p.add_argument("--model_name_or_path", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--data_dir", required=True)
@@ -45,9 +40,7 @@ def parse_args():
     p.add_argument("--max_length", type=int, default=128)
     p.add_argument("--per_device_train_batch_size", type=int, default=32)
     p.add_argument("--learning_rate", type=float, required=True, help="the classification head's")
-    p.add_argument(
-        "--method_learning_rate", type=float, required=True, help="the method's parameters'"
-    )
+    p.add_argument("--method_learning_rate", type=float, required=True, help="the method's parameters'")
     p.add_argument("--num_virtual_tokens", type=int, default=20)
     p.add_argument("--num_prefix", type=int, default=10)
     p.add_argument("--lora_r", type=int, default=8)
@@ -62,27 +55,12 @@ def parse_args():
 
 
 def add_method(
-    model,
-    library,
-    method,
-    lora_r=8,
-    lora_alpha=16,
-    num_prefix=10,
-    num_virtual_tokens=20,
-    reduction_factor=16,
-    **_,
+    model, library, method, lora_r=8, lora_alpha=16, num_prefix=10, num_virtual_tokens=20, reduction_factor=16, **_
 ):
     """The reference library's method on the model (keywords: the flags of the same names);
     afterwards only it and the head train."""
     if library == "peft":
-        from peft import (
-            LoraConfig,
-            PrefixTuningConfig,
-            PromptTuningConfig,
-            PromptTuningInit,
-            TaskType,
-            get_peft_model,
-        )
+        from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
         config = {
             "lora": lambda: LoraConfig(
@@ -117,9 +95,7 @@ def add_method(
 
 def rows(path, task, tokenizer, max_length):
     data = read_tsv(task, path)
-    enc = tokenizer(
-        *[data[k] for k in TASKS[task].text_keys], truncation=True, max_length=max_length
-    )
+    enc = tokenizer(*[data[k] for k in TASKS[task].text_keys], truncation=True, max_length=max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     return [
         {**{k: enc[k][i] for k in keys}, "label": data["label"][i], "idx": data["idx"][i]}
@@ -137,43 +113,26 @@ def main():
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     if tokenizer.pad_token is None:  # as our scripts: pad with eos (masked)
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(
-        args.model_name_or_path, num_labels=task.num_labels
-    )
+    model = AutoModelForSequenceClassification.from_pretrained(args.model_name_or_path, num_labels=task.num_labels)
     model.config.pad_token_id = tokenizer.pad_token_id
     model = add_method(model, **vars(args)).to(device)
     folder = os.path.join(args.data_dir, task.tsv_dir)
-    train = rows(os.path.join(folder, "train.tsv"), args.task, tokenizer, args.max_length)[
-        : args.max_train_samples
-    ]
-    dev = rows(
-        os.path.join(folder, TSV_FILES[task.eval_splits[0]]), args.task, tokenizer, args.max_length
-    )
+    train = rows(os.path.join(folder, "train.tsv"), args.task, tokenizer, args.max_length)[: args.max_train_samples]
+    dev = rows(os.path.join(folder, TSV_FILES[task.eval_splits[0]]), args.task, tokenizer, args.max_length)
     # peft's prompt tuning hands the model embeddings, and a decoder's classifier then reads the last
     # position: pad on the left so that it is a real token (as train_prompt.py packs its rows).
-    side = (
-        "left"
-        if args.method == "prompt" and model.config.model_type == "llama"
-        else tokenizer.padding_side
-    )
+    side = "left" if args.method == "prompt" and model.config.model_type == "llama" else tokenizer.padding_side
     collate = Collator(tokenizer.pad_token_id, side, positions=False)
     order = {"shuffle": True, "generator": torch.Generator().manual_seed(args.seed)}
     if args.group_by_length:  # few pads between peft's prompt and the text
         lengths = [len(r["input_ids"]) for r in train]
-        order = {
-            "sampler": LengthGroupedSampler(lengths, args.per_device_train_batch_size, args.seed)
-        }
-    loader = DataLoader(
-        train, batch_size=args.per_device_train_batch_size, collate_fn=collate, **order
-    )
+        order = {"sampler": LengthGroupedSampler(lengths, args.per_device_train_batch_size, args.seed)}
+    loader = DataLoader(train, batch_size=args.per_device_train_batch_size, collate_fn=collate, **order)
     is_head = lambda name: HEAD[model.config.model_type] in name.split(".")  # noqa: E731
     head = [p for n, p in model.named_parameters() if p.requires_grad and is_head(n)]
     method = [p for n, p in model.named_parameters() if p.requires_grad and not is_head(n)]
     optimizer = torch.optim.AdamW(
-        [
-            {"params": method, "lr": args.method_learning_rate},
-            {"params": head, "lr": args.learning_rate},
-        ],
+        [{"params": method, "lr": args.method_learning_rate}, {"params": head, "lr": args.learning_rate}],
         weight_decay=0.0,
     )
     steps = args.num_train_epochs * math.ceil(len(train) / args.per_device_train_batch_size)
@@ -196,9 +155,7 @@ def main():
             batch = {k: v.to(device) for k, v in batch.items()}
             preds.append(model(**batch).logits.argmax(-1).cpu())
     metrics = glue_metrics(args.task, torch.cat(preds).numpy(), torch.cat(labels).numpy())
-    print(
-        json.dumps({"metrics": metrics, "trainable_params": sum(p.numel() for p in head + method)})
-    )
+    print(json.dumps({"metrics": metrics, "trainable_params": sum(p.numel() for p in head + method)}))
 
 
 if __name__ == "__main__":

@@ -45,12 +45,7 @@ def gpu_table(path):
     rows = r["results"]
     for row in rows:
         full = next(
-            (
-                x
-                for x in rows
-                if x["method"] == "full" and (x["batch"], x["seq"]) == (row["batch"], row["seq"])
-            ),
-            None,
+            (x for x in rows if x["method"] == "full" and (x["batch"], x["seq"]) == (row["batch"], row["seq"])), None
         )
         ratio = f"{row['tokens_per_s'] / full['tokens_per_s']:.2f}x" if full else ""
         lines.append(
@@ -75,8 +70,7 @@ def gpu_table(path):
     for name in ("lora", "prompt"):
         if name in at and f"peft_{name}" in at:
             checks.append(
-                f"{name} / peft step time {at[name]['step_s'] / at[f'peft_{name}']['step_s']:.2f} "
-                "(target <= 0.95)"
+                f"{name} / peft step time {at[name]['step_s'] / at[f'peft_{name}']['step_s']:.2f} (target <= 0.95)"
             )
     return "\n".join(lines + (["", "At 32 x 128: " + "; ".join(checks) + "."] if checks else []))
 
@@ -99,12 +93,9 @@ def speed_table(path):
     ]
     for x in r["ratios"]:
         target = f"<= {x['target']:.2f}" if x["target"] else ""
-        met = (
-            "" if not x["target"] else (" (met)" if x["time_ratio"] <= x["target"] else " (missed)")
-        )
+        met = "" if not x["target"] else (" (met)" if x["time_ratio"] <= x["target"] else " (missed)")
         lines.append(
-            f"| {x['config']} | {x['baseline']} | {x['time_ratio']:.3f} | {x['memory_ratio']:.3f} | "
-            f"{target}{met} |"
+            f"| {x['config']} | {x['baseline']} | {x['time_ratio']:.3f} | {x['memory_ratio']:.3f} | {target}{met} |"
         )
     return "\n".join(lines)
 
@@ -118,8 +109,7 @@ def sharding_table(path):
         f"{r['rounds']} interleaved rounds (`python bench/sharding.py`, "
         f"`{os.path.relpath(path, ROOT)}`):",
         "",
-        "| script | step time, FSDP2 / ZeRO-3 | peak memory a process, FSDP2 / ZeRO-3 "
-        "| ZeRO-3: s/step, MiB |",
+        "| script | step time, FSDP2 / ZeRO-3 | peak memory a process, FSDP2 / ZeRO-3 | ZeRO-3: s/step, MiB |",
         "|---|---|---|---|",
     ]
     for x in r["rows"]:
@@ -144,9 +134,7 @@ def accuracy_table(path):
         f"{r['model']}, dev accuracy (%) on the full dev sets, mean +- std over seeds (n); {budget}; "
         f"{r['threads_per_run']} torch thread per run (`{os.path.relpath(path, ROOT)}`):",
         "",
-        "| method | trainable | "
-        + " | ".join(f"{names[t]} | {names[t]} ours - reference" for t in b)
-        + " |",
+        "| method | trainable | " + " | ".join(f"{names[t]} | {names[t]} ours - reference" for t in b) + " |",
         "|---|---|" + "---|---|" * len(b),
     ]
     for name in r["methods"]:
@@ -158,11 +146,7 @@ def accuracy_table(path):
             row = r["summary"][t].get(name)
             cells.append(f"{row['mean']:.2f} +- {row['std']:.2f} ({row['n']})" if row else "")
             gap = row.get("minus_reference") if row else None
-            cells.append(
-                ""
-                if gap is None
-                else f"{gap:+.2f} ({'within' if abs(gap) <= 0.5 else 'outside'} 0.5)"
-            )
+            cells.append("" if gap is None else f"{gap:+.2f} ({'within' if abs(gap) <= 0.5 else 'outside'} 0.5)")
         lines.append(f"| {name} | {runs[0]['trainable_params']:,} | " + " | ".join(cells) + " |")
     full = r["summary"].get("sst2", {}).get("full")
     if full:
@@ -195,11 +179,7 @@ def smollm2_sweep_table(path):
             continue
         cells = ", ".join(
             f"{x['rate']:g}: "
-            + (
-                f"{100 * x['validation_metrics']['accuracy']:.2f}"
-                if "validation_metrics" in x
-                else "failed"
-            )
+            + (f"{100 * x['validation_metrics']['accuracy']:.2f}" if "validation_metrics" in x else "failed")
             for x in sorted(runs, key=lambda x: x["rate"])
         )
         done = [x for x in runs if "train_runtime_s" in x]
@@ -221,11 +201,7 @@ def smollm2_grid_table(path):
     minus the reference library's (bench/accuracy_smollm2.py --part grid)."""
     r = json.load(open(path))
     b, summary, majority = r["budget"], r["summary"], r.get("dev_majority", SST2_DEV_MAJORITY)
-    scored = (
-        f"the first {b['max_eval_samples']} dev rows"
-        if b.get("max_eval_samples")
-        else "the full dev set"
-    )
+    scored = f"the first {b['max_eval_samples']} dev rows" if b.get("max_eval_samples") else "the full dev set"
     lines = [
         f"{r['model']}, {TASK_NAMES[r['task']]}: the first {b['rows']} training rows, {b['epochs']} epoch at "
         f"batch {b['batch']} ({-(-b['rows'] // b['batch'])} steps), max {b['max_length']} tokens, every script at "
@@ -240,14 +216,8 @@ def smollm2_grid_table(path):
     for name in sorted(summary, key=lambda n: -summary[n]["mean"]):
         row = summary[name]
         runs = [x for x in r["runs"].values() if x["method"] == name and "metrics" in x]
-        gap = (
-            f"{row['minus_reference']:+.2f} ({row['reference_std']:.2f})"
-            if "minus_reference" in row
-            else ""
-        )
-        timed = [
-            x["train_runtime_s"] for x in runs if "train_runtime_s" in x
-        ]  # the references' are not
+        gap = f"{row['minus_reference']:+.2f} ({row['reference_std']:.2f})" if "minus_reference" in row else ""
+        timed = [x["train_runtime_s"] for x in runs if "train_runtime_s" in x]  # the references' are not
         minutes = f"{statistics.mean(timed) / 60:.1f}" if timed else ""
         # no -0.00
         lines.append(
@@ -269,11 +239,7 @@ def smollm2_figure(path, png):
     r = json.load(open(path))
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     params = {
-        name: next(
-            x["trainable_params"]
-            for x in r["runs"].values()
-            if x["method"] == name and "metrics" in x
-        )
+        name: next(x["trainable_params"] for x in r["runs"].values() if x["method"] == name and "metrics" in x)
         for name in r["summary"]
     }
     for name, row in r["summary"].items():
@@ -288,8 +254,7 @@ def smollm2_figure(path, png):
         )
         # The label goes below the point when a close neighbour (within 2x the parameters) scores higher.
         below = any(
-            params[name] / 2 <= params[o] <= params[name] * 2
-            and r["summary"][o]["mean"] > row["mean"]
+            params[name] / 2 <= params[o] <= params[name] * 2 and r["summary"][o]["mean"] > row["mean"]
             for o in params
             if o != name
         )
@@ -301,11 +266,7 @@ def smollm2_figure(path, png):
             fontsize=8,
         )
     ax.axhline(
-        r.get("dev_majority", SST2_DEV_MAJORITY),
-        color="C3",
-        linestyle="--",
-        linewidth=1,
-        label="majority class",
+        r.get("dev_majority", SST2_DEV_MAJORITY), color="C3", linestyle="--", linewidth=1, label="majority class"
     )
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
@@ -361,11 +322,7 @@ METHODS = [
     ("train_adapter.py --variant pfeiffer", "Pfeiffer adapters (Pfeiffer et al. 2020)", "pfeiffer"),
     ("train_prompt.py", "prompt tuning (Lester et al. 2021)", "prompt"),
     ("train_idpg.py", "IDPG (Wu et al. 2022), a separate frozen encoder (a copy)", "idpg"),
-    (
-        "train_idpg.py --encoder_name_or_path self",
-        "IDPG, the backbone as its own encoder",
-        "idpg-self",
-    ),
+    ("train_idpg.py --encoder_name_or_path self", "IDPG, the backbone as its own encoder", "idpg-self"),
     ("train_idpg.py --prompt_layers all", "M-IDPG: a prompt at every layer (self)", "m-idpg"),
     ("train_idpg.py --prompt_only", "PG: learned encoder inputs, one prompt", "pg"),
 ]
@@ -428,9 +385,7 @@ def grid_targets(path):
         if idpg in summary and "prompt" in summary:
             gap = mean(idpg) - mean("prompt")
             verdict = "at least" if gap >= 0 else "below"
-            lines.append(
-                f"- {idpg} against prompt tuning's mean: {gap:+.2f} points ({verdict} it)."
-            )
+            lines.append(f"- {idpg} against prompt tuning's mean: {gap:+.2f} points ({verdict} it).")
     unseeded = sorted(n for n in summary if summary[n]["n"] < 3)
     if unseeded:
         lines.append(f"- Fewer than 3 seeds so far: {', '.join(unseeded)}.")
@@ -439,9 +394,7 @@ def grid_targets(path):
 
 def replace(text, key, parts):
     block = f"<!-- bench:{key} -->\n" + "\n\n".join(parts) + f"\n<!-- /bench:{key} -->"
-    return re.sub(
-        rf"<!-- bench:{key} -->.*?<!-- /bench:{key} -->", lambda _: block, text, flags=re.S
-    )
+    return re.sub(rf"<!-- bench:{key} -->.*?<!-- /bench:{key} -->", lambda _: block, text, flags=re.S)
 
 
 def rewrite(path, sections):
@@ -476,10 +429,7 @@ def main():
     support = os.path.join(results, "support.json")
     rewrite(
         os.path.join(ROOT, "docs", "distributed.md"),
-        {
-            "support": [support_table(support)],
-            "sharding": [sharding_table(os.path.join(results, "sharding.json"))],
-        },
+        {"support": [support_table(support)], "sharding": [sharding_table(os.path.join(results, "sharding.json"))]},
     )
 
 

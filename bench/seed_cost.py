@@ -96,19 +96,11 @@ def main():
         n = (rows[task] or len(lengths[task])) - int(flag(argv, "--validation_size", 0))
         sample = lengths[task] * (n // len(lengths[task]) + 1)
         tokens = padded_tokens(sample[:n])
-        row = (
-            "houlsby"
-            if "houlsby" in argv
-            else "pfeiffer"
-            if "pfeiffer" in argv
-            else THROUGHPUT_ROW[script]
-        )
+        row = "houlsby" if "houlsby" in argv else "pfeiffer" if "pfeiffer" in argv else THROUGHPUT_ROW[script]
         hours = epochs * tokens / speed[row] / 3600
         total += hours
         print(f"| {comment.lstrip('# ')} | {epochs} | {tokens:,} | {hours:.1f} |")
-    print(
-        f"\nAll {len(parse_recipes())} recipes: at most {total:.0f} GPU-hours on one {gpu['device']}."
-    )
+    print(f"\nAll {len(parse_recipes())} recipes: at most {total:.0f} GPU-hours on one {gpu['device']}.")
 
 
 if __name__ == "__main__":

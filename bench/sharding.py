@@ -64,10 +64,7 @@ def measure(method, config, model_dir, data_dir, steps, out):
         raise RuntimeError(f"{method} under {config}: {proc.stderr[-2000:]}")
     with open(os.path.join(out, "results.json")) as f:
         res = json.load(f)
-    peaks = [
-        json.load(open(os.path.join(out, f"peak_rss_rank{r}.json")))["peak_rss_mib"]
-        for r in range(WORLD)
-    ]
+    peaks = [json.load(open(os.path.join(out, f"peak_rss_rank{r}.json")))["peak_rss_mib"] for r in range(WORLD)]
     return res["train_runtime_s"] / res["log_history"][-1]["step"], max(peaks)
 
 
@@ -85,16 +82,12 @@ def main():
 
     runs = {f"{m}/{c}": [] for m in args.methods for c in CONFIGS}
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_tiny_gpt2(
-            os.path.join(tmp, "model"), n_layer=args.layers, n_embd=768, n_head=12
-        )
+        model_dir = make_tiny_gpt2(os.path.join(tmp, "model"), n_layer=args.layers, n_embd=768, n_head=12)
         for r in range(args.rounds):
             for method in args.methods:
                 for config in CONFIGS if r % 2 == 0 else CONFIGS[::-1]:
                     out = os.path.join(tmp, f"{method}-{config}-{r}")
-                    step_s, peak = measure(
-                        method, config, model_dir, args.data_dir, args.steps, out
-                    )
+                    step_s, peak = measure(method, config, model_dir, args.data_dir, args.steps, out)
                     runs[f"{method}/{config}"].append({"step_s": step_s, "peak_rss_mib": peak})
                     print(f"round {r} {method:7s} {config:6s} {step_s:.3f} s/step {peak:,.0f} MiB")
     median = lambda key, k: statistics.median(x[k] for x in runs[key])  # noqa: E731
@@ -117,9 +110,7 @@ def main():
         )
     model = f"GPT-2-small shape, {args.layers} layers, d 768, vocab 1,024, random weights"
     setup = {"model": model, "batch_per_process": BATCH, "max_length": 64, "processes": WORLD}
-    atomic_write_json(
-        args.out, {**setup, "steps": args.steps, "rounds": args.rounds, "rows": rows, "runs": runs}
-    )
+    atomic_write_json(args.out, {**setup, "steps": args.steps, "rounds": args.rounds, "rows": rows, "runs": runs})
 
 
 if __name__ == "__main__":

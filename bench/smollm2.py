@@ -45,9 +45,7 @@ def smollm2_dir(folder=FOLDER, gguf=None):
     path = os.path.abspath(gguf) if gguf else gguf_path()
     if importlib.util.find_spec("gguf") is None:
         raise RuntimeError("reading a GGUF file needs the PyPI package gguf: pip install gguf")
-    tokenizer = AutoTokenizer.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path)
-    )
+    tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
     quantized = AutoModelForCausalLM.from_pretrained(
         os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
     )

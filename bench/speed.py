@@ -75,18 +75,11 @@ def build(method, layers):
 
         cfg = {
             "peft_lora": peft.LoraConfig(
-                r=8,
-                lora_alpha=16,
-                target_modules=["c_attn"],
-                fan_in_fan_out=True,
-                task_type="SEQ_CLS",
+                r=8, lora_alpha=16, target_modules=["c_attn"], fan_in_fan_out=True, task_type="SEQ_CLS"
             ),
             "peft_prompt": peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20),
             "peft_prefix": peft.PrefixTuningConfig(
-                task_type="SEQ_CLS",
-                num_virtual_tokens=10,
-                prefix_projection=True,
-                encoder_hidden_size=512,
+                task_type="SEQ_CLS", num_virtual_tokens=10, prefix_projection=True, encoder_hidden_size=512
             ),
         }[method]
         return peft.get_peft_model(model, cfg)
@@ -95,10 +88,7 @@ def build(method, layers):
 
         adapters.init(model)
         model.add_adapter(
-            "a",
-            config=adapters.DoubleSeqBnConfig()
-            if method.endswith("houlsby")
-            else adapters.SeqBnConfig(),
+            "a", config=adapters.DoubleSeqBnConfig() if method.endswith("houlsby") else adapters.SeqBnConfig()
         )
         model.train_adapter("a")
         return model
@@ -139,11 +129,7 @@ def one(name, threads, layers, batch, seq, warmup, steps, **_):
     model = build(method, layers).train()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1, 50000, (batch, seq), generator=g)
-    data = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "labels": torch.randint(0, 2, (batch,)),
-    }
+    data = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (batch,))}
     # a warm cache, as after train_idpg.py's cache_states: r looked up by the rows' idx
     if method == "idpg":
         data["idx"] = torch.arange(batch)
@@ -157,9 +143,7 @@ def one(name, threads, layers, batch, seq, warmup, steps, **_):
         start = time.perf_counter()
         if method == "floor":  # gradients to the input embeddings only
             embeds = model.get_input_embeddings()(wide).detach().requires_grad_()
-            loss = model(
-                inputs_embeds=embeds, attention_mask=torch.ones_like(wide), labels=data["labels"]
-            ).loss
+            loss = model(inputs_embeds=embeds, attention_mask=torch.ones_like(wide), labels=data["labels"]).loss
         else:
             loss = model(**data).loss
         loss.backward()
@@ -207,8 +191,7 @@ def main():
         for name in names if r % 2 == 0 else names[::-1]:
             exe = ref_python() if CONFIGS[name][2] == "ref" else sys.executable
             cmd = [exe, __file__, "--one", name] + [
-                f"--{k}={getattr(args, k)}"
-                for k in ("layers", "batch", "seq", "steps", "warmup", "threads")
+                f"--{k}={getattr(args, k)}" for k in ("layers", "batch", "seq", "steps", "warmup", "threads")
             ]
             out = subprocess.run(
                 cmd,
@@ -223,10 +206,7 @@ def main():
                 continue
             res = json.loads(line[7:])
             runs.setdefault(name, []).append(res)
-            print(
-                f"round {r} {name:18} {res['step_s']:.3f} s/step  {res['peak_rss_mib']:.0f} MiB",
-                flush=True,
-            )
+            print(f"round {r} {name:18} {res['step_s']:.3f} s/step  {res['peak_rss_mib']:.0f} MiB", flush=True)
     summary = {
         n: {
             "step_s": statistics.median(x["step_s"] for x in v),
@@ -247,9 +227,7 @@ def main():
         if a in summary and b in summary
     ]
     result = {
-        "shape": {
-            k: getattr(args, k) for k in ("layers", "batch", "seq", "threads", "steps", "rounds")
-        },
+        "shape": {k: getattr(args, k) for k in ("layers", "batch", "seq", "threads", "steps", "rounds")},
         "configs": summary,
         "ratios": ratios,
     }

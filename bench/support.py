@@ -35,14 +35,7 @@ ROWS = {  # row: (script, label, method flags); "{model}" is the tiny model's fo
     "idpg": (
         "train_idpg.py",
         "IDPG",
-        [
-            "--num_virtual_tokens",
-            "4",
-            "--generator_hidden",
-            "16",
-            "--encoder_name_or_path",
-            "{model}",
-        ],
+        ["--num_virtual_tokens", "4", "--generator_hidden", "16", "--encoder_name_or_path", "{model}"],
     ),
     "m-idpg": (
         "train_idpg.py",
@@ -72,9 +65,7 @@ COLUMNS = {
     "fsdp": "FSDP2",
     "fsdp_bf16": "FSDP2 + bf16",
 }
-GPU_ONLY = {
-    "fp16"
-}  # on CPU accelerate runs the fp16 yaml in fp32: the launch path is tested, not fp16 numerics
+GPU_ONLY = {"fp16"}  # on CPU accelerate runs the fp16 yaml in fp32: the launch path is tested, not fp16 numerics
 TRAIN_ROWS, BATCH = 64, 8
 MODEL = f"tiny random GPT-2 (bench/tiny.py), SST-2 fixture (tests/data/glue) {TRAIN_ROWS} rows, batch {BATCH}, 1 epoch"
 
@@ -114,11 +105,7 @@ def run_cell(row, config, model_dir, glue_dir, out_dir, extra=()):
     steps = res["log_history"][-1]["step"]
     expected = math.ceil(TRAIN_ROWS / BATCH / WORLD[config])
     saved = load_file(os.path.join(out_dir, "trainable.safetensors"))
-    problems = (
-        [f"{steps} steps, expected {expected} ({WORLD[config]} processes)"]
-        if steps != expected
-        else []
-    )
+    problems = [f"{steps} steps, expected {expected} ({WORLD[config]} processes)"] if steps != expected else []
     problems += (
         ["train loss not finite"]
         if not all(math.isfinite(h.get("train_loss", h.get("loss"))) for h in res["log_history"])
@@ -136,21 +123,13 @@ def why_failed(proc):
     """One line: the script's own error (an exception or common.errors.fail), else how the launcher saw the
     process die (a signal, e.g. SIGABRT after "terminate called ...")."""
     lines = [x.strip() for x in proc.stderr.splitlines() if x.strip()]
-    raised = [
-        x
-        for x in lines
-        if re.match(r"(error: |[\w.]+(Error|Exception): )", x) and "ChildFailedError" not in x
-    ]
+    raised = [x for x in lines if re.match(r"(error: |[\w.]+(Error|Exception): )", x) and "ChildFailedError" not in x]
     died = [x for x in lines if x.startswith("terminate called")]
     root = (
-        lines.index("Root Cause (first observed failure):")
-        if "Root Cause (first observed failure):" in lines
-        else 0
+        lines.index("Root Cause (first observed failure):") if "Root Cause (first observed failure):" in lines else 0
     )
     code = [" ".join(x.split()) for x in lines[root:] if x.startswith("exitcode")]
-    because = raised[-1:] + died[-1:] + code[:1] or [
-        f"exit {proc.returncode}: {lines[-1] if lines else ''}"
-    ]
+    because = raised[-1:] + died[-1:] + code[:1] or [f"exit {proc.returncode}: {lines[-1] if lines else ''}"]
     return "; ".join(because)[:300]
 
 
@@ -161,11 +140,7 @@ def table(cells):
         marks = []
         for config in COLUMNS:
             cell = cells.get(f"{row}/{config}")
-            marks.append(
-                "?"
-                if cell is None
-                else ("X" if not cell["ok"] else "O*" if config in GPU_ONLY else "O")
-            )
+            marks.append("?" if cell is None else ("X" if not cell["ok"] else "O*" if config in GPU_ONLY else "O"))
         lines.append(f"| `{script}`{f' ({label})' if label else ''} | " + " | ".join(marks) + " |")
     failed = [f"- {key}: {cell['error']}" for key, cell in cells.items() if not cell["ok"]]
     return "\n".join(lines + ([""] + ["Failing cells:"] + failed if failed else []))
@@ -183,15 +158,9 @@ def main():
         help="row/config pairs (default: all)",
     )
     args = p.parse_args()
-    unknown = [
-        c
-        for c in args.cells
-        if c.partition("/")[0] not in ROWS or c.partition("/")[2] not in COLUMNS
-    ]
+    unknown = [c for c in args.cells if c.partition("/")[0] not in ROWS or c.partition("/")[2] not in COLUMNS]
     if unknown:
-        sys.exit(
-            f"error: unknown cells {unknown}; rows: {', '.join(ROWS)}; configs: {', '.join(COLUMNS)}"
-        )
+        sys.exit(f"error: unknown cells {unknown}; rows: {', '.join(ROWS)}; configs: {', '.join(COLUMNS)}")
     cells = json.load(open(RESULTS))["cells"] if os.path.exists(RESULTS) else {}
     order = {f"{r}/{c}": i for i, (r, c) in enumerate((r, c) for r in ROWS for c in COLUMNS)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,9 +168,7 @@ def main():
         for key in args.cells:
             row, _, config = key.partition("/")
             cells[key] = run_cell(row, config, model_dir, FIXTURES, os.path.join(tmp, key))
-            print(
-                f"{key:24s} {'O' if cells[key]['ok'] else 'X ' + cells[key]['error']}", flush=True
-            )
+            print(f"{key:24s} {'O' if cells[key]['ok'] else 'X ' + cells[key]['error']}", flush=True)
             cells = dict(sorted(cells.items(), key=lambda kv: order.get(kv[0], len(order))))
             atomic_write_json(RESULTS, {"model": MODEL, "processes": WORLD, "cells": cells})
     print(table(cells))

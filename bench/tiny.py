@@ -93,14 +93,9 @@ def make_gpt2_tokenizer(path, vocab_size=1024):
     from transformers import GPT2TokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(
-        fixture_sentences(), vocab_size=vocab_size, special_tokens=["<|endoftext|>"]
-    )
+    bpe.train_from_iterator(fixture_sentences(), vocab_size=vocab_size, special_tokens=["<|endoftext|>"])
     tok = GPT2TokenizerFast(
-        tokenizer_object=bpe,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
+        tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
     )
     tok.save_pretrained(path)
     return tok

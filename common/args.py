@@ -1,5 +1,5 @@
-"""The flags every script shares, and their checks: plain argparse, no file touched, nothing heavy
-imported (a script parses its flags before it imports torch, so --help answers at once)."""
+"""The flags every script shares, and their checks: plain argparse, no file touched, nothing heavy imported (a script
+parses its flags before it imports torch, so --help answers at once)."""
 
 import argparse
 import os
@@ -8,20 +8,13 @@ from common.errors import fail
 from common.outputs import writable
 from common.tasks import TASKS, get_task
 
-SCHEDULES = [
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-]
+SCHEDULES = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, plus `--config FILE`: a YAML (or JSON) file of flags, `learning_rate: 1e-3`, read
-    before the command line, which wins. Abbreviated flags are refused (allow_abbrev=False:
-    `--max_train_sample` is a typo, not `--max_train_samples`)."""
+    """argparse, plus `--config FILE`: a YAML (or JSON) file of flags, `learning_rate: 1e-3`, read before the command
+    line, which wins. Abbreviated flags are refused (allow_abbrev=False: `--max_train_sample` is a typo, not
+    `--max_train_samples`)."""
 
     def parse_known_args(self, args=None, namespace=None):
         pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -77,19 +70,9 @@ def base_parser(doc):
     add("--data_dir", default=None, help="GLUE's TSV files (DIR/RTE/train.tsv); none: the hub's")
     add("--output_dir", default=None, help="none: runs/<script>-<task>")
     add("--overwrite_output_dir", action="store_true", help="remove what an earlier run wrote")
-    add(
-        "--learning_rate",
-        type=float,
-        default=2e-5,
-        help="AdamW's rate (the head's, with a method's)",
-    )
+    add("--learning_rate", type=float, default=2e-5, help="AdamW's rate (the head's, with a method's)")
     add("--weight_decay", type=float, default=0.0, help="AdamW's, on matrices only")
-    add(
-        "--adam_epsilon",
-        type=float,
-        default=1e-8,
-        help="AdamW's eps (the original experiments: 1e-6)",
-    )
+    add("--adam_epsilon", type=float, default=1e-8, help="AdamW's eps (the original experiments: 1e-6)")
     add("--num_train_epochs", type=int, default=3, help="passes over the training rows")
     add("--max_train_steps", type=int, default=None, help="optimizer steps (overrides the epochs)")
     add("--per_device_train_batch_size", type=int, default=8, help="rows a batch, per process")
@@ -124,20 +107,11 @@ def check_args(args, script):
         fail(f"--max_length {args.max_length} is too short; use at least 8 tokens (default 128)")
     if args.learning_rate <= 0:
         fail(f"--learning_rate must be positive, got {args.learning_rate}")
-    at_least_1 = [
-        "num_train_epochs",
-        "per_device_train_batch_size",
-        "per_device_eval_batch_size",
-        "max_train_steps",
-        "max_train_samples",
-        "max_eval_samples",
-        "eval_steps",
-        "validation_size",
-        "early_stopping_patience",
-        "logging_steps",
-        "pad_to_multiple_of",
-    ]
-    for name in at_least_1:
+    at_least_1 = (
+        "num_train_epochs per_device_train_batch_size per_device_eval_batch_size max_train_steps max_train_samples "
+        "max_eval_samples eval_steps validation_size early_stopping_patience logging_steps pad_to_multiple_of"
+    )
+    for name in at_least_1.split():
         value = getattr(args, name)
         if value is not None and value < 1:
             fail(f"--{name} must be at least 1, got {value}")

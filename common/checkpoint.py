@@ -1,9 +1,8 @@
 """Trainable weights (gathered under ZeRO-3 and FSDP2) and resumable checkpoints.
 
-A checkpoint is complete or absent: every rank writes into a temporary folder, and only when all
-are done does the main process list the files with their sizes and rename the folder into place;
-a resume refuses a folder whose files do not match that list.
-"""
+A checkpoint is complete or absent: every rank writes into a temporary folder, and only when all are done does the main
+process list the files with their sizes and rename the folder into place; a resume refuses a folder whose files do not
+match that list."""
 
 import contextlib
 import os
@@ -37,8 +36,8 @@ def gathered(params):
 
 
 def full(param):
-    """A parameter whole: FSDP2 keeps a shard on each rank (a DTensor) and gathers it here, a
-    collective that every rank calls; any other parameter is returned as it is."""
+    """A parameter whole: FSDP2 keeps a shard on each rank (a DTensor) and gathers it here, a collective that every
+    rank calls; any other parameter is returned as it is."""
     from torch.distributed.tensor import DTensor
 
     return param.full_tensor() if isinstance(param, DTensor) else param
@@ -53,27 +52,10 @@ def local_part(param):
     return getattr(param, "ds_tensor", param)
 
 
-@contextlib.contextmanager
-def unsharded(module):
-    """Context in which an FSDP2-sharded module's own parameters (not those of its sharded
-    blocks, which gather themselves when called) are whole on every rank (a collective), to call
-    it outside the model's forward; for any other module it does nothing."""
-    from torch.distributed.fsdp import FSDPModule
-
-    if not isinstance(module, FSDPModule):
-        yield
-        return
-    module.unshard()
-    try:
-        yield
-    finally:
-        module.reshard()
-
-
 def gather_tensors(accelerator, model, names):
-    """{name: tensor on the CPU} of the parameters named in `names`, on the main process ({} on
-    the others). Every rank must call this (under ZeRO-3 and FSDP2 the gather is a collective);
-    one tensor is gathered at a time, so a full fine-tune never holds two copies of the model."""
+    """{name: tensor on the CPU} of the parameters named in `names`, on the main process ({} on the others). Every rank
+    must call this (under ZeRO-3 and FSDP2 the gather is a collective); one tensor is gathered at a time, so a full
+    fine-tune never holds two copies of the model."""
     params = dict(accelerator.unwrap_model(model, keep_torch_compile=False).named_parameters())
     state = {}
     for name in names:
@@ -85,8 +67,8 @@ def gather_tensors(accelerator, model, names):
 
 
 def save_trainable(accelerator, model, names, path):
-    """Write the parameters named in `names` to a safetensors file; returns them (main process:
-    the tensors, others: {}). Every rank must call this; the main process writes."""
+    """Write the parameters named in `names` to a safetensors file; returns them (main process: the tensors, others:
+    {}). Every rank must call this; the main process writes."""
     state = gather_tensors(accelerator, model, names)
     if accelerator.is_main_process:
         atomic_save_tensors(path, state)
@@ -95,9 +77,8 @@ def save_trainable(accelerator, model, names, path):
 
 
 def head_of(trained, heads, inside=""):
-    """The classification head's tensors among `trained`, named as in the transformers model:
-    `heads` are its module names ("score"), `inside` the wrapper's attribute that holds the model
-    ("model.")."""
+    """The classification head's tensors among `trained`, named as in the transformers model: `heads` are its module
+    names ("score"), `inside` the wrapper's attribute that holds the model ("model.")."""
     head = {}
     for name, tensor in trained.items():
         if name.startswith(inside) and name[len(inside) :].split(".")[0] in heads:
@@ -106,8 +87,8 @@ def head_of(trained, heads, inside=""):
 
 
 def transformers_folder(path, state, config, tokenizer):
-    """A standard transformers model folder (from_pretrained, pipeline) of the tensors `state`;
-    each file is written beside, then renamed into it."""
+    """A standard transformers model folder (from_pretrained, pipeline) of the tensors `state`; each file is written
+    beside, then renamed into it."""
     os.makedirs(path, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path, prefix=".tmp-") as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, f"{tmp}/model.safetensors")
@@ -131,11 +112,10 @@ def load_trainable(model, path):
 
 
 def save_checkpoint(accelerator, output_dir, state, best_path):
-    """A resumable checkpoint at OUTPUT_DIR/checkpoints/step_N: the prepared objects (model,
-    optimizer, scheduler, random states), the loop's `state` (TrainState) and the best weights
-    so far (`best_path`, hard-linked: it is replaced, never rewritten, so the link is a snapshot).
-    Every rank calls this. All ranks write into a new folder named with the run's id; only when
-    every rank is done does the main process list the files with their sizes in
+    """A resumable checkpoint at OUTPUT_DIR/checkpoints/step_N: the prepared objects (model, optimizer, scheduler,
+    random states), the loop's `state` (TrainState) and the best weights so far (`best_path`, hard-linked: it is
+    replaced, never rewritten, so the link is a snapshot). Every rank calls this. All ranks write into a new folder
+    named with the run's id; only when every rank is done does the main process list the files with their sizes in
     trainer_state.json (written last) and rename the folder into place. Returns its path."""
     final = os.path.join(output_dir, "checkpoints", f"step_{state.step}")
     tmp = f"{final}.tmp-{state.run_id}"
@@ -169,8 +149,8 @@ def listing(folder):
 
 
 def damage(path):
-    """Why the checkpoint folder `path` cannot be resumed ('' when it is complete): no
-    trainer_state.json (never finished), or a file it lists missing or of another size."""
+    """Why the checkpoint folder `path` cannot be resumed ('' when it is complete): no trainer_state.json (never
+    finished), or a file it lists missing or of another size."""
     try:
         written = read_json(os.path.join(path, "trainer_state.json"))["files"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -185,9 +165,9 @@ def damage(path):
 
 
 def find_checkpoint(output_dir, which):
-    """Resolve --resume_from_checkpoint: a checkpoint folder, or 'latest', the newest complete one
-    in OUTPUT_DIR/checkpoints (incomplete ones are skipped, each with a line saying why). Returns
-    (path or None, the lines)."""
+    """Resolve --resume_from_checkpoint: a checkpoint folder, or 'latest', the newest complete one in
+    OUTPUT_DIR/checkpoints (incomplete ones are skipped, each with a line saying why). Returns (path or None, the
+    lines)."""
     if which != "latest":
         path = os.path.normpath(which)
         if not os.path.isdir(path):
@@ -207,30 +187,17 @@ def find_checkpoint(output_dir, which):
 
 # Flags that change how a run is done, not what it computes: every other flag is part of the
 # run's identity, which a checkpoint records and a resume must match.
-OPERATIONAL = {
-    "output_dir",
-    "overwrite_output_dir",
-    "resume_from_checkpoint",
-    "checkpointing_steps",
-    "with_tracking",
-    "report_to",
-    "do_predict",
-    "per_device_eval_batch_size",
-    "data_dir",
-    "merge_and_save",
-    "logging_steps",
-    "no_cache",
-    "torch_compile",
-    "pad_to_multiple_of",
-    "config",
-}
+OPERATIONAL = set(
+    "output_dir overwrite_output_dir resume_from_checkpoint checkpointing_steps with_tracking report_to do_predict "
+    "per_device_eval_batch_size data_dir merge_and_save logging_steps no_cache torch_compile pad_to_multiple_of "
+    "config".split()
+)
 
 
 def run_identity(flags, method, accelerator):
-    """What a checkpoint must have been written with to be resumed: the script, every flag that
-    changes the result, and the launch settings that shape the saved states and the data order
-    (num_processes, gradient_accumulation_steps and mixed_precision are accelerate launch's
-    flags)."""
+    """What a checkpoint must have been written with to be resumed: the script, every flag that changes the result, and
+    the launch settings that shape the saved states and the data order (num_processes, gradient_accumulation_steps and
+    mixed_precision are accelerate launch's flags)."""
     launch = {
         "num_processes": accelerator.num_processes,
         "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
@@ -252,8 +219,8 @@ def differences(saved, ours):
 
 
 def check_resume(accelerator, output_dir, which, identity):
-    """The checkpoint --resume_from_checkpoint `which` names, complete and written with the same
-    `identity` (run_identity); a UsageError that says what to do otherwise."""
+    """The checkpoint --resume_from_checkpoint `which` names, complete and written with the same `identity`
+    (run_identity); a UsageError that says what to do otherwise."""
     path, skipped = find_checkpoint(output_dir, which)
     for line in skipped:
         accelerator.print(line)
@@ -270,9 +237,9 @@ def check_resume(accelerator, output_dir, which, identity):
 
 
 def load_checkpoint(accelerator, state, best_path):
-    """Restore the prepared objects and the loop's `state` (TrainState) from the checkpoint
-    state.resume_from, and its best weights to `best_path` (a new file: the checkpoint's stays as
-    it is). A file that cannot be read (damaged after it was written) is a one-line error."""
+    """Restore the prepared objects and the loop's `state` (TrainState) from the checkpoint state.resume_from, and its
+    best weights to `best_path` (a new file: the checkpoint's stays as it is). A file that cannot be read (damaged
+    after it was written) is a one-line error."""
     path = state.resume_from
     try:
         accelerator.load_state(path)

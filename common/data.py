@@ -1,8 +1,7 @@
 """GLUE data: loading (the hub or GLUE's own TSV files), tokenising, batching, the loaders.
 
-Unlabeled test rows get label -1. Every row carries `idx`, its position in its file: the key
-that puts predictions back in order, whatever the file's own index column says.
-"""
+Unlabeled test rows get label -1. Every row carries `idx`, its position in its file: the key that puts predictions back
+in order, whatever the file's own index column says."""
 
 import csv
 import math
@@ -20,16 +19,15 @@ DEV_HALF_SEED = 0  # --validation_dev_half: the same halves for every run, whate
 
 
 def read_tsv(task_name, path, labeled=True):
-    """One GLUE TSV file as a dict of hub-style columns: the texts, label, idx (the row's position
-    in the file, 0..n-1: the key the scripts use) and index (the file's own index column, written
-    back in prediction files; the position when there is none). `labeled`: the file
-    must hold a valid label on every row (train and dev); test files have none (label -1).
+    """One GLUE TSV file as a dict of hub-style columns: the texts, label, idx (the row's position in the file, 0..n-1:
+    the key the scripts use) and index (the file's own index column, written back in prediction files; the position
+    when there is none). `labeled`: the file must hold a valid label on every row (train and dev); test files have none
+    (label -1).
 
-    GLUE's files hold bare double quotes, so they are read with quoting off. CoLA's train/dev
-    have no header (a first row naming a "sentence" column is one); MRPC's header starts with a
-    byte-order mark. Anything else that does not fit (a row with another number of fields, a label
-    outside the task's set, an empty file, bytes that are not UTF-8) is a UsageError naming the
-    file and the line."""
+    GLUE's files hold bare double quotes, so they are read with quoting off. CoLA's train/dev have no header (a first
+    row naming a "sentence" column is one); MRPC's header starts with a byte-order mark. Anything else that does not
+    fit (a row with another number of fields, a label outside the task's set, an empty file, bytes that are not UTF-8)
+    is a UsageError naming the file and the line."""
     task = TASKS[task_name]
     csv.field_size_limit(sys.maxsize)
     try:
@@ -53,11 +51,7 @@ def read_tsv(task_name, path, labeled=True):
             raise UsageError(
                 f"{path}, line 1: expected a header with the columns {', '.join(names[:-1])}, found {header[:6]}"
             )
-        columns, body, width = (
-            [header.index(n) if n in header else None for n in names],
-            rows[1:],
-            len(header),
-        )
+        columns, body, width = ([header.index(n) if n in header else None for n in names], rows[1:], len(header))
     if not body:
         raise UsageError(f"{path} has no rows after its header")
     for line, row in body:
@@ -105,8 +99,8 @@ def _index(raw, path, line):
 
 
 def load_glue(task_name, data_dir=None):
-    """A dict split -> datasets.Dataset with hub columns: train, the task's eval splits, and
-    its test split(s) when present. From `data_dir` (GLUE's TSV layout) or from the hub."""
+    """A dict split -> datasets.Dataset with hub columns: train, the task's eval splits, and its test split(s) when
+    present. From `data_dir` (GLUE's TSV layout) or from the hub."""
     import datasets
 
     task = get_task(task_name)
@@ -153,10 +147,9 @@ def _first_line(e):
 def tokenize(dataset, task_name, tokenizer, max_length):
     """Token ids (truncated to max_length, not padded) plus label and idx.
 
-    A text is first cut to 100 (max_length + 1) characters: the tokens kept are the same (no
-    vocabulary we know has a token of 100 characters), and the tokenizer's memory stays bounded
-    whatever the input (truncating a long pair costs it memory that grows with the square of
-    the length: 23 GB for a pair of 15k and 12k words)."""
+    A text is first cut to 100 (max_length + 1) characters: the tokens kept are the same (no vocabulary we know has a
+    token of 100 characters), and the tokenizer's memory stays bounded whatever the input (truncating a long pair costs
+    it memory that grows with the square of the length: 23 GB for a pair of 15k and 12k words)."""
     keys = TASKS[task_name].text_keys
     chars = 100 * (max_length + 1)
 
@@ -173,24 +166,16 @@ def tokenize(dataset, task_name, tokenizer, max_length):
 
 
 def positions(attention_mask):
-    """Position ids counted from the attention mask: 0 at each row's first real token, whatever
-    the padding side (the pads before it get 0 too; they are masked)."""
+    """Position ids counted from the attention mask: 0 at each row's first real token, whatever the padding side (the
+    pads before it get 0 too; they are masked)."""
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def pack_left(input_ids, attention_mask, token_type_ids=None):
-    """Every row of a batch left-padded (pads first), whatever the collator did: the last position
-    is then the last real token (where a decoder's classifier pools, given embeddings, not ids)."""
-    order = attention_mask.argsort(dim=-1, stable=True)
-    token_type_ids = None if token_type_ids is None else token_type_ids.gather(1, order)
-    return input_ids.gather(1, order), attention_mask.gather(1, order), token_type_ids
-
-
 class LengthGroupedSampler(torch.utils.data.Sampler):
-    """Row indices in a new random order each epoch, grouped by length (transformers' Trainer does
-    the same with group_by_length): shuffled, cut into groups of `group` batches, each group sorted
-    longest first. A batch then holds rows of similar lengths, so it carries little padding, and
-    every row still comes exactly once per epoch. set_epoch reseeds it (the loops call it)."""
+    """Row indices in a new random order each epoch, grouped by length (transformers' Trainer does the same with
+    group_by_length): shuffled, cut into groups of `group` batches, each group sorted longest first. A batch then holds
+    rows of similar lengths, so it carries little padding, and every row still comes exactly once per epoch. set_epoch
+    reseeds it (the loops call it)."""
 
     def __init__(self, lengths, batch_size, seed, group=50):
         self.lengths, self.size, self.seed, self.epoch = lengths, group * batch_size, seed, 0
@@ -211,12 +196,11 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
 
 
 class Collator:
-    """Dynamic padding to the longest row of the batch (rounded up to a multiple of
-    `pad_to_multiple_of`: tensor cores like multiples of 8), on the tokenizer's padding side.
+    """Dynamic padding to the longest row of the batch (rounded up to a multiple of `pad_to_multiple_of`: tensor cores
+    like multiples of 8), on the tokenizer's padding side.
 
-    Position ids are computed from the attention mask, so a row's positions start at 0 at its
-    first real token whatever the padding side; with `positions=False` the model's own are used
-    (for models whose forward takes no position_ids).
+    Position ids are computed from the attention mask, so a row's positions start at 0 at its first real token whatever
+    the padding side; with `positions=False` the model's own are used (for models whose forward takes no position_ids).
     """
 
     def __init__(self, pad_token_id, padding_side="right", positions=True, pad_to_multiple_of=1):
@@ -227,11 +211,7 @@ class Collator:
         width = max(len(r["input_ids"]) for r in rows)
         width = -(-width // self.multiple) * self.multiple
         batch = {}
-        for key, fill in (
-            ("input_ids", self.pad_token_id),
-            ("attention_mask", 0),
-            ("token_type_ids", 0),
-        ):
+        for key, fill in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
             if key not in rows[0]:
                 continue
             padded = []
@@ -312,14 +292,13 @@ def make_dataloaders(
     pad_to_multiple_of=None,
     do_predict=False,
 ):
-    """Train loader (shuffled) and one loader per eval split; test loaders with `do_predict`. The
-    keywords are the flags of the same names.
+    """Train loader (shuffled) and one loader per eval split; test loaders with `do_predict`. The keywords are the
+    flags of the same names.
 
-    Each batch holds input_ids, attention_mask, labels, `idx` (the row's position in its file: the
-    key that puts predictions back in file order, whatever the file's own index column says; not a
-    model input) and, with `position_ids`, positions counted from the
-    attention mask (so that left and right padding give the same logits). With --validation_size
-    or --validation_dev_half the eval loaders include the validation set, named HELD_OUT."""
+    Each batch holds input_ids, attention_mask, labels, `idx` (the row's position in its file: the key that puts
+    predictions back in file order, whatever the file's own index column says; not a model input) and, with
+    `position_ids`, positions counted from the attention mask (so that left and right padding give the same logits).
+    With --validation_size or --validation_dev_half the eval loaders include the validation set, named HELD_OUT."""
     from torch.utils.data import DataLoader
 
     error = None
@@ -353,11 +332,7 @@ def make_dataloaders(
         lengths = [len(x) for x in data["train"]["input_ids"]]
         order = {"sampler": LengthGroupedSampler(lengths, per_device_train_batch_size, seed)}
     train = DataLoader(
-        data["train"],
-        collate_fn=collate,
-        batch_size=per_device_train_batch_size,
-        pin_memory=pin,
-        **order,
+        data["train"], collate_fn=collate, batch_size=per_device_train_batch_size, pin_memory=pin, **order
     )
     names = [s for s in (*spec.eval_splits, HELD_OUT) if s in data]
     if do_predict:

@@ -1,9 +1,6 @@
-"""Errors a user can fix: one line `error: ...` on stderr, exit status 2, no traceback.
-
-Method code (layers, builders) raises ordinary exceptions such as ValueError, so it can be copied
-into any program. Only argument checking and a script's main() turn them into the one-line
-error, and only `run_main` ends the process.
-"""
+"""Errors a user can fix: one line `error: ...` on stderr, exit status 2, no traceback. Method code (layers, builders)
+raises ordinary exceptions such as ValueError, so it can be copied into any program; only argument checking and a
+script's main() turn them into the one-line error, and only `run_main` ends the process."""
 
 import contextlib
 import logging
@@ -11,19 +8,19 @@ import os
 import signal
 import sys
 
+NO_CHECKPOINT = "no checkpoint was written (--checkpointing_steps N saves them)"
+
 
 class UsageError(Exception):
     """Bad input or settings; the message says what to do."""
 
 
 class Stopped(BaseException):
-    """Ctrl-C or SIGTERM, raised where the program is; `message` says where the last checkpoint
-    is."""
+    """Ctrl-C or SIGTERM, raised where the program is; `message` says where the last checkpoint is."""
 
     def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)  # (both in args: it pickles, as a distributed gather may need)
+        self.code, self.message = code, message
 
 
 def fail(message):
@@ -41,9 +38,8 @@ def usage_errors():
 
 
 def agree(accelerator, error):
-    """Every rank's `error` (a message, or None), shared: if any rank has one, every rank raises the
-    first as a UsageError, so that all of them leave the same way (a collective: every rank calls
-    it)."""
+    """Every rank's `error` (a message, or None), shared: if any rank has one, every rank raises the first as a
+    UsageError, so that all of them leave the same way (a collective: every rank calls it)."""
     from accelerate.utils import gather_object
 
     messages = gather_object([error]) if accelerator.num_processes > 1 else [error]
@@ -52,13 +48,9 @@ def agree(accelerator, error):
         raise UsageError(first)
 
 
-NO_CHECKPOINT = "no checkpoint was written (--checkpointing_steps N saves them)"
-
-
 def stop_on_signals(note):
-    """From now on, Ctrl-C and SIGTERM raise Stopped with `note()`, the line about the last
-    checkpoint, at the point the program is. Returns the handlers it replaced (to restore them).
-    Call it from the main thread."""
+    """From now on, Ctrl-C and SIGTERM raise Stopped with `note()`, the line about the last checkpoint, at the point
+    the program is (call it from the main thread). Returns the handlers it replaced."""
 
     def handler(signum, frame):
         word, code = ("interrupted", 130) if signum == signal.SIGINT else ("terminated", 143)
@@ -68,9 +60,8 @@ def stop_on_signals(note):
 
 
 def parse_command_line(parse_args):
-    """The flags of the command line, parsed before a script's heavy imports (torch, transformers
-    take seconds): --help prints and exits at once, and a bad flag prints its one line and exits
-    2."""
+    """The flags of the command line, parsed before a script's heavy imports (torch and transformers take seconds):
+    --help answers at once, and a bad flag prints its one line and exits 2."""
     try:
         return parse_args()
     except UsageError as e:
@@ -93,13 +84,11 @@ def outcome(main):
 
 
 def run_main(main):
-    """Run a script's main() as a command. A UsageError prints its one line and exits 2; Ctrl-C
-    and SIGTERM print one line saying where the last checkpoint is and exit 130 and 143, without
-    a traceback. Under a distributed launch only the first process prints, the process group is
-    destroyed on every way out, and the process then leaves without the interpreter's teardown:
-    that teardown frees gloo's C++ objects (still held by DDP or DeepSpeed) while Python is half
-    gone, which can abort a finished run with SIGABRT ('terminate called without an active
-    exception'). Everything is written and closed by then."""
+    """Run a script's main() as a command: a UsageError prints its one line and exits 2; Ctrl-C and SIGTERM print one
+    line saying where the last checkpoint is and exit 130 and 143. Under a distributed launch only the first process
+    prints, the process group is destroyed on every way out, and the process then leaves without the interpreter's
+    teardown, which frees gloo's C++ objects (still held by DDP or DeepSpeed) while Python is half gone and can abort a
+    finished run with SIGABRT ('terminate called without an active exception'). Everything is written by then."""
     handlers = stop_on_signals(lambda: NO_CHECKPOINT)  # until a run says where its checkpoints are
     try:
         code, message = outcome(main)

@@ -1,6 +1,5 @@
-"""Evaluation, written once: every rank runs the same batches, the logits are gathered (the rows
-that pad an uneven last batch dropped) and put back in file order, and each row is scored against
-its own label."""
+"""Evaluation, written once: every rank runs the same batches, the logits are gathered (the rows that pad an uneven
+last batch dropped) and put back in file order, and each row is scored against its own label."""
 
 import os
 
@@ -15,10 +14,8 @@ from common.tasks import TASKS
 
 @torch.no_grad()
 def predict(model, loader, accelerator):
-    """Logits and idx of a whole split, gathered from every rank, in file order (by idx), in eval
-    mode.
-    Every rank runs the same batches; gather_for_metrics drops the duplicated rows that pad an
-    uneven last batch."""
+    """Logits and idx of a whole split, gathered from every rank, in file order (by idx), in eval mode. Every rank runs
+    the same batches; gather_for_metrics drops the duplicated rows that pad an uneven last batch."""
     was_training = model.training
     model.eval()
     all_logits = []
@@ -38,9 +35,8 @@ def predict(model, loader, accelerator):
 
 
 def evaluate(model, loaders, accelerator, task_name):
-    """Metrics over every labeled eval split: plain keys for the first split, `_mm` after the
-    second's (MNLI: accuracy and accuracy_mm), `val_` before the validation set's (HELD_OUT).
-    Also returns the logits per split."""
+    """Metrics over every labeled eval split: plain keys for the first split, `_mm` after the second's (MNLI: accuracy
+    and accuracy_mm), `val_` before the validation set's (HELD_OUT). Also returns the logits per split."""
     task = TASKS[task_name]
     keys = {split: "{}" if i == 0 else "{}_mm" for i, split in enumerate(task.eval_splits)}
     keys[HELD_OUT] = "val_{}"
@@ -58,15 +54,14 @@ def evaluate(model, loaders, accelerator, task_name):
 
 
 def selected_metric(task_name, loaders):
-    """The metric that picks the best weights and stops early: the validation set's when there is
-    one (HELD_OUT among the eval `loaders`), else the first eval split's."""
+    """The metric that picks the best weights and stops early: the validation set's when there is one (HELD_OUT among
+    the eval `loaders`), else the first eval split's."""
     return ("val_" if HELD_OUT in loaders else "") + TASKS[task_name].metric
 
 
 def constant_metrics(loaders, task_name):
-    """The metrics of always predicting the majority class of each labeled eval split (STS-B:
-    always its mean score, whose correlations are undefined: nan), keyed as evaluate's: what a
-    model that learned nothing scores."""
+    """The metrics of always predicting the majority class of each labeled eval split (STS-B: always its mean score,
+    whose correlations are undefined: nan), keyed as evaluate's: what a model that learned nothing scores."""
     import numpy as np
 
     task = TASKS[task_name]
@@ -87,8 +82,8 @@ def constant_metrics(loaders, task_name):
 
 
 def in_file_order(dataset, idx, column):
-    """`column` of `dataset` for the rows `idx` (sorted: as predict returns them), which must be
-    every row of the dataset exactly once."""
+    """`column` of `dataset` for the rows `idx` (sorted: as predict returns them), which must be every row of the
+    dataset exactly once."""
     # (a list first: torch.tensor turns an exception raised while it reads a dataset column, such
     # as a Ctrl-C, into a TypeError)
     rows = torch.tensor(list(dataset["idx"]))
@@ -102,8 +97,8 @@ def in_file_order(dataset, idx, column):
 
 
 def write_predictions(model, loaders, accelerator, task_name, output_dir):
-    """GLUE submission files (OUTPUT_DIR/predictions/<Task>.tsv) for the test split(s); every rank
-    calls this, the main process writes."""
+    """GLUE submission files (OUTPUT_DIR/predictions/<Task>.tsv) for the test split(s); every rank calls this, the main
+    process writes."""
     task = TASKS[task_name]
     names = {"test": task.tsv_dir, "test_matched": "MNLI-m", "test_mismatched": "MNLI-mm"}
     for split in task.test_splits:
@@ -121,6 +116,5 @@ def write_predictions(model, loaders, accelerator, task_name, output_dir):
         if accelerator.is_main_process:
             rows = "".join(f"{i}\t{p}\n" for i, p in zip(index, preds))
             atomic_write_text(
-                os.path.join(output_dir, "predictions", f"{names[split]}.tsv"),
-                "index\tprediction\n" + rows,
+                os.path.join(output_dir, "predictions", f"{names[split]}.tsv"), "index\tprediction\n" + rows
             )

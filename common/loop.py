@@ -1,7 +1,7 @@
 """What the training loop of every train_*.py calls, written once: the accelerator, the start of a run (its output
-folder, the checkpoint it resumes), the run's length, the state the loop carries from step to step, the log line,
-and the bookkeeping of an evaluation (the best weights, early stopping). The loop itself is in each script, where
-a reader sees when each of these happens."""
+folder, the checkpoint it resumes), the run's length, the state the loop carries from step to step, the log line, and
+the bookkeeping of an evaluation (the best weights, early stopping). The loop itself is in each script, where a reader
+sees when each of these happens."""
 
 import math
 import os
@@ -68,11 +68,10 @@ def start_run(
     accelerator, method, flags, *, output_dir, outputs=(), overwrite=False, resume=None, predict=False, tracking=False
 ):
     """Begin the run of train_{method}.py in `output_dir`, before anything heavy is loaded: check the checkpoint to
-    `resume` (complete, written by the same script with the same flags and launch settings), claim the folder for
-    every path the run will write (OUTPUTS, the script's `outputs`, predictions/ with `predict`, the trackers' logs
-    with `tracking`: common/outputs.py), and record `flags`
-    (every flag of the run) in args.json. Every rank gets the same verdict. Returns the loop's TrainState, with the
-    checkpoint to resume in its `resume_from`."""
+    `resume` (complete, written by the same script with the same flags and launch settings), claim the folder for every
+    path the run will write (OUTPUTS, the script's `outputs`, predictions/ with `predict`, the trackers' logs with
+    `tracking`: common/outputs.py), and record `flags` (every flag of the run) in args.json. Every rank gets the same
+    verdict. Returns the loop's TrainState, with the checkpoint to resume in its `resume_from`."""
     from accelerate.utils import broadcast_object_list
 
     ids = [uuid.uuid4().hex[:12]]

@@ -1,20 +1,18 @@
-"""The model: loading it with its tokenizer, freezing it, counting and grouping what trains, and
-running it with vectors put before the input embeddings (a prompt), with the mask and positions
-extended."""
+"""The model: loading it with its tokenizer, freezing it, counting and grouping what trains, and running it with
+vectors put before the input embeddings (a prompt), with the mask and positions extended."""
 
 import inspect
 import os
 
 import torch
 
-from common.data import positions
 from common.errors import UsageError
 from common.tasks import TASKS
 
 
 def load_tokenizer(name):
-    """The tokenizer of a model folder or hub id; a UsageError when the folder has none that works
-    (transformers then builds an empty one, or fails deep inside the backend)."""
+    """The tokenizer of a model folder or hub id; a UsageError when the folder has none that works (transformers then
+    builds an empty one, or fails deep inside the backend)."""
     from transformers import AutoTokenizer
 
     try:
@@ -32,19 +30,13 @@ def load_tokenizer(name):
 
 
 def load_model(
-    model_name_or_path,
-    task,
-    max_length=128,
-    extra_positions=0,
-    ignore_mismatched_sizes=False,
-    fast_gelu=True,
+    model_name_or_path, task, max_length=128, extra_positions=0, ignore_mismatched_sizes=False, fast_gelu=True
 ):
-    """Tokenizer and sequence-classification model for the GLUE `task` (keywords: the flags of the
-    same names), with a pad token set on both (GPT-2 has none: it pads
-    with eos; padded positions are masked). `extra_positions`: the positions a method puts before
-    the input (virtual tokens). `fast_gelu`: GPT-2's gelu_new runs as about 8 elementwise
-    kernels; gelu_pytorch_tanh is the same formula in one (logits within 1e-6, tested), so GPT-2
-    models load with it."""
+    """Tokenizer and sequence-classification model for the GLUE `task` (keywords: the flags of the same names), with a
+    pad token set on both (GPT-2 has none: it pads with eos; padded positions are masked). `extra_positions`: the
+    positions a method puts before the input (virtual tokens). `fast_gelu`: GPT-2's gelu_new runs as about 8
+    elementwise kernels; gelu_pytorch_tanh is the same formula in one (logits within 1e-6, tested), so GPT-2 models
+    load with it."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     name = model_name_or_path
@@ -61,10 +53,7 @@ def load_model(
                 f"use --max_length {limit - extra_positions} or less"
             )
         tokenizer = load_tokenizer(name)
-        options = {
-            "num_labels": task.num_labels,
-            "ignore_mismatched_sizes": ignore_mismatched_sizes,
-        }
+        options = {"num_labels": task.num_labels, "ignore_mismatched_sizes": ignore_mismatched_sizes}
         if not task.is_regression:
             options["id2label"] = dict(enumerate(task.label_names))
             options["label2id"] = {n: i for i, n in enumerate(task.label_names)}
@@ -101,8 +90,8 @@ def takes_position_ids(model):
 
 
 def head_names(model):
-    """The classification head's module names: the top-level modules beside the backbone that hold
-    parameters (GPT-2 `score`, BERT `classifier`)."""
+    """The classification head's module names: the top-level modules beside the backbone that hold parameters (GPT-2
+    `score`, BERT `classifier`)."""
     return [n for n, c in model.named_children() if c is not model.base_model and any(True for _ in c.parameters())]
 
 
@@ -116,17 +105,9 @@ def freeze_backbone(model):
 
 
 def param_dtype(model):
-    """The dtype new parameters of a method must have: the model's own. Under ZeRO-3 with bf16 the
-    weights load already partitioned in bf16 and DeepSpeed casts nothing added after loading."""
+    """The dtype new parameters of a method must have: the model's own. Under ZeRO-3 with bf16 the weights load already
+    partitioned in bf16 and DeepSpeed casts nothing added after loading."""
     return model.get_input_embeddings().weight.dtype
-
-
-def split_params(model, inner):
-    """The parameters of `model` outside its submodule `inner` (a wrapper's own: a prompt, a
-    generator) and those inside it (the wrapped model's: its trainable head)."""
-    inside = {id(p) for p in inner.parameters()}
-    params = list(model.parameters())
-    return [p for p in params if id(p) not in inside], [p for p in params if id(p) in inside]
 
 
 def count_params(model):
@@ -143,15 +124,15 @@ def describe(model):
 
 
 def adamw(groups, lr, eps):
-    """AdamW over `groups` (optimizer_groups); on a GPU its fused kernel (one kernel for every
-    parameter, not several per tensor)."""
+    """AdamW over `groups` (optimizer_groups); on a GPU its fused kernel (one kernel for every parameter, not several
+    per tensor)."""
     return torch.optim.AdamW(groups, lr=lr, eps=eps, fused=torch.cuda.is_available())
 
 
 def optimizer_groups(params, weight_decay, **options):
-    """AdamW parameter groups of the trainable ones among `params`: weight decay on matrices only,
-    none on biases and norms; `options` (e.g. lr) go in both groups. Shapes are read from ds_shape
-    when ZeRO-3 has partitioned a parameter (its .shape is then [0]); empty groups are left out."""
+    """AdamW parameter groups of the trainable ones among `params`: weight decay on matrices only, none on biases and
+    norms; `options` (e.g. lr) go in both groups. Shapes are read from ds_shape when ZeRO-3 has partitioned a parameter
+    (its .shape is then [0]); empty groups are left out."""
     params = [p for p in params if p.requires_grad]
     matrices = [p for p in params if len(getattr(p, "ds_shape", p.shape)) >= 2]
     others = [p for p in params if len(getattr(p, "ds_shape", p.shape)) < 2]
@@ -160,39 +141,3 @@ def optimizer_groups(params, weight_decay, **options):
         {"params": others, "weight_decay": 0.0, **options},
     ]
     return [g for g in groups if g["params"]]
-
-
-def run_with_prompt(model, prompt, input_ids, attention_mask, token_type_ids=None, labels=None):
-    """`model` run on [prompt][token embeddings] of left-packed rows (common.data.pack_left): the
-    `prompt` vectors (batch x t x d) get mask 1 and positions 0..t-1, the tokens follow. Given
-    embeddings rather than ids, a decoder's classifier cannot find the padding and reads the last
-    position: after packing, that is each row's last real token."""
-    embeds = model.get_input_embeddings()(input_ids)  # calling the module works under ZeRO-3
-    batch, t = prompt.shape[:2]
-    mask = torch.cat([attention_mask.new_ones(batch, t), attention_mask], 1)
-    extra = {"position_ids": positions(mask)}
-    if token_type_ids is not None:
-        extra["token_type_ids"] = torch.cat([token_type_ids.new_zeros(batch, t), token_type_ids], 1)
-    inputs = torch.cat([prompt.to(embeds.dtype), embeds], 1)
-    return model(inputs_embeds=inputs, attention_mask=mask, labels=labels, **extra)
-
-
-def load_trained(output_dir, add_method, best=False):
-    """(tokenizer, model) of a finished run, rebuilt from OUTPUT_DIR/args.json: the base model,
-    the run's method added by `add_method` (its script's: it is given the run's flags that it
-    names), and the trained weights (`best`: best/trainable.safetensors); in eval mode on the CPU,
-    ready for model(**batch) on batches of common.data.Collator. The base model (and IDPG's
-    encoder) must be where the run found them."""
-    from common.checkpoint import load_trainable
-    from common.outputs import read_json
-
-    flags = read_json(os.path.join(output_dir, "args.json"))
-    tokenizer, model = load_model(
-        flags["model_name_or_path"],
-        flags["task"],
-        ignore_mismatched_sizes=flags["ignore_mismatched_sizes"],
-    )
-    names = list(inspect.signature(add_method).parameters)[2:]  # after (model, tokenizer)
-    model = add_method(model, tokenizer, **{name: flags[name] for name in names})
-    load_trainable(model, os.path.join(output_dir, "best" if best else "", "trainable.safetensors"))
-    return tokenizer, model.eval()

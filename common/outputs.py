@@ -1,14 +1,10 @@
 """The output folder a run owns, and how anything is written there.
 
-Every file is written to a new temporary file, created exclusively beside its destination (never
-a link or a file someone left there), and renamed into place when complete: a crash never leaves
-a half-written file where a finished one is expected, and a link at the destination is replaced,
-never written through.
-
-A run names everything it will write in OUTPUT_DIR before it writes anything (`manifest.json`),
-so that `--overwrite_output_dir` removes exactly what an earlier run wrote there and nothing
-else, and a run never writes over a path it did not make. `.lock` holds the running run's pid.
-"""
+Every file is written to a new temporary file, created exclusively beside its destination (never a link or a file
+someone left there), and renamed into place when complete: a crash never leaves a half-written file where a finished
+one is expected, and a link at the destination is replaced, never written through. A run names everything it will write
+in OUTPUT_DIR before it writes anything (`manifest.json`), so that `--overwrite_output_dir` removes exactly what an
+earlier run wrote there, and a run never writes over a path it did not make. `.lock` holds the running run's pid."""
 
 import contextlib
 import glob
@@ -24,12 +20,12 @@ from common.errors import UsageError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+MANIFEST, LOCK = "manifest.json", ".lock"
 
 
 @contextlib.contextmanager
 def replacing(path):
-    """Yields the name of a new, empty temporary file beside `path`; when the block ends without
-    an error it is renamed to `path` (else removed)."""
+    """Yields a new, empty temporary file beside `path`, renamed to `path` when the block ends without an error."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(".tmp", f".{os.path.basename(path)}.", folder)  # suffix, start, dir
@@ -49,8 +45,8 @@ def atomic_write_text(path, text):
 
 
 def finite(obj):
-    """obj with every nan or infinite float replaced by None: JSON has no NaN (json.dumps would
-    write a bare NaN that other readers refuse)."""
+    """obj with every nan or infinite float replaced by None: JSON has no NaN (json.dumps would write a bare NaN that
+    other readers refuse)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
@@ -87,10 +83,6 @@ def steps(output_dir):
     return [path for _, path in sorted(found, reverse=True)]
 
 
-MANIFEST = "manifest.json"
-LOCK = ".lock"
-
-
 def same_path(a, b):
     """Whether two paths name the same place (trailing slashes, `..` and links resolved)."""
     return os.path.realpath(a) == os.path.realpath(b)
@@ -114,8 +106,8 @@ def in_checkpoint(path):
 
 
 def writable(path):
-    """Why `path` cannot become a folder this process writes to ('' when it can), without making
-    anything: it is a file, lies under a file, or its nearest existing folder is read-only."""
+    """Why `path` cannot become a folder this process writes to ('' when it can), without making anything: it is a
+    file, lies under a file, or its nearest existing folder is read-only."""
     if os.path.exists(path) and not os.path.isdir(path):
         return "it is a file"
     existing = os.path.abspath(path)
@@ -139,9 +131,9 @@ def alive(pid):
 
 
 def take_lock(output_dir, run_id):
-    """OUTPUT_DIR/.lock with this process's pid, host and run id, created exclusively (of two runs
-    starting at once, one gets it). A lock whose process is gone, or that does not hold a pid
-    (a file left by something else), is taken over; a live process's lock is a UsageError."""
+    """OUTPUT_DIR/.lock with this process's pid, host and run id, created exclusively (of two runs starting at once,
+    one gets it). A lock whose process is gone, or that holds no pid (a file left by something else), is taken over; a
+    live process's lock is a UsageError."""
     lock = os.path.join(output_dir, LOCK)
     me, host = os.getpid(), socket.gethostname()
     for _ in range(2):
@@ -163,12 +155,11 @@ def take_lock(output_dir, run_id):
 
 
 def claim(output_dir, outputs, run_id, overwrite=False, resuming_here=False):
-    """Main process: take OUTPUT_DIR for a run that writes `outputs` (names relative to it) and
-    record them in the manifest before anything is written (a path outside OUTPUT_DIR, or None, is
-    not the folder's and is left out). Refused, with one line, when the folder holds an earlier
-    run's results or checkpoints (unless `overwrite`, which first removes the paths the earlier
-    run's manifest names, or `resuming_here`: the same run continues), or when one of `outputs`
-    exists and no run made it. Returns the lock's path."""
+    """Main process: take OUTPUT_DIR for a run that writes `outputs` (names relative to it) and record them in the
+    manifest before anything is written (a path outside OUTPUT_DIR, or None, is not the folder's and is left out).
+    Refused, with one line, when the folder holds an earlier run's results or checkpoints (unless `overwrite`, which
+    first removes the paths the earlier run's manifest names, or `resuming_here`: the same run continues), or when one
+    of `outputs` exists and no run made it. Returns the lock's path."""
     paths = [os.path.join(output_dir, name) for name in outputs if name]
     outputs = [os.path.relpath(p, output_dir) for p in paths if inside(p, output_dir)]
     try:

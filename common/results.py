@@ -24,8 +24,8 @@ def weights_size(accelerator, model):
 
 def learning_warnings(metrics, majority, metric, change, trained, learning_rates, max_steps):
     """What to say when a run learned nothing: its trainable weights did not move (`change`, the relative change of
-    their sum of squares, under 1e-6, though it `trained`), or its `metric` is within 1 point of always predicting
-    the majority class (`majority`)."""
+    their sum of squares, under 1e-6, though it `trained`), or its `metric` is within 1 point of always predicting the
+    majority class (`majority`)."""
     rates = ", ".join(f"--{k} {v:g}" for k, v in learning_rates.items())
     advice = (
         f"try other learning rates ({rates}) or more optimizer steps (this run: {max_steps}; "
@@ -89,9 +89,9 @@ def write_results(
     extra=None,
 ):
     """results.json (the output contract every script follows, `extra` added), the final eval logits and curves.png;
-    print the warnings and the final line, close the trackers and free OUTPUT_DIR. Every rank calls this
-    (collectives). `start_size`: weights_size before training; `runtime`: the seconds of training (evaluation and
-    saving left out); `learning_rates` {flag: value}: named by a warning."""
+    print the warnings and the final line, close the trackers and free OUTPUT_DIR. Every rank calls this (collectives).
+    `start_size`: weights_size before training; `runtime`: the seconds of training (evaluation and saving left out);
+    `learning_rates` {flag: value}: named by a warning."""
     counts = torch.stack([state.tokens, state.tokens.new_tensor(state.padded), state.tokens.new_tensor(state.rows)])
     tokens, padded, rows = accelerator.reduce(counts).tolist()
     change = abs(weights_size(accelerator, model) - start_size) / max(start_size, 1e-30)

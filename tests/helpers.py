@@ -16,10 +16,7 @@ from bench.launch import CONFIGS, ROOT, WORLD, launch  # noqa: F401 (the tests i
 from bench.tiny import FIXTURES  # noqa: F401
 
 # the real launches of the default suite; the rest of the matrix is `-m slow`
-DEFAULT = (
-    "single",
-    "zero3",
-)
+DEFAULT = ("single", "zero3")
 
 
 def matrix(configs=CONFIGS):
@@ -57,9 +54,7 @@ def cli(script, args):
 
 
 def check_ok(proc):
-    assert proc.returncode == 0, (
-        f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
 
 def evaluations(res):
@@ -104,9 +99,7 @@ def eval_batches(model_dir, glue_dir, task, max_eval_samples, max_length=128, ba
 def saved_eval_logits(output_dir, task):
     from common.tasks import TASKS
 
-    return load_file(os.path.join(output_dir, "eval_logits.safetensors"))[
-        TASKS[task].eval_splits[0]
-    ]
+    return load_file(os.path.join(output_dir, "eval_logits.safetensors"))[TASKS[task].eval_splits[0]]
 
 
 def check_load_trained(output_dir, model_dir, glue_dir, atol, task="sst2", rows=32):
@@ -141,11 +134,7 @@ def args_for(tiny_gpt2, data, out, *switches, **flags):
 
 def one_line(code, err, expected_code=2):
     """The command line's contract: the exit status, exactly one message line, no traceback."""
-    lines = [
-        line
-        for line in err.splitlines()
-        if line.startswith(("error: ", "interrupted: ", "terminated: "))
-    ]
+    lines = [line for line in err.splitlines() if line.startswith(("error: ", "interrupted: ", "terminated: "))]
     assert code == expected_code and len(lines) == 1 and "Traceback" not in err, (code, err[-2000:])
     return lines[0]
 

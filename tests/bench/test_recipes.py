@@ -17,23 +17,13 @@ def test_every_recipe_names_the_original_number_and_valid_flags():
     assert len(found) == 22
     for comment, argv in found:
         assert re.search(
-            r": (original \d+\.\d+|not run in the original|settings recorded .*no number reported)",
-            comment,
+            r": (original \d+\.\d+|not run in the original|settings recorded .*no number reported)", comment
         ), comment
-        assert argv[:4] == [
-            "accelerate",
-            "launch",
-            "--config_file",
-            "accelerate_configs/zero2.yaml",
-        ]
+        assert argv[:4] == ["accelerate", "launch", "--config_file", "accelerate_configs/zero2.yaml"]
         script = next(a for a in argv if a.startswith("train_"))
         rest = argv[argv.index(script) + 1 :]
         args = importlib.import_module(script[:-3]).parse_args(rest)
-        assert (
-            args.seed == 1234
-            and args.per_device_train_batch_size == 12
-            and args.adam_epsilon == 1e-6
-        )
+        assert args.seed == 1234 and args.per_device_train_batch_size == 12 and args.adam_epsilon == 1e-6
         assert args.early_stopping_patience == 5 and args.max_length == 128
         assert (args.validation_size == 1000) != args.validation_dev_half
 

@@ -21,18 +21,11 @@ def test_grid_commands_follow_the_task_budget():
         "64",
         "1",
     ]
-    assert [flag(rte, f) for f in ("--task", "--max_train_samples", "--max_length")] == [
-        "rte",
-        "2490",
-        "128",
-    ]
+    assert [flag(rte, f) for f in ("--task", "--max_train_samples", "--max_length")] == ["rte", "2490", "128"]
     # the grid runs the defaults, on dev
     assert "--learning_rate" not in rte and "--validation_size" not in rte
     sweep = grid.command("prefix", 0, "/m", "/glue", "/out", "sweep", rate=1e-3)
-    assert (
-        flag(sweep, "--prefix_learning_rate") == "0.001"
-        and flag(sweep, "--validation_size") == "400"
-    )
+    assert flag(sweep, "--prefix_learning_rate") == "0.001" and flag(sweep, "--validation_size") == "400"
     ref = grid.command("peft:prompt", 0, "/m", "/glue", "/out", "grid", task="mrpc")
     # train_prompt's default
     assert flag(ref, "--task") == "mrpc" and flag(ref, "--method_learning_rate") == "0.03"

@@ -30,14 +30,7 @@ def error(args, script="train_full.py"):
 
 @pytest.fixture
 def base(tiny_gpt2, glue_dir, tmp_path):
-    return [
-        "--model_name_or_path",
-        tiny_gpt2,
-        "--data_dir",
-        glue_dir,
-        "--output_dir",
-        str(tmp_path / "out"),
-    ]
+    return ["--model_name_or_path", tiny_gpt2, "--data_dir", glue_dir, "--output_dir", str(tmp_path / "out")]
 
 
 def test_the_command_line_prints_one_line_and_exits_2(base):
@@ -75,16 +68,7 @@ def test_tokenizer_without_pad_or_eos(glue_dir, tiny_gpt2, tmp_path):
         cfg[key] = None
     json.dump(cfg, open(model_dir / "tokenizer_config.json", "w"))
     msg = error(
-        [
-            "--task",
-            "rte",
-            "--data_dir",
-            glue_dir,
-            "--output_dir",
-            tmp_path / "o",
-            "--model_name_or_path",
-            model_dir,
-        ]
+        ["--task", "rte", "--data_dir", glue_dir, "--output_dir", tmp_path / "o", "--model_name_or_path", model_dir]
     )
     assert "neither a pad nor an eos token" in msg
 
@@ -94,10 +78,7 @@ def test_tokenizer_without_pad_or_eos(glue_dir, tiny_gpt2, tmp_path):
     [
         (["--max_length", "4"], "--max_length 4 is too short"),
         (["--learning_rate=-1e-4"], "--learning_rate must be positive"),
-        (
-            ["--per_device_train_batch_size", "0"],
-            "--per_device_train_batch_size must be at least 1",
-        ),
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be at least 1"),
         (["--checkpointing_steps", "often"], "--checkpointing_steps takes"),
         (["--resume_from_checkpoint", "/nonexistent/step_3"], "no checkpoint at"),
     ],

@@ -11,29 +11,18 @@ import pytest
 
 from tests.helpers import ROOT, args_for, cli, one_line, results, run_in_process
 
-SCRIPTS = [
-    "train_full.py",
-    "train_lora.py",
-    "train_prefix.py",
-    "train_adapter.py",
-    "train_prompt.py",
-    "train_idpg.py",
-]
+SCRIPTS = ["train_full.py", "train_lora.py", "train_prefix.py", "train_adapter.py", "train_prompt.py", "train_idpg.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_answers_at_once_with_every_default(script):
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     assert proc.returncode == 0 and seconds < 2, (seconds, proc.stderr[-500:])
     # Each option's block: from its line ("  --name ...") to the next option's.
     blocks = re.split(r"\n(?=  -)", proc.stdout.split("options:", 1)[1])
-    options = {
-        b.split()[0].rstrip(","): " ".join(b.split()) for b in blocks if b.strip().startswith("-")
-    }
+    options = {b.split()[0].rstrip(","): " ".join(b.split()) for b in blocks if b.strip().startswith("-")}
     assert len(options) >= 30
     for option, block in options.items():
         assert "(default:" in block or option in ("-h", "--task"), block
@@ -50,34 +39,25 @@ def test_flags_from_a_file_and_the_command_line_wins(tiny_gpt2, glue_dir, tmp_pa
     config = tmp_path / "run.yaml"
     config.write_text("learning_rate: 1e-3\nmax_train_steps: 2\nlora_r: 2\n")
     out = tmp_path / "out"
-    run_in_process(
-        "train_lora.py", args_for(tiny_gpt2, glue_dir, out, "--config", config, "--lora_r", "4")
-    )
+    run_in_process("train_lora.py", args_for(tiny_gpt2, glue_dir, out, "--config", config, "--lora_r", "4"))
     import json
 
     flags = json.load(open(out / "args.json"))
     assert (flags["learning_rate"], flags["max_train_steps"], flags["lora_r"]) == (1e-3, 2, 4)
     config.write_text("learning_rat: 1e-3\n")
-    message = one_line(
-        *cli("train_lora.py", args_for(tiny_gpt2, glue_dir, tmp_path / "o2", "--config", config))
-    )
+    message = one_line(*cli("train_lora.py", args_for(tiny_gpt2, glue_dir, tmp_path / "o2", "--config", config)))
     assert f"--config {config} names flags this script does not have: learning_rat" in message
 
 
 def test_predict_and_summarize_read_a_finished_run(tiny_gpt2, glue_dir, tmp_path, capsys):
     out = tmp_path / "lora"
-    run_in_process(
-        "train_lora.py",
-        args_for(tiny_gpt2, glue_dir, out, "--max_train_steps", "2", "--lora_r", "4"),
-    )
+    run_in_process("train_lora.py", args_for(tiny_gpt2, glue_dir, out, "--max_train_steps", "2", "--lora_r", "4"))
     import predict
 
     capsys.readouterr()
     predict.main([str(out), "a charming film", "a dull film"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and all(
-        line.split("\t")[0] in ("negative", "positive") for line in lines
-    )
+    assert len(lines) == 2 and all(line.split("\t")[0] in ("negative", "positive") for line in lines)
     assert lines[0].endswith("\ta charming film")
 
     from bench import summarize

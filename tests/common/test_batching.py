@@ -12,9 +12,7 @@ def test_logits_same_for_left_right_padding_and_one_at_a_time(glue_dir, tiny_gpt
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=3).eval()
     model.config.pad_token_id = tok.eos_token_id
-    ds = tokenize(
-        load_glue("rte", glue_dir)["validation"].select(range(6)), "rte", tok, max_length=200
-    )
+    ds = tokenize(load_glue("rte", glue_dir)["validation"].select(range(6)), "rte", tok, max_length=200)
     rows = [ds[i] for i in range(6)]
     assert len({len(r["input_ids"]) for r in rows}) > 1  # the batch really needs padding
 
@@ -40,10 +38,7 @@ def test_length_grouped_batches_cover_every_row_once_with_less_padding():
     lengths = torch.randint(5, 120, (1000,), generator=g).tolist()
     sampler = LengthGroupedSampler(lengths, batch_size=8, seed=1)
     pads = {}
-    for name, orders in (
-        ("grouped", [list(sampler)]),
-        ("random", [torch.randperm(1000, generator=g).tolist()]),
-    ):
+    for name, orders in (("grouped", [list(sampler)]), ("random", [torch.randperm(1000, generator=g).tolist()])):
         order = orders[0]
         assert sorted(order) == list(range(1000))  # every row exactly once
         batches = [order[i : i + 8] for i in range(0, 1000, 8)]
@@ -55,9 +50,6 @@ def test_length_grouped_batches_cover_every_row_once_with_less_padding():
 
 
 def test_collator_pads_to_a_multiple():
-    rows = [
-        {"input_ids": [1] * n, "attention_mask": [1] * n, "label": 0, "idx": i}
-        for i, n in enumerate((3, 9))
-    ]
+    rows = [{"input_ids": [1] * n, "attention_mask": [1] * n, "label": 0, "idx": i} for i, n in enumerate((3, 9))]
     batch = Collator(0, "right", pad_to_multiple_of=8)(rows)
     assert batch["input_ids"].shape == (2, 16) and batch["attention_mask"].sum() == 12

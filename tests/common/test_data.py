@@ -116,9 +116,7 @@ def test_load_glue_splits_and_test_file(glue_dir, tmp_path):
     # A test file has no label column: label -1, as on the hub.
     shutil.copytree(os.path.join(glue_dir, "RTE"), tmp_path / "RTE")
     lines = open(tmp_path / "RTE" / "dev.tsv").read().splitlines()
-    (tmp_path / "RTE" / "test.tsv").write_text(
-        "\n".join(line.rsplit("\t", 1)[0] for line in lines[:11]) + "\n"
-    )
+    (tmp_path / "RTE" / "test.tsv").write_text("\n".join(line.rsplit("\t", 1)[0] for line in lines[:11]) + "\n")
     data = load_glue("rte", str(tmp_path))
     assert len(data["test"]) == 10 and set(data["test"]["label"]) == {-1}
 
@@ -134,12 +132,8 @@ def test_missing_file_is_a_clear_error(glue_dir, tmp_path):
 
 def test_hub_offline_names_the_fix():
     code = "from common.data import load_glue; from common.errors import run_main; run_main(lambda: load_glue('rte'))"
-    env = dict(
-        os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME="/nonexistent-hf-home"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
-    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME="/nonexistent-hf-home")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert out.returncode == 2
     assert "--data_dir" in out.stderr.strip().splitlines()[-1] and "Traceback" not in out.stderr
 
@@ -148,9 +142,7 @@ def test_tokenize_truncates_and_collator_pads_both_sides(glue_dir, tiny_gpt2):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_gpt2)
-    ds = tokenize(
-        load_glue("rte", glue_dir)["validation"].select(range(4)), "rte", tok, max_length=16
-    )
+    ds = tokenize(load_glue("rte", glue_dir)["validation"].select(range(4)), "rte", tok, max_length=16)
     assert all(len(x) <= 16 for x in ds["input_ids"])
     rows = [ds[i] for i in range(4)]
     assert len({len(r["input_ids"]) for r in rows}) > 1  # the batch needs padding

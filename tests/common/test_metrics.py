@@ -28,6 +28,4 @@ def test_pearson_spearman_by_hand():
     # var = 5 each -> r = 0.8. Spearman on ranks is the same numbers -> 0.8.
     out = glue_metrics("stsb", preds, labels)
     assert out == pytest.approx({"pearson": 0.8, "spearmanr": 0.8})
-    assert glue_metrics("stsb", [3.0, 1.0, 2.0], [30.0, 10.0, 25.0])["spearmanr"] == pytest.approx(
-        1.0
-    )
+    assert glue_metrics("stsb", [3.0, 1.0, 2.0], [30.0, 10.0, 25.0])["spearmanr"] == pytest.approx(1.0)

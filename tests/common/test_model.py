@@ -24,6 +24,4 @@ def test_gpt2_gelu_in_one_kernel_gives_the_same_logits():
     fast.load_state_dict(slow.state_dict())
     ids = torch.randint(1, 100, (3, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(
-            fast(input_ids=ids).logits, slow(input_ids=ids).logits, atol=1e-6, rtol=0
-        )
+        torch.testing.assert_close(fast(input_ids=ids).logits, slow(input_ids=ids).logits, atol=1e-6, rtol=0)

@@ -41,9 +41,7 @@ def loaders(tiny_gpt2, glue_dir, tmp_path, *flags, task="sst2"):
     import train_full
 
     AcceleratorState._reset_state(reset_partial_state=True)
-    args = train_full.parse_args(
-        run_args(tiny_gpt2, glue_dir, str(tmp_path / "out"), *flags, task=task)
-    )
+    args = train_full.parse_args(run_args(tiny_gpt2, glue_dir, str(tmp_path / "out"), *flags, task=task))
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
     tokenizer.pad_token = tokenizer.eos_token
     return make_dataloaders(
@@ -83,19 +81,11 @@ def test_held_out_rows_never_reach_a_training_batch(tiny_gpt2, glue_dir, tmp_pat
 def test_dev_halves_are_fixed_whatever_the_seed(tiny_gpt2, glue_dir, tmp_path):
     halves = []
     for seed in ("1", "2"):
-        train, evals = loaders(
-            tiny_gpt2, glue_dir, tmp_path, "--validation_dev_half", "--seed", seed, task="rte"
-        )
+        train, evals = loaders(tiny_gpt2, glue_dir, tmp_path, "--validation_dev_half", "--seed", seed, task="rte")
         assert len(train.dataset) == 32  # train is untouched
-        halves.append(
-            (set(evals[HELD_OUT].dataset["idx"]), set(evals["validation"].dataset["idx"]))
-        )
+        halves.append((set(evals[HELD_OUT].dataset["idx"]), set(evals["validation"].dataset["idx"])))
     (validation, test), again = halves
-    assert (
-        len(validation) == len(test) == 8
-        and not validation & test
-        and validation | test == set(range(16))
-    )
+    assert len(validation) == len(test) == 8 and not validation & test and validation | test == set(range(16))
     assert halves[1] == (validation, test)
 
 
@@ -103,17 +93,7 @@ def test_test_metrics_come_from_the_entry_chosen_on_validation(tiny_gpt2, glue_d
     out = tmp_path / "out"
     run_in_process(
         "train_full.py",
-        run_args(
-            tiny_gpt2,
-            glue_dir,
-            out,
-            "--validation_size",
-            "24",
-            "--num_train_epochs",
-            "3",
-            "--eval_steps",
-            "2",
-        ),
+        run_args(tiny_gpt2, glue_dir, out, "--validation_size", "24", "--num_train_epochs", "3", "--eval_steps", "2"),
     )
     res = results(out)
     history = evaluations(res)
@@ -150,28 +130,16 @@ def early_stopping_args(tiny_gpt2, glue_dir, out, *extra):
 
 def test_early_stopping_stops_and_resumes_with_its_count(tiny_gpt2, glue_dir, tmp_path):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    run_in_process(
-        "train_full.py",
-        early_stopping_args(tiny_gpt2, glue_dir, whole, "--checkpointing_steps", "2"),
-    )
+    run_in_process("train_full.py", early_stopping_args(tiny_gpt2, glue_dir, whole, "--checkpointing_steps", "2"))
     res = results(whole)
-    assert res["stopped_early_at_step"] == 4 and [h["step"] for h in evaluations(res)] == [
-        1,
-        2,
-        3,
-        4,
-    ]
+    assert res["stopped_early_at_step"] == 4 and [h["step"] for h in evaluations(res)] == [1, 2, 3, 4]
     assert res["best_metrics"]["step"] == 1
     assert sorted(os.listdir(whole / "checkpoints")) == ["step_2", "step_4"]
     # The checkpoint at step 2 holds one evaluation without a gain: the resumed run stops at 4 too.
     run_in_process(
         "train_full.py",
         early_stopping_args(
-            tiny_gpt2,
-            glue_dir,
-            resumed,
-            "--resume_from_checkpoint",
-            whole / "checkpoints" / "step_2",
+            tiny_gpt2, glue_dir, resumed, "--resume_from_checkpoint", whole / "checkpoints" / "step_2"
         ),
     )
     again = results(resumed)
@@ -183,15 +151,7 @@ def test_adam_epsilon_reaches_the_optimizer(tiny_gpt2, glue_dir, tmp_path):
     run_in_process(
         "train_full.py",
         run_args(
-            tiny_gpt2,
-            glue_dir,
-            out,
-            "--max_train_steps",
-            "2",
-            "--checkpointing_steps",
-            "1",
-            "--adam_epsilon",
-            "1e-6",
+            tiny_gpt2, glue_dir, out, "--max_train_steps", "2", "--checkpointing_steps", "1", "--adam_epsilon", "1e-6"
         ),
     )
     state = torch.load(out / "checkpoints" / "step_1" / "optimizer.bin", weights_only=False)
@@ -201,10 +161,7 @@ def test_adam_epsilon_reaches_the_optimizer(tiny_gpt2, glue_dir, tmp_path):
 @pytest.mark.parametrize(
     "flags,expect",
     [
-        (
-            ["--validation_size", "96"],
-            "--validation_size 96 leaves nothing to train on: the training set has 96 rows",
-        ),
+        (["--validation_size", "96"], "--validation_size 96 leaves nothing to train on: the training set has 96 rows"),
         (["--validation_size", "8", "--validation_dev_half"], "pass one of them"),
         (["--early_stopping_patience", "0"], "--early_stopping_patience must be at least 1"),
         (["--adam_epsilon", "0"], "--adam_epsilon must be positive"),
@@ -246,9 +203,7 @@ def test_results_count_real_and_padded_tokens(tiny_gpt2, glue_dir, tmp_path):
 
 
 @pytest.mark.slow  # compiling takes a minute or two on CPU
-@pytest.mark.parametrize(
-    "script,flags", [("train_full.py", []), ("train_lora.py", ["--lora_r", "4"])]
-)
+@pytest.mark.parametrize("script,flags", [("train_full.py", []), ("train_lora.py", ["--lora_r", "4"])])
 def test_torch_compile_gives_the_eager_logits(script, flags, tiny_gpt2, glue_dir, tmp_path):
     """At (nearly) the same weights: a learning rate of 1e-12 leaves them where they start, so the
     compiled and the eager run evaluate the same model (their dropout masks differ: inductor draws
@@ -317,7 +272,5 @@ def test_a_run_that_learns_nothing_says_so(tiny_gpt2, glue_dir, tmp_path):
     history = runs["learns"]["log_history"]
     logged = [h for h in history if "loss" in h]
     assert [h["step"] for h in logged] == list(range(2, 37, 2))
-    assert logged[0]["epoch"] == round(2 / 12, 4) and [
-        h["epoch"] for h in evaluations(runs["learns"])
-    ] == [1, 2, 3]
+    assert logged[0]["epoch"] == round(2 / 12, 4) and [h["epoch"] for h in evaluations(runs["learns"])] == [1, 2, 3]
     assert (tmp_path / "learns" / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -14,26 +14,10 @@ import os
 import random
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "glue")
-GOOD = [
-    "charming",
-    "moving",
-    "brilliant",
-    "engaging",
-    "delightful",
-    "witty",
-    "gorgeous",
-    "heartfelt",
-]
+GOOD = ["charming", "moving", "brilliant", "engaging", "delightful", "witty", "gorgeous", "heartfelt"]
 BAD = ["dull", "tedious", "clumsy", "lifeless", "boring", "messy", "shallow", "tiresome"]
 THINGS = ["film", "movie", "story", "comedy", "drama", "script", "performance", "ending"]
-PEOPLE = [
-    "The teacher",
-    "A farmer",
-    "The old sailor",
-    "My neighbour",
-    "The young pianist",
-    "A doctor",
-]
+PEOPLE = ["The teacher", "A farmer", "The old sailor", "My neighbour", "The young pianist", "A doctor"]
 PLACES = ["Paris", "a small village", "the harbour", "the library", "Lisbon", "the market"]
 ACTS = ["visited", "painted", "left", "described", "photographed", "walked through"]
 
@@ -52,12 +36,7 @@ def sentiment(rng, n):
     for i in range(n):
         label = i % 2
         words = rng.choice(GOOD if label else BAD), rng.choice(THINGS)
-        rows.append(
-            (
-                f"a {words[0]} {words[1]} , {rng.choice(['really', 'truly', 'simply'])} {words[0]} ",
-                label,
-            )
-        )
+        rows.append((f"a {words[0]} {words[1]} , {rng.choice(['really', 'truly', 'simply'])} {words[0]} ", label))
     return rows
 
 
@@ -80,11 +59,7 @@ def main():
 
     rte = pairs(rng, 48)
     # bare quote
-    rte[3] = (
-        '"That film was shot in Paris," the critic said.',
-        "The film was shot in Paris.",
-        True,
-    )
+    rte[3] = ('"That film was shot in Paris," the critic said.', "The film was shot in Paris.", True)
     label = lambda e: "entailment" if e else "not_entailment"  # noqa: E731
     header = "index\tsentence1\tsentence2\tlabel"
     write("RTE", "train.tsv", header, [(i, a, b, label(e)) for i, (a, b, e) in enumerate(rte[:32])])
@@ -104,9 +79,7 @@ def main():
     write("CoLA", "train.tsv", None, cola[:24])
     write("CoLA", "dev.tsv", None, cola[24:], final_newline=False)
 
-    mrpc = [
-        (int(e), 1000 + 2 * i, 1001 + 2 * i, a, b) for i, (a, b, e) in enumerate(pairs(rng, 36))
-    ]
+    mrpc = [(int(e), 1000 + 2 * i, 1001 + 2 * i, a, b) for i, (a, b, e) in enumerate(pairs(rng, 36))]
     header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
     write("MRPC", "train.tsv", header, mrpc[:24], bom=True)
     write("MRPC", "dev.tsv", header, mrpc[24:], bom=True)
@@ -126,19 +99,13 @@ def main():
         )
         for i, (a, b, e) in enumerate(pairs(rng, 36))
     ]
-    header = (
-        "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
-    )
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
     write("STS-B", "train.tsv", header, stsb[:24])
     write("STS-B", "dev.tsv", header, stsb[24:])
 
     names = ["entailment", "neutral", "contradiction"]
     mnli = [
-        (
-            a,
-            b if i % 3 != 1 else f"{a[:-1]} with a friend.",
-            names[0 if e else 2] if i % 3 != 1 else names[1],
-        )
+        (a, b if i % 3 != 1 else f"{a[:-1]} with a friend.", names[0 if e else 2] if i % 3 != 1 else names[1])
         for i, (a, b, e) in enumerate(pairs(rng, 36))
     ]
     train_header = (
@@ -150,20 +117,7 @@ def main():
         "train.tsv",
         train_header,
         [
-            (
-                i,
-                100 + i,
-                f"{100 + i}e",
-                "fiction",
-                "( x )",
-                "( y )",
-                "(ROOT x)",
-                "(ROOT y)",
-                a,
-                b,
-                g,
-                g,
-            )
+            (i, 100 + i, f"{100 + i}e", "fiction", "( x )", "( y )", "(ROOT x)", "(ROOT y)", a, b, g, g)
             for i, (a, b, g) in enumerate(mnli[:24])
         ],
     )
@@ -176,23 +130,14 @@ def main():
         "MNLI",
         "dev_matched.tsv",
         dev_header,
-        [
-            (i, "", "", "", "", "", "", "", a, b, g, g, g, g, g, g)
-            for i, (a, b, g) in enumerate(mnli[24:])
-        ],
+        [(i, "", "", "", "", "", "", "", a, b, g, g, g, g, g, g) for i, (a, b, g) in enumerate(mnli[24:])],
     )
 
     qnli = [
-        (i, f"Where did {a.split(' last')[0].lower()}?", b, label(e))
-        for i, (a, b, e) in enumerate(pairs(rng, 24))
+        (i, f"Where did {a.split(' last')[0].lower()}?", b, label(e)) for i, (a, b, e) in enumerate(pairs(rng, 24))
     ]
     write("QNLI", "train.tsv", "index\tquestion\tsentence\tlabel", qnli[:16])
-    write(
-        "QNLI",
-        "dev.tsv",
-        "index\tquestion\tsentence\tlabel",
-        [(i, *r[1:]) for i, r in enumerate(qnli[16:])],
-    )
+    write("QNLI", "dev.tsv", "index\tquestion\tsentence\tlabel", [(i, *r[1:]) for i, r in enumerate(qnli[16:])])
 
 
 if __name__ == "__main__":

@@ -12,18 +12,8 @@ import pytest
 
 from tests.helpers import ROOT
 
-SCRIPTS = [
-    "train_full.py",
-    "train_lora.py",
-    "train_prefix.py",
-    "train_adapter.py",
-    "train_prompt.py",
-    "train_idpg.py",
-]
-PAGES = [
-    "README.md",
-    *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))),
-]
+SCRIPTS = ["train_full.py", "train_lora.py", "train_prefix.py", "train_adapter.py", "train_prompt.py", "train_idpg.py"]
+PAGES = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))]
 
 
 def read(page):
@@ -65,9 +55,7 @@ def test_a_stated_default_is_the_parser_default(where, flag, value, scripts):
     for script in scripts:
         args = vars(importlib.import_module(script[:-3]).parse_args(["--task", "sst2"]))
         if flag in args:
-            assert same(value, args[flag]), (
-                f"{where} says --{flag} ({value}); {script} has {args[flag]}"
-            )
+            assert same(value, args[flag]), f"{where} says --{flag} ({value}); {script} has {args[flag]}"
             checked.append(script)
     assert checked, f"{where} names --{flag}, which none of {scripts} has"
 
@@ -109,11 +97,7 @@ def quickstart():
 
 def test_the_quickstart_runs_as_written(tmp_path):
     out = tmp_path / "quickstart"
-    script = (
-        quickstart()
-        .replace("runs/quickstart", str(out))
-        .replace("--num_train_epochs 3", "--max_train_steps 2")
-    )
+    script = quickstart().replace("runs/quickstart", str(out)).replace("--num_train_epochs 3", "--max_train_steps 2")
     assert str(out) in script and "--max_train_steps 2" in script
     proc = subprocess.run(
         ["bash", "-euc", script],

@@ -10,8 +10,8 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from common.args import base_parser
-from common.models import load_model
 from common.loop import make_accelerator
+from common.models import load_model
 
 
 def facts(p):

@@ -21,17 +21,8 @@ def test_fsdp_cell_trains_resumes_bitwise_and_reloads(row, config, tiny_gpt2, gl
     assert outcome == {"ok": True, "steps": 4}, outcome  # 64 rows, batch 8, 2 processes
     assert recorded()[f"{row}/{config}"]["ok"], "rerun python bench/support.py"
     middle = str(whole / "checkpoints" / "step_2")
-    again = run_cell(
-        row,
-        config,
-        tiny_gpt2,
-        glue_dir,
-        str(resumed),
-        [*saving, "--resume_from_checkpoint", middle],
-    )
+    again = run_cell(row, config, tiny_gpt2, glue_dir, str(resumed), [*saving, "--resume_from_checkpoint", middle])
     assert again == outcome, again
     a, saved = check_same_run(whole, resumed)
-    assert (
-        sum(t.numel() for t in saved.values()) == a["trainable_params"]
-    )  # whole, and nothing else
+    assert sum(t.numel() for t in saved.values()) == a["trainable_params"]  # whole, and nothing else
     check_load_trained(whole, tiny_gpt2, glue_dir, 5e-2 if "bf16" in config else 1e-5)

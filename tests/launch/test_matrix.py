@@ -22,9 +22,7 @@ def recorded():
 
 
 def test_the_readme_shows_the_recorded_table():
-    assert set(recorded()) == {f"{row}/{config}" for row, config in CELLS}, (
-        "run python bench/support.py"
-    )
+    assert set(recorded()) == {f"{row}/{config}" for row, config in CELLS}, "run python bench/support.py"
     with open(os.path.join(ROOT, "docs", "distributed.md")) as f:
         assert table(recorded()) in f.read(), "run python bench/report.py"
 
@@ -52,13 +50,9 @@ Root Cause (first observed failure):
 @pytest.mark.parametrize(
     "stderr,expected",
     [
+        (ELASTIC, "terminate called without an active exception; exitcode : -6 (pid: 25529) (SIGABRT)"),
         (
-            ELASTIC,
-            "terminate called without an active exception; exitcode : -6 (pid: 25529) (SIGABRT)",
-        ),
-        (
-            "Traceback (most recent call last):\n  File x\nValueError: bad shape\n"
-            + ELASTIC.split("\n", 2)[2],
+            "Traceback (most recent call last):\n  File x\nValueError: bad shape\n" + ELASTIC.split("\n", 2)[2],
             "ValueError: bad shape; exitcode : -6 (pid: 25529) (SIGABRT)",
         ),
         (

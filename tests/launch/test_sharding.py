@@ -13,9 +13,7 @@ def probe(config, model_dir, tmp_path):
     args = ["--task", "sst2", "--model_name_or_path", model_dir, "--output_dir", str(tmp_path)]
     proc = launch("tests/launch/shard_probe.py", config, args, cwd=tmp_path)
     check_ok(proc)
-    found = json.loads(
-        next(line for line in proc.stdout.splitlines() if line.startswith("PROBE "))[6:]
-    )
+    found = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("PROBE "))[6:])
     assert found["world"] == 2
     matrices = {n: f for n, f in found["params"].items() if f["full"] >= 32 * 32}
     assert len(matrices) >= 8  # embeddings, attention and MLP weights of both layers

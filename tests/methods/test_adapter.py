@@ -52,9 +52,7 @@ def test_counts_follow_the_formula():
         freeze_backbone(model)
         add_adapters(model, variant, m, train_layer_norms=variant == "houlsby")
         adapters = sum(p.numel() for n, p in model.named_parameters() if ".adapter." in n)
-        norms = sum(
-            p.numel() for n, p in model.named_parameters() if p.requires_grad and ".ln_" in n
-        )
+        norms = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and ".ln_" in n)
         assert adapters == layers * per_layer * (2 * d * m + m + d)
         # ln_1, ln_2 per layer, ln_f
         assert norms == (layers * 2 * 2 * d + 2 * d if variant == "houlsby" else 0)
@@ -138,13 +136,5 @@ RUNS = [("single", "houlsby"), ("zero3", "pfeiffer")] + [
 
 @pytest.mark.parametrize("config,variant", RUNS)
 def test_train_adapter_under_every_config(config, variant, tiny_gpt2, glue_dir, tmp_path):
-    check_ok(
-        launch(
-            "train_adapter.py",
-            config,
-            adapter_args(tiny_gpt2, glue_dir, str(tmp_path / "out"), variant),
-        )
-    )
-    check_adapter_run(
-        tmp_path / "out", variant, tiny_gpt2, glue_dir, 5e-2 if "bf16" in config else 1e-5
-    )
+    check_ok(launch("train_adapter.py", config, adapter_args(tiny_gpt2, glue_dir, str(tmp_path / "out"), variant)))
+    check_adapter_run(tmp_path / "out", variant, tiny_gpt2, glue_dir, 5e-2 if "bf16" in config else 1e-5)

@@ -83,11 +83,7 @@ def reference_logits(specs, tmp_path):
     path = tmp_path / "specs.json"
     json.dump(specs, open(path, "w"))
     proc = subprocess.run(
-        [
-            reference_python(),
-            os.path.join(ROOT, "tests", "reference", "load_exports.py"),
-            str(path),
-        ],
+        [reference_python(), os.path.join(ROOT, "tests", "reference", "load_exports.py"), str(path)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -116,9 +112,7 @@ def with_batch(model, batch):
         return model.eval()(**batch).logits
 
 
-SINGLE_AND_SHARDED = ["single"] + [
-    pytest.param(c, marks=pytest.mark.slow) for c in ("zero3", "fsdp")
-]
+SINGLE_AND_SHARDED = ["single"] + [pytest.param(c, marks=pytest.mark.slow) for c in ("zero3", "fsdp")]
 
 
 @pytest.mark.parametrize("config", SINGLE_AND_SHARDED)
@@ -132,43 +126,25 @@ def test_prompt_tuning_loads_in_peft(config, tiny_gpt2, glue_dir, tmp_path):
     load_trainable(model, out / "trainable.safetensors")
     theirs = with_batch(PeftModel.from_pretrained(plain(tiny_gpt2), out / "peft"), batch)
     torch.testing.assert_close(theirs, with_batch(model, batch), atol=1e-5, rtol=0)
-    assert (
-        theirs - with_batch(plain(tiny_gpt2), batch)
-    ).abs().max() > 1e-4  # the prompt and the head are used
+    assert (theirs - with_batch(plain(tiny_gpt2), batch)).abs().max() > 1e-4  # the prompt and the head are used
 
 
 @pytest.mark.parametrize("config", SINGLE_AND_SHARDED)
 def test_prefix_tuning_loads_in_peft_0_17(config, tiny_gpt2, glue_dir, tmp_path):
     out = tmp_path / "out"
-    train(
-        "train_prefix.py",
-        config,
-        tiny_gpt2,
-        glue_dir,
-        out,
-        "--num_prefix",
-        "4",
-        "--prefix_hidden",
-        "16",
-    )
+    train("train_prefix.py", config, tiny_gpt2, glue_dir, out, "--num_prefix", "4", "--prefix_hidden", "16")
     batch = inputs(tiny_gpt2)
     text = parse_prefix_args(["--task", "sst2"]).prefix_init_text  # the script's default init
     text_ids = prefix_text_ids(AutoTokenizer.from_pretrained(tiny_gpt2), text, 4)
     model = PrefixTuning(plain(tiny_gpt2), 4, hidden=16, text_ids=text_ids)
     load_trainable(model, out / "trainable.safetensors")
-    [theirs] = reference_logits(
-        [spec(tiny_gpt2, "peft", out / "peft", batch, tmp_path, "prefix")], tmp_path
-    )
+    [theirs] = reference_logits([spec(tiny_gpt2, "peft", out / "peft", batch, tmp_path, "prefix")], tmp_path)
     torch.testing.assert_close(theirs, with_batch(model, batch), atol=1e-5, rtol=0)
 
 
 # (model, variant, layer norms, launch). Pfeiffer trains no layer norms.
 ADAPTERS = (
-    [
-        (kind, "houlsby", norms, "single")
-        for kind in ("gpt2", "bert")
-        for norms in ("frozen", "trained")
-    ]
+    [(kind, "houlsby", norms, "single") for kind in ("gpt2", "bert") for norms in ("frozen", "trained")]
     + [(kind, "pfeiffer", "frozen", "single") for kind in ("gpt2", "bert")]
     + [
         pytest.param("gpt2", variant, "frozen", config, marks=pytest.mark.slow)
@@ -179,16 +155,12 @@ ADAPTERS = (
 
 
 @pytest.mark.parametrize("kind,variant,norms,config", ADAPTERS)
-def test_adapters_load_in_adapterhub(
-    kind, variant, norms, config, tiny_gpt2, tiny_bert, glue_dir, tmp_path, capsys
-):
+def test_adapters_load_in_adapterhub(kind, variant, norms, config, tiny_gpt2, tiny_bert, glue_dir, tmp_path, capsys):
     """Frozen layer norms: the export is everything. Trained ones (Houlsby's default) go beside it,
     in layer_norms.safetensors, and the run says so in one line."""
     model_dir = tiny_gpt2 if kind == "gpt2" else tiny_bert
     out = tmp_path / "out"
-    flags = ["--variant", variant, "--reduction_factor", "4"] + (
-        ["--freeze_layer_norms"] if norms == "frozen" else []
-    )
+    flags = ["--variant", variant, "--reduction_factor", "4"] + (["--freeze_layer_norms"] if norms == "frozen" else [])
     train("train_adapter.py", config, model_dir, glue_dir, out, *flags)
     beside = out / "adapterhub" / "layer_norms.safetensors"
     assert beside.exists() == (variant == "houlsby" and norms == "trained")
@@ -197,13 +169,7 @@ def test_adapters_load_in_adapterhub(
     batch = inputs(model_dir)
     model = plain(model_dir)
     freeze_backbone(model)
-    add_adapters(
-        model,
-        variant,
-        8,
-        train_layer_norms=variant == "houlsby" and norms == "trained",
-        ln_before=None,
-    )
+    add_adapters(model, variant, 8, train_layer_norms=variant == "houlsby" and norms == "trained", ln_before=None)
     load_trainable(model, out / "trainable.safetensors")
     [theirs] = reference_logits(
         [
@@ -238,25 +204,13 @@ def test_full_fine_tuning_writes_a_model_folder(config, tiny_gpt2, glue_dir, tmp
     model = plain(tiny_gpt2)
     load_trainable(model, out / "trainable.safetensors")
     batch = inputs(tiny_gpt2)
-    torch.testing.assert_close(
-        with_batch(folder, batch), with_batch(model, batch), atol=1e-5, rtol=0
-    )
+    torch.testing.assert_close(with_batch(folder, batch), with_batch(model, batch), atol=1e-5, rtol=0)
     assert label_of_a_sentence(out / "model") in ("negative", "positive")
 
 
 def test_merged_lora_folder_serves_a_pipeline(tiny_gpt2, glue_dir, tmp_path):
     out, merged = tmp_path / "out", tmp_path / "merged"
-    train(
-        "train_lora.py",
-        "single",
-        tiny_gpt2,
-        glue_dir,
-        out,
-        "--lora_r",
-        "4",
-        "--merge_and_save",
-        merged,
-    )
+    train("train_lora.py", "single", tiny_gpt2, glue_dir, out, "--lora_r", "4", "--merge_and_save", merged)
     assert {"tokenizer.json", "config.json", "model.safetensors"} <= set(os.listdir(merged))
     model = plain(tiny_gpt2)
     freeze_backbone(model)
@@ -264,7 +218,5 @@ def test_merged_lora_folder_serves_a_pipeline(tiny_gpt2, glue_dir, tmp_path):
     load_trainable(model, out / "trainable.safetensors")
     batch = inputs(tiny_gpt2)
     folder = AutoModelForSequenceClassification.from_pretrained(merged)
-    torch.testing.assert_close(
-        with_batch(folder, batch), with_batch(model, batch), atol=1e-5, rtol=0
-    )
+    torch.testing.assert_close(with_batch(folder, batch), with_batch(model, batch), atol=1e-5, rtol=0)
     assert label_of_a_sentence(merged) in ("negative", "positive")

@@ -28,12 +28,7 @@ from tests.helpers import (
 )
 
 # all of the SST-2 fixture: 12 steps an epoch on one process
-TRAIN, EVAL, BATCH, EPOCHS = (
-    96,
-    32,
-    8,
-    3,
-)
+TRAIN, EVAL, BATCH, EPOCHS = (96, 32, 8, 3)
 
 
 def args_for(tiny, glue, out, *extra):
@@ -78,9 +73,7 @@ def check_run(out, tiny_gpt2, glue_dir, world, atol):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2).eval()
     model.config.pad_token_id = 0
     assert set(saved) == {n for n, _ in model.named_parameters()}
-    assert (
-        res["trainable_params"] == res["total_params"] == sum(p.numel() for p in model.parameters())
-    )
+    assert res["trainable_params"] == res["total_params"] == sum(p.numel() for p in model.parameters())
     load_trainable(model, out / "trainable.safetensors")
     ours = logits_of(model, eval_batches(tiny_gpt2, glue_dir, "sst2", EVAL))
     torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=atol, rtol=0)
@@ -97,46 +90,28 @@ def test_train_full_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
     proc = launch("train_full.py", config, args_for(tiny_gpt2, glue_dir, tmp_path / "out"))
     check_ok(proc)
     assert "final sst2 full: accuracy" in proc.stdout
-    check_run(
-        tmp_path / "out", tiny_gpt2, glue_dir, WORLD[config], atol=5e-2 if "16" in config else 1e-5
-    )
+    check_run(tmp_path / "out", tiny_gpt2, glue_dir, WORLD[config], atol=5e-2 if "16" in config else 1e-5)
 
 
 def test_resume_equals_uninterrupted(tiny_gpt2, glue_dir, tmp_path, capsys):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    run_in_process(
-        "train_full.py", args_for(tiny_gpt2, glue_dir, whole, "--checkpointing_steps", "10")
-    )
+    run_in_process("train_full.py", args_for(tiny_gpt2, glue_dir, whole, "--checkpointing_steps", "10"))
     assert sorted(os.listdir(whole / "checkpoints")) == ["step_10", "step_20", "step_30"]
     # Resume mid-epoch (12 steps per epoch) from the uninterrupted run's checkpoint at step 20.
     capsys.readouterr()
     run_in_process(
         "train_full.py",
-        args_for(
-            tiny_gpt2,
-            glue_dir,
-            resumed,
-            "--resume_from_checkpoint",
-            whole / "checkpoints" / "step_20",
-        ),
+        args_for(tiny_gpt2, glue_dir, resumed, "--resume_from_checkpoint", whole / "checkpoints" / "step_20"),
     )
     assert "resumed from" in capsys.readouterr().out
     a, b = results(whole), results(resumed)
     assert a["metrics"] == b["metrics"] and a["best_metrics"] == b["best_metrics"]
     assert a["log_history"] == b["log_history"]
-    wa, wb = (
-        load_file(whole / "trainable.safetensors"),
-        load_file(resumed / "trainable.safetensors"),
-    )
+    wa, wb = (load_file(whole / "trainable.safetensors"), load_file(resumed / "trainable.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # 'latest' finds the newest checkpoint in the output dir.
-    run_in_process(
-        "train_full.py", args_for(tiny_gpt2, glue_dir, whole, "--resume_from_checkpoint", "latest")
-    )
-    assert (
-        "step_30 at step 30" in capsys.readouterr().out
-        and results(whole)["metrics"] == a["metrics"]
-    )
+    run_in_process("train_full.py", args_for(tiny_gpt2, glue_dir, whole, "--resume_from_checkpoint", "latest"))
+    assert "step_30 at step 30" in capsys.readouterr().out and results(whole)["metrics"] == a["metrics"]
 
 
 def test_do_predict_and_tracking(tiny_gpt2, glue_dir, tmp_path):
@@ -146,9 +121,7 @@ def test_do_predict_and_tracking(tiny_gpt2, glue_dir, tmp_path):
     data = tmp_path / "glue"
     shutil.copytree(os.path.join(glue_dir, "RTE"), data / "RTE")
     dev = (data / "RTE" / "dev.tsv").read_text().splitlines()
-    (data / "RTE" / "test.tsv").write_text(
-        "\n".join(line.rsplit("\t", 1)[0] for line in dev[:13]) + "\n"
-    )
+    (data / "RTE" / "test.tsv").write_text("\n".join(line.rsplit("\t", 1)[0] for line in dev[:13]) + "\n")
     out = tmp_path / "out"
     run_in_process(
         "train_full.py",

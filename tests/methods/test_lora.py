@@ -7,11 +7,7 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import (
-    AutoModelForSequenceClassification,
-    GPT2Config,
-    GPT2ForSequenceClassification,
-)
+from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
 
 from bench import tiny
 from common.checkpoint import head_of, load_trainable
@@ -71,8 +67,7 @@ def test_seed_parameter_counts_at_gpt2_xl_from_config_alone():
 
 
 @pytest.mark.parametrize(
-    "make,targets,slices",
-    [(tiny_gpt2_model, ["c_attn"], ["q", "v"]), (tiny_bert_model, ["query", "value"], None)],
+    "make,targets,slices", [(tiny_gpt2_model, ["c_attn"], ["q", "v"]), (tiny_bert_model, ["query", "value"], None)]
 )
 def test_merged_weights_give_the_same_logits_and_leave_the_model_alone(make, targets, slices):
     from types import SimpleNamespace
@@ -86,10 +81,7 @@ def test_merged_weights_give_the_same_logits_and_leave_the_model_alone(make, tar
     plain = make()
     assert plain.load_state_dict(merged_state(one_process, model), strict=False).missing_keys == []
     torch.testing.assert_close(logits(plain), before, atol=1e-5, rtol=0)
-    assert any(
-        (p - dict(make().named_parameters())[n]).abs().max() > 1e-4
-        for n, p in plain.named_parameters()
-    )
+    assert any((p - dict(make().named_parameters())[n]).abs().max() > 1e-4 for n, p in plain.named_parameters())
     for n, p in model.named_parameters():  # merging wrote nothing into the LoRA model
         assert torch.equal(p, weights[n]), n
 
@@ -101,9 +93,7 @@ def test_targets_and_slices_errors():
     model.config.model_type = "mystery"
     with pytest.raises(ValueError) as e:
         resolve_targets(model)
-    assert "no default LoRA targets for model type 'mystery'; pass --lora_targets from:" in str(
-        e.value
-    )
+    assert "no default LoRA targets for model type 'mystery'; pass --lora_targets from:" in str(e.value)
     assert "query" in str(e.value)  # the error lists the model's projections
     for targets, slices, expect in [
         ("qkv", None, "--lora_targets qkv not in the model"),
@@ -168,9 +158,7 @@ def check_lora_run(out, tiny_gpt2, glue_dir, atol, merged=None):
     from peft import PeftModel
 
     peft_cfg = json.load(open(out / "peft" / "adapter_config.json"))
-    assert set(peft_cfg["rank_pattern"].values()) == {8} and set(
-        peft_cfg["alpha_pattern"].values()
-    ) == {32}
+    assert set(peft_cfg["rank_pattern"].values()) == {8} and set(peft_cfg["alpha_pattern"].values()) == {32}
     peft_model = PeftModel.from_pretrained(base, out / "peft").eval()
     torch.testing.assert_close(logits_of(peft_model, batches), theirs, atol=atol, rtol=0)
 
@@ -191,23 +179,16 @@ def check_lora_run(out, tiny_gpt2, glue_dir, atol, merged=None):
 
 def test_train_lora_in_process(tiny_gpt2, glue_dir, tmp_path):
     run_in_process(
-        "train_lora.py",
-        lora_args(tiny_gpt2, glue_dir, tmp_path / "out", "--merge_and_save", tmp_path / "merged"),
+        "train_lora.py", lora_args(tiny_gpt2, glue_dir, tmp_path / "out", "--merge_and_save", tmp_path / "merged")
     )
     check_lora_run(tmp_path / "out", tiny_gpt2, glue_dir, 1e-5, merged=tmp_path / "merged")
 
 
-@pytest.mark.parametrize(
-    "config", matrix(["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16", "fsdp"])
-)
+@pytest.mark.parametrize("config", matrix(["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16", "fsdp"]))
 def test_train_lora_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
     merge = config in ("single", "zero3", "fsdp")
     extra = ["--merge_and_save", str(tmp_path / "merged")] if merge else []
-    check_ok(
-        launch(
-            "train_lora.py", config, lora_args(tiny_gpt2, glue_dir, str(tmp_path / "out"), *extra)
-        )
-    )
+    check_ok(launch("train_lora.py", config, lora_args(tiny_gpt2, glue_dir, str(tmp_path / "out"), *extra)))
     check_lora_run(
         tmp_path / "out",
         tiny_gpt2,
@@ -266,9 +247,7 @@ def test_peft_export_with_mixed_slice_and_fused_targets(tmp_path):
     randomize_lora(model)
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     layers = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
-    peft_export(
-        str(tmp_path / "peft"), layers, trainable, head_of(trainable, ["score"]), "tiny"
-    )
+    peft_export(str(tmp_path / "peft"), layers, trainable, head_of(trainable, ["score"]), "tiny")
     ref = PeftModel.from_pretrained(tiny_gpt2_model(), tmp_path / "peft").eval()
     torch.testing.assert_close(logits(ref), logits(model), atol=1e-5, rtol=0)
 

@@ -40,9 +40,7 @@ def test_padding_does_not_change_a_row():
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         both = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-        one = model(
-            input_ids=ids[:1, :3], attention_mask=mask[:1, :3], position_ids=positions[:1, :3]
-        ).logits
+        one = model(input_ids=ids[:1, :3], attention_mask=mask[:1, :3], position_ids=positions[:1, :3]).logits
     torch.testing.assert_close(both[:1], one, atol=1e-5, rtol=0)
 
 
@@ -66,9 +64,7 @@ def test_text_init_is_reading_the_text_first(make):
     model = PrefixTuning(make(), 4, hidden=16, text_ids=text).train()
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
-        ours = model(
-            input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(5)[None]
-        ).logits
+        ours = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(5)[None]).logits
         assert model.model.training  # the pairs were computed in eval mode, and the mode restored
         read = model.model.eval()(input_ids=torch.tensor([text + [5, 6, 7, 8, 9]])).logits
     torch.testing.assert_close(ours, read, atol=1e-5, rtol=0)
@@ -81,15 +77,7 @@ def test_text_init_ids_and_encoders():
         def __call__(self, text):
             return {"input_ids": [len(w) for w in text.split()]}
 
-    assert prefix_text_ids(Tok(), "a bb ccc", 7) == [
-        1,
-        2,
-        3,
-        1,
-        2,
-        3,
-        1,
-    ]  # repeated as often as p needs
+    assert prefix_text_ids(Tok(), "a bb ccc", 7) == [1, 2, 3, 1, 2, 3, 1]  # repeated as often as p needs
     with pytest.raises(ValueError, match="--prefix_init random"):
         prefix_text_ids(Tok(), "", 4)
     assert is_encoder(tiny.bert()) and not is_encoder(tiny.gpt2()) and not is_encoder(tiny.llama())
@@ -143,11 +131,7 @@ def check_prefix_run(out, tiny_gpt2, glue_dir, bf16):
     losses = [h["train_loss"] for h in evaluations(res)]
     assert sum(losses[-3:]) < sum(losses[:3]), losses
     saved = load_file(out / "trainable.safetensors")
-    assert {n.split(".")[0] for n in saved} == {
-        "embedding",
-        "mlp",
-        "model",
-    }  # the MLP is kept for resuming
+    assert {n.split(".")[0] for n in saved} == {"embedding", "mlp", "model"}  # the MLP is kept for resuming
     assert all(n.startswith(("embedding", "mlp.", "model.score.")) for n in saved)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2)
     model.config.pad_token_id = 0
@@ -156,9 +140,7 @@ def check_prefix_run(out, tiny_gpt2, glue_dir, bf16):
     model = PrefixTuning(model, 4, hidden=16, text_ids=text_ids).eval()
     load_trainable(model, out / "trainable.safetensors")
     ours = logits_of(model, eval_batches(tiny_gpt2, glue_dir, "sst2", 32))
-    torch.testing.assert_close(
-        ours, saved_eval_logits(out, "sst2"), atol=5e-2 if bf16 else 1e-5, rtol=0
-    )
+    torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=5e-2 if bf16 else 1e-5, rtol=0)
     check_load_trained(out, tiny_gpt2, glue_dir, 5e-2 if bf16 else 1e-5)
     # The computed pairs alone (what inference needs) are the MLP's output.
     with torch.no_grad():
@@ -175,11 +157,7 @@ def test_train_prefix_in_process(tiny_gpt2, glue_dir, tmp_path):
     check_prefix_run(tmp_path / "out", tiny_gpt2, glue_dir, bf16=False)
 
 
-@pytest.mark.parametrize(
-    "config", matrix(["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16"])
-)
+@pytest.mark.parametrize("config", matrix(["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16"]))
 def test_train_prefix_under_every_config(config, tiny_gpt2, glue_dir, tmp_path):
-    check_ok(
-        launch("train_prefix.py", config, prefix_args(tiny_gpt2, glue_dir, str(tmp_path / "out")))
-    )
+    check_ok(launch("train_prefix.py", config, prefix_args(tiny_gpt2, glue_dir, str(tmp_path / "out"))))
     check_prefix_run(tmp_path / "out", tiny_gpt2, glue_dir, bf16="bf16" in config)

@@ -40,9 +40,7 @@ def test_prompt_tuning_equals_peft_at_the_same_prompt():
 
     prompt = torch.randn(5, 32) * 0.3
     ours = PromptTuning(tiny(), prompt.clone()).eval()
-    ref = get_peft_model(
-        tiny(), PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5)
-    ).eval()
+    ref = get_peft_model(tiny(), PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5)).eval()
     ref.prompt_encoder["default"].embedding.weight.data.copy_(prompt)
     # unpadded: peft cannot handle padding here
     ids = torch.tensor([[5, 17, 42, 9, 3, 8], [7, 8, 9, 10, 11, 12]])
@@ -73,9 +71,7 @@ def test_logits_independent_of_padding_side_and_batch_makeup(kind):
 
     right = run(rows, "right")
     torch.testing.assert_close(run(rows, "left"), right, atol=1e-5, rtol=0)
-    torch.testing.assert_close(
-        torch.cat([run([r], "right") for r in rows]), right, atol=1e-5, rtol=0
-    )
+    torch.testing.assert_close(torch.cat([run([r], "right") for r in rows]), right, atol=1e-5, rtol=0)
     torch.testing.assert_close(run(rows[::-1], "right"), right.flip(0), atol=1e-5, rtol=0)
 
 
@@ -100,9 +96,7 @@ def test_seed_idpg_counts_at_gpt2_xl_from_configs_alone():
     counts = {}
     for prompt_only in (False, True):
         with torch.device("meta"):
-            backbone = GPT2ForSequenceClassification(
-                GPT2Config(n_embd=1600, n_layer=48, n_head=25, num_labels=3)
-            )
+            backbone = GPT2ForSequenceClassification(GPT2Config(n_embd=1600, n_layer=48, n_head=25, num_labels=3))
             encoder = GPT2Model(GPT2Config())
             model = IDPG(backbone, encoder, prompt_only=prompt_only)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -115,14 +109,7 @@ def script_args(script, tiny_gpt2, glue_dir, out, *extra):
     rates = (
         ["--prompt_learning_rate", "0.1"]
         if script == "train_prompt.py"
-        else [
-            "--prompt_learning_rate",
-            "1e-2",
-            "--encoder_name_or_path",
-            tiny_gpt2,
-            "--generator_hidden",
-            "16",
-        ]
+        else ["--prompt_learning_rate", "1e-2", "--encoder_name_or_path", tiny_gpt2, "--generator_hidden", "16"]
     )
     return [
         "--task",
@@ -178,9 +165,7 @@ def check_script_run(script, out, tiny_gpt2, glue_dir, atol):
     res = check_losses(out)
     saved = load_file(out / "trainable.safetensors")
     prefix = "prompt" if script == "train_prompt.py" else "generator."
-    assert any(n.startswith(prefix) for n in saved) and all(
-        n.startswith((prefix, "model.score.")) for n in saved
-    )
+    assert any(n.startswith(prefix) for n in saved) and all(n.startswith((prefix, "model.score.")) for n in saved)
     assert sum(t.numel() for t in saved.values()) == res["trainable_params"]
     ours = logits_of(reload(script, tiny_gpt2, out), eval_batches(tiny_gpt2, glue_dir, "sst2", 32))
     torch.testing.assert_close(ours, saved_eval_logits(out, "sst2"), atol=atol, rtol=0)
@@ -194,16 +179,10 @@ def test_script_in_process(script, tiny_gpt2, glue_dir, tmp_path):
 
 
 @pytest.mark.parametrize("script", ["train_prompt.py", "train_idpg.py"])
-@pytest.mark.parametrize(
-    "config", matrix(["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16"])
-)
+@pytest.mark.parametrize("config", matrix(["single", "ddp", "bf16", "zero1", "zero2", "zero3", "zero3_bf16"]))
 def test_script_under_every_config(script, config, tiny_gpt2, glue_dir, tmp_path):
-    check_ok(
-        launch(script, config, script_args(script, tiny_gpt2, glue_dir, str(tmp_path / "out")))
-    )
-    check_script_run(
-        script, tmp_path / "out", tiny_gpt2, glue_dir, 5e-2 if "bf16" in config else 1e-5
-    )
+    check_ok(launch(script, config, script_args(script, tiny_gpt2, glue_dir, str(tmp_path / "out"))))
+    check_script_run(script, tmp_path / "out", tiny_gpt2, glue_dir, 5e-2 if "bf16" in config else 1e-5)
 
 
 @pytest.mark.parametrize(
@@ -240,23 +219,16 @@ def test_idpg_variants_train_and_reload(variant, flags, kw, tiny_gpt2, glue_dir,
     set_seed(42)  # the script's starting point: the generator changed
     base = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2)
     encoder = None if variant in ("self", "m-idpg") else AutoModel.from_pretrained(tiny_gpt2)
-    init = IDPG(
-        base, encoder, num_tokens=4, hidden=16, **{k: v for k, v in kw.items() if k != "encoder"}
-    )
+    init = IDPG(base, encoder, num_tokens=4, hidden=16, **{k: v for k, v in kw.items() if k != "encoder"})
     init = dict(init.named_parameters())
-    changed = [
-        n for n in saved if n.startswith("generator.") and not torch.equal(saved[n], init[n])
-    ]
+    changed = [n for n in saved if n.startswith("generator.") and not torch.equal(saved[n], init[n])]
     assert changed == [n for n in saved if n.startswith("generator.")]
 
 
 def test_idpg_cache_gives_the_same_logits(tiny_gpt2, glue_dir, tmp_path):
+    run_in_process("train_idpg.py", script_args("train_idpg.py", tiny_gpt2, glue_dir, tmp_path / "cached"))
     run_in_process(
-        "train_idpg.py", script_args("train_idpg.py", tiny_gpt2, glue_dir, tmp_path / "cached")
-    )
-    run_in_process(
-        "train_idpg.py",
-        script_args("train_idpg.py", tiny_gpt2, glue_dir, tmp_path / "uncached", "--no_cache"),
+        "train_idpg.py", script_args("train_idpg.py", tiny_gpt2, glue_dir, tmp_path / "uncached", "--no_cache")
     )
     # Equal up to float rounding: a cached row was encoded in another batch (another padded width).
     torch.testing.assert_close(
@@ -265,9 +237,7 @@ def test_idpg_cache_gives_the_same_logits(tiny_gpt2, glue_dir, tmp_path):
         atol=1e-5,
         rtol=0,
     )
-    for a, b in zip(
-        results(tmp_path / "cached")["log_history"], results(tmp_path / "uncached")["log_history"]
-    ):
+    for a, b in zip(results(tmp_path / "cached")["log_history"], results(tmp_path / "uncached")["log_history"]):
         assert a == pytest.approx(b, abs=1e-5)
 
 
@@ -334,18 +304,14 @@ def test_fresh_idpg_is_prompt_tuning(encoder):
     """The default start (--generator_init prompt): the generator's output is its last bias, rows of
     the embedding table, for every input: the logits of prompt tuning with that prompt."""
     torch.manual_seed(1)
-    model = IDPG(
-        tiny(), GPT2Model(tiny().config) if encoder == "separate" else None, num_tokens=4, hidden=8
-    ).eval()
+    model = IDPG(tiny(), GPT2Model(tiny().config) if encoder == "separate" else None, num_tokens=4, hidden=8).eval()
     table = tiny().get_input_embeddings().weight
     prompt = model.generator[-1].bias.detach().view(4, 32)
     assert all(any(torch.equal(row, t) for t in table) for row in prompt)  # rows of the table
     ids = torch.tensor([[5, 6, 7, 8, 9], [9, 10, 11, 12, 13]])
     with torch.no_grad():
         ours = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-        theirs = PromptTuning(tiny(), prompt.clone())(
-            input_ids=ids, attention_mask=torch.ones_like(ids)
-        ).logits
+        theirs = PromptTuning(tiny(), prompt.clone())(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
 
 
@@ -376,9 +342,7 @@ def test_m_idpg_changes_later_layers_only_through_the_hooks():
         b = m_idpg(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
         m_idpg.layer_bias.normal_()  # (a constant would vanish in the next LayerNorm)
-        assert (
-            m_idpg(input_ids=ids, attention_mask=torch.ones_like(ids)).logits - a
-        ).abs().max() > 1e-4
+        assert (m_idpg(input_ids=ids, attention_mask=torch.ones_like(ids)).logits - a).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("encoder_dropout", [True, False])

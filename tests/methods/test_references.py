@@ -32,9 +32,7 @@ RENAMES = {  # applied after dropping "adapters.ref."
         (r"(\d+)\.output\.adapter_", r"\1.output.dense.adapter.adapter_"),
     ],
     ("bert", "pfeiffer"): [(r"(\d+)\.output\.adapter_", r"\1.output.LayerNorm.adapter.adapter_")],
-    ("bert", "pfeiffer-ln"): [
-        (r"(\d+)\.output\.adapter_", r"\1.output.LayerNorm.adapter.adapter_")
-    ],
+    ("bert", "pfeiffer-ln"): [(r"(\d+)\.output\.adapter_", r"\1.output.LayerNorm.adapter.adapter_")],
 }
 
 
@@ -58,26 +56,15 @@ def test_adapters_equal_adapterhub(reference, kind, variant):
     model = AutoModelForSequenceClassification.from_pretrained(reference / f"{kind}-model").eval()
     with torch.no_grad():
         base = model(**inputs).logits
-    add_adapters(
-        model,
-        variant.removesuffix("-ln"),
-        8,
-        train_layer_norms=False,
-        ln_before=variant.endswith("-ln"),
-    )
-    weights = {
-        ours(n, kind, variant): t
-        for n, t in load_file(reference / f"{kind}-{variant}.safetensors").items()
-    }
+    add_adapters(model, variant.removesuffix("-ln"), 8, train_layer_norms=False, ln_before=variant.endswith("-ln"))
+    weights = {ours(n, kind, variant): t for n, t in load_file(reference / f"{kind}-{variant}.safetensors").items()}
     params = dict(model.named_parameters())
     assert set(weights) == {n for n in params if ".adapter." in n}
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t)
         logits = model(**inputs).logits
-    assert (
-        theirs - base
-    ).abs().max() > 1e-3  # the reference adapters are active and not near-identity
+    assert (theirs - base).abs().max() > 1e-3  # the reference adapters are active and not near-identity
     torch.testing.assert_close(logits, theirs, atol=1e-5, rtol=0)
 
 
@@ -87,9 +74,7 @@ def test_prefix_equals_peft(reference, kind):
     inputs = load_file(reference / "inputs.safetensors")
     ref = load_file(reference / f"{kind}-prefix.safetensors")
     model = PrefixTuning(
-        AutoModelForSequenceClassification.from_pretrained(reference / f"{kind}-model"),
-        5,
-        projection=False,
+        AutoModelForSequenceClassification.from_pretrained(reference / f"{kind}-model"), 5, projection=False
     ).eval()
     with torch.no_grad():
         model.pairs.copy_(ref["prefix"])

@@ -10,12 +10,7 @@ from bench.refenv import ROOT, env, python
 def make_reference(out_dir):
     script = os.path.join(ROOT, "tests", "reference", "make_reference.py")
     proc = subprocess.run(
-        [python(), script, str(out_dir)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-        env=env(),
+        [python(), script, str(out_dir)], capture_output=True, text=True, cwd=ROOT, timeout=600, env=env()
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out_dir

@@ -15,12 +15,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 for spec in json.load(open(sys.argv[1])):
-    model = AutoModelForSequenceClassification.from_pretrained(
-        spec["base"], num_labels=spec["num_labels"]
-    )
-    model.config.pad_token_id = AutoTokenizer.from_pretrained(
-        spec["base"]
-    ).eos_token_id  # as the scripts set it
+    model = AutoModelForSequenceClassification.from_pretrained(spec["base"], num_labels=spec["num_labels"])
+    model.config.pad_token_id = AutoTokenizer.from_pretrained(spec["base"]).eos_token_id  # as the scripts set it
     if spec["library"] == "peft":
         from peft import PeftModel
 

@@ -59,20 +59,12 @@ for kind in ("gpt2", "bert"):
         facts[f"{kind}-{variant}"] = sorted(weights)[:4]
 
 # Llama: grouped key/value heads (peft sizes the pairs by them), rotary
-for kind in (
-    "gpt2",
-    "bert",
-    "llama",
-):
+for kind in ("gpt2", "bert", "llama"):
     base = tiny_model(kind)
     if kind == "llama":  # (the GPT-2 and BERT folders are saved above)
         base.save_pretrained(os.path.join(out, "llama-model"))
-    model = get_peft_model(
-        base, PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5)
-    ).eval()
-    width = model.prompt_encoder["default"].embedding.weight.shape[
-        1
-    ]  # 2 x layers x key/value heads x head size
+    model = get_peft_model(base, PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5)).eval()
+    width = model.prompt_encoder["default"].embedding.weight.shape[1]  # 2 x layers x key/value heads x head size
     prefix = torch.randn(5, width, generator=torch.Generator().manual_seed(2))
     model.prompt_encoder["default"].embedding.weight.data.copy_(prefix)
     with torch.no_grad():
