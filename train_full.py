@@ -45,7 +45,9 @@ def add_method(model, tokenizer):
 
 
 def main(args):
-    accelerator = loop.make_accelerator(args.output_dir, args.with_tracking, args.report_to, args.torch_compile)
+    accelerator = loop.make_accelerator(
+        args.output_dir, args.max_grad_norm, args.with_tracking, args.report_to, args.torch_compile
+    )
     state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
         accelerator,
         "full",
@@ -60,10 +62,15 @@ def main(args):
     stop_on_signals(state.note)  # Ctrl-C and SIGTERM say where the last checkpoint is
     set_seed(args.seed)
     tokenizer, model = models.load_model(
-        args.model_name_or_path, args.task, args.max_length, ignore_mismatched_sizes=args.ignore_mismatched_sizes
+        args.model_name_or_path,
+        args.task,
+        args.max_length,
+        dtype=args.base_dtype,
+        ignore_mismatched_sizes=args.ignore_mismatched_sizes,
     )
 
     # The method: nothing to add. Every parameter trains and is saved.
+    models.upcast_trainable(model, accelerator)  # trained in fp32 (AdamW's state too), whatever the checkpoint
     names = checkpoint.trainable_names(model)
     accelerator.print(models.describe(model))
 
@@ -121,6 +128,7 @@ def main(args):
         eval_loaders=eval_loaders,
         start_size=start_size,
         runtime=runtime,
+        extra={"precision": models.precision(accelerator, model, optimizer)},
         learning_rates={"learning_rate": args.learning_rate},
     )
 
@@ -144,6 +152,8 @@ def train(args, accelerator, state, model, optimizer, scheduler, train_loader, e
             with accelerator.accumulate(model):  # syncs the gradients and steps only every Nth batch
                 loss = model(**batch).loss
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:  # (DeepSpeed clips in its own step)
+                    state.grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()  # (between those, accumulate makes this and zero_grad no-ops)
                 if accelerator.sync_gradients:
                     scheduler.step()  # once per optimizer step

@@ -79,8 +79,8 @@ from common.models import param_dtype
 from common.prompts import pack_left, run_with_prompt, split_params, unsharded
 
 
-def load_encoder(name, tokenizer):
-    """The encoder: a bare model (no head); None for 'self'. It reads the backbone's token ids, so
+def load_encoder(name, tokenizer, dtype=torch.float32):
+    """The encoder: a bare model (no head) in `dtype`; None for 'self'. It reads the backbone's token ids, so
     its tokenizer must be `tokenizer`: the same vocabulary and special tokens (the same size is not
     enough). A ValueError says what to pass instead."""
     from transformers import AutoModel, AutoTokenizer
@@ -88,7 +88,7 @@ def load_encoder(name, tokenizer):
     if name == "self":
         return None
     try:
-        encoder = AutoModel.from_pretrained(name)
+        encoder = AutoModel.from_pretrained(name, dtype=dtype)
         theirs = AutoTokenizer.from_pretrained(name)
     except OSError as e:
         first = str(e).splitlines()[0][:160]
@@ -321,7 +321,7 @@ def add_method(
 ):
     """IDPG on a loaded model as the flags of the same names ask (predict.py rebuilds a run with this), its encoder
     loaded."""
-    encoder = load_encoder(encoder_name_or_path, tokenizer)
+    encoder = load_encoder(encoder_name_or_path, tokenizer, param_dtype(model))  # in the backbone's dtype
     return IDPG(
         model,
         encoder,
@@ -339,7 +339,9 @@ def add_method(
 
 
 def main(args):
-    accelerator = loop.make_accelerator(args.output_dir, args.with_tracking, args.report_to, args.torch_compile)
+    accelerator = loop.make_accelerator(
+        args.output_dir, args.max_grad_norm, args.with_tracking, args.report_to, args.torch_compile
+    )
     state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
         accelerator,
         "idpg",
@@ -358,6 +360,7 @@ def main(args):
         args.task,
         args.max_length,
         extra_positions=args.num_virtual_tokens,
+        dtype=args.base_dtype,
         ignore_mismatched_sizes=args.ignore_mismatched_sizes,
     )
 
@@ -378,6 +381,7 @@ def main(args):
             prompt_layers=args.prompt_layers,
             generator_init=args.generator_init,
         )
+    models.upcast_trainable(model, accelerator)  # trained in fp32 (AdamW's state too), whatever the checkpoint
     names = checkpoint.trainable_names(model)
     accelerator.print(models.describe(model))
 
@@ -441,6 +445,7 @@ def main(args):
         eval_loaders=eval_loaders,
         start_size=start_size,
         runtime=runtime,
+        extra={"precision": models.precision(accelerator, model, optimizer)},
         learning_rates={"learning_rate": args.learning_rate, "prompt_learning_rate": args.prompt_learning_rate},
     )
 
@@ -464,6 +469,8 @@ def train(args, accelerator, state, model, optimizer, scheduler, train_loader, e
             with accelerator.accumulate(model):  # syncs the gradients and steps only every Nth batch
                 loss = model(**batch).loss
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:  # (DeepSpeed clips in its own step)
+                    state.grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()  # (between those, accumulate makes this and zero_grad no-ops)
                 if accelerator.sync_gradients:
                     scheduler.step()  # once per optimizer step

@@ -243,7 +243,9 @@ def peft_export(path, layers, trained, head, base_model):
 
 
 def main(args):
-    accelerator = loop.make_accelerator(args.output_dir, args.with_tracking, args.report_to, args.torch_compile)
+    accelerator = loop.make_accelerator(
+        args.output_dir, args.max_grad_norm, args.with_tracking, args.report_to, args.torch_compile
+    )
     state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
         accelerator,
         "lora",
@@ -258,7 +260,11 @@ def main(args):
     stop_on_signals(state.note)  # Ctrl-C and SIGTERM say where the last checkpoint is
     set_seed(args.seed)
     tokenizer, model = models.load_model(
-        args.model_name_or_path, args.task, args.max_length, ignore_mismatched_sizes=args.ignore_mismatched_sizes
+        args.model_name_or_path,
+        args.task,
+        args.max_length,
+        dtype=args.base_dtype,
+        ignore_mismatched_sizes=args.ignore_mismatched_sizes,
     )
 
     # The method: freeze the backbone, wrap the target projections, train the pairs and the head.
@@ -273,6 +279,7 @@ def main(args):
             lora_alpha=args.lora_alpha,
             lora_dropout=args.lora_dropout,
         )
+    models.upcast_trainable(model, accelerator)  # trained in fp32 (AdamW's state too), whatever the checkpoint
     names = checkpoint.trainable_names(model)
     lora_params = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
     wrapped = [m for m in model.modules() if isinstance(m, LoRALinear)]
@@ -339,7 +346,7 @@ def main(args):
         start_size=start_size,
         runtime=runtime,
         learning_rates={"learning_rate": args.learning_rate},
-        extra={"lora_params": lora_params},
+        extra={"precision": models.precision(accelerator, model, optimizer), "lora_params": lora_params},
     )
 
 
@@ -362,6 +369,8 @@ def train(args, accelerator, state, model, optimizer, scheduler, train_loader, e
             with accelerator.accumulate(model):  # syncs the gradients and steps only every Nth batch
                 loss = model(**batch).loss
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:  # (DeepSpeed clips in its own step)
+                    state.grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()  # (between those, accumulate makes this and zero_grad no-ops)
                 if accelerator.sync_gradients:
                     scheduler.step()  # once per optimizer step

@@ -125,7 +125,9 @@ def peft_export(path, prompt, head, config, base_model):
 
 
 def main(args):
-    accelerator = loop.make_accelerator(args.output_dir, args.with_tracking, args.report_to, args.torch_compile)
+    accelerator = loop.make_accelerator(
+        args.output_dir, args.max_grad_norm, args.with_tracking, args.report_to, args.torch_compile
+    )
     state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
         accelerator,
         "prompt",
@@ -144,6 +146,7 @@ def main(args):
         args.task,
         args.max_length,
         extra_positions=args.num_virtual_tokens,
+        dtype=args.base_dtype,
         ignore_mismatched_sizes=args.ignore_mismatched_sizes,
     )
 
@@ -151,6 +154,7 @@ def main(args):
     heads = models.head_names(model)
     with usage_errors():  # an init text without tokens: a one-line error
         model = add_method(model, tokenizer, args.num_virtual_tokens, args.prompt_init, args.prompt_init_text)
+    models.upcast_trainable(model, accelerator)  # trained in fp32 (AdamW's state too), whatever the checkpoint
     names = checkpoint.trainable_names(model)
     accelerator.print(models.describe(model))
 
@@ -213,6 +217,7 @@ def main(args):
         eval_loaders=eval_loaders,
         start_size=start_size,
         runtime=runtime,
+        extra={"precision": models.precision(accelerator, model, optimizer)},
         learning_rates={"learning_rate": args.learning_rate, "prompt_learning_rate": args.prompt_learning_rate},
     )
 
@@ -236,6 +241,8 @@ def train(args, accelerator, state, model, optimizer, scheduler, train_loader, e
             with accelerator.accumulate(model):  # syncs the gradients and steps only every Nth batch
                 loss = model(**batch).loss
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:  # (DeepSpeed clips in its own step)
+                    state.grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()  # (between those, accumulate makes this and zero_grad no-ops)
                 if accelerator.sync_gradients:
                     scheduler.step()  # once per optimizer step

@@ -123,6 +123,28 @@ def make_tiny_gpt2(path, n_layer=2, n_embd=32, n_head=2, dropout=0.1):
     return path
 
 
+def make_tiny_llama(path, dtype=torch.bfloat16):
+    """A model folder: the fixture-trained tokenizer and a random 2-layer Llama body (SmolLM2's shape: grouped
+    key/value heads, rotary positions) saved in `dtype`, as hub decoders ship."""
+    from transformers import LlamaModel
+
+    tok = make_gpt2_tokenizer(path)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    LlamaModel(config).to(dtype).save_pretrained(path)
+    return path
+
+
 def make_tiny_bert(path):
     """A model folder: the fixture-trained tokenizer and a random 2-layer BERT body."""
     from transformers import BertConfig, BertModel

@@ -2,6 +2,7 @@
 parses its flags before it imports torch, so --help answers at once)."""
 
 import argparse
+import math
 import os
 
 from common.errors import fail
@@ -73,6 +74,8 @@ def base_parser(doc):
     add("--learning_rate", type=float, default=2e-5, help="AdamW's rate (the head's, with a method's)")
     add("--weight_decay", type=float, default=0.0, help="AdamW's, on matrices only")
     add("--adam_epsilon", type=float, default=1e-8, help="AdamW's eps (the original experiments: 1e-6)")
+    add("--base_dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="the frozen weights'")
+    add("--max_grad_norm", type=float, default=1.0, help="clip the gradients' norm to this; 0: no clipping")
     add("--num_train_epochs", type=int, default=3, help="passes over the training rows")
     add("--max_train_steps", type=int, default=None, help="optimizer steps (overrides the epochs)")
     add("--per_device_train_batch_size", type=int, default=8, help="rows a batch, per process")
@@ -117,6 +120,13 @@ def check_args(args, script):
             fail(f"--{name} must be at least 1, got {value}")
     if args.validation_size is not None and args.validation_dev_half:
         fail("--validation_size and --validation_dev_half both choose the validation set; pass one of them")
+    if not 0 <= args.max_grad_norm < math.inf:
+        fail(f"--max_grad_norm must be a positive number, or 0 for no clipping, got {args.max_grad_norm}")
+    if args.base_dtype != "float32" and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "no":
+        fail(
+            f"--base_dtype {args.base_dtype} computes under mixed precision: launch with accelerate launch "
+            "--mixed_precision bf16 (fp16), or drop --base_dtype"
+        )
     if args.adam_epsilon <= 0:
         fail(f"--adam_epsilon must be positive, got {args.adam_epsilon}")
     every = args.checkpointing_steps

@@ -17,10 +17,11 @@ from common.outputs import atomic_write_json, claim, inside
 OUTPUTS = ("curves.png", "args.json", "results.json", "eval_logits.safetensors", "trainable.safetensors", "best")
 
 
-def make_accelerator(output_dir, with_tracking=False, report_to="tensorboard", torch_compile=False):
-    """An Accelerator for a run in `output_dir` that also works on a machine without GPUs: there torch.distributed
-    needs the gloo backend, which accelerate does not pick for DeepSpeed, and a multi-GPU launch must be told to run
-    DDP on the CPU. Both settings change nothing on a GPU machine."""
+def make_accelerator(output_dir, max_grad_norm=1.0, with_tracking=False, report_to="tensorboard", torch_compile=False):
+    """An Accelerator for a run in `output_dir`. DeepSpeed clips the gradients inside its own step: its
+    gradient_clipping is set to `max_grad_norm` (0: none). On a machine without GPUs torch.distributed needs the gloo
+    backend, which accelerate does not pick for DeepSpeed, and a multi-GPU launch must be told to run DDP on the CPU;
+    both settings change nothing on a GPU machine."""
     from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
 
     # A yaml names its DeepSpeed JSON by a path relative to where it is run from; the shipped ones
@@ -44,6 +45,8 @@ def make_accelerator(output_dir, with_tracking=False, report_to="tensorboard", t
         dynamo_backend="inductor" if torch_compile else "no",  # prepare() compiles the model
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if no_device and deepspeed else [],
     )
+    if deepspeed:
+        accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = max_grad_norm
     if no_device and os.environ.get("ACCELERATE_USE_FSDP", "false") == "true":
         cpu_fsdp(accelerator)
     return accelerator
@@ -132,6 +135,7 @@ class TrainState:
         self.evals_without_gain = 0
         self.stopped_early_at = None
         self.last_saved = None  # the newest checkpoint, for the line an interrupted run prints
+        self.grad_norm = None  # the gradients' norm before clipping, at the last optimizer step
         # The training loss, summed on the device (no host sync a step): since the last evaluation, since the last
         # log line. What this process trained on (results.json's speed), and the seconds spent evaluating and saving.
         self.loss_sum, self.loss_count = torch.zeros((), device=device), 0
@@ -207,7 +211,8 @@ def log_loss(accelerator, state, bar):
     evaluations."""
     mean = finite_loss(accelerator.reduce(state.window_sum, "mean"), state) / state.window_count
     bar.set_postfix(loss=f"{mean:.4f}")
-    state.log(accelerator, {"loss": mean})
+    norm = {} if state.grad_norm is None else {"grad_norm": float(state.grad_norm)}  # (the same on every rank)
+    state.log(accelerator, {"loss": mean, **norm})
     state.window_sum, state.window_count = torch.zeros_like(state.window_sum), 0
 
 

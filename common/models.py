@@ -30,13 +30,20 @@ def load_tokenizer(name):
 
 
 def load_model(
-    model_name_or_path, task, max_length=128, extra_positions=0, ignore_mismatched_sizes=False, fast_gelu=True
+    model_name_or_path,
+    task,
+    max_length=128,
+    extra_positions=0,
+    dtype="float32",
+    ignore_mismatched_sizes=False,
+    fast_gelu=True,
 ):
     """Tokenizer and sequence-classification model for the GLUE `task` (keywords: the flags of the same names), with a
-    pad token set on both (GPT-2 has none: it pads with eos; padded positions are masked). `extra_positions`: the
-    positions a method puts before the input (virtual tokens). `fast_gelu`: GPT-2's gelu_new runs as about 8
-    elementwise kernels; gelu_pytorch_tanh is the same formula in one (logits within 1e-6, tested), so GPT-2 models
-    load with it."""
+    pad token set on both (GPT-2 has none: it pads with eos; padded positions are masked). The weights load in `dtype`
+    whatever the checkpoint's (hub decoders ship bf16; transformers would keep that). `extra_positions`: the positions
+    a method puts before the input (virtual tokens). `fast_gelu`: GPT-2's gelu_new runs as about 8 elementwise
+    kernels; gelu_pytorch_tanh is the same formula in one (logits within 1e-6, tested), so GPT-2 models load with
+    it."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     name = model_name_or_path
@@ -54,6 +61,7 @@ def load_model(
             )
         tokenizer = load_tokenizer(name)
         options = {"num_labels": task.num_labels, "ignore_mismatched_sizes": ignore_mismatched_sizes}
+        options["dtype"] = getattr(torch, dtype)
         if not task.is_regression:
             options["id2label"] = dict(enumerate(task.label_names))
             options["label2id"] = {n: i for i, n in enumerate(task.label_names)}
@@ -102,6 +110,39 @@ def freeze_backbone(model):
     for name in heads:
         model.get_submodule(name).requires_grad_(True)
     return heads
+
+
+def upcast_trainable(model, accelerator):
+    """The trainable weights in fp32, and so AdamW's state, whatever the dtype the model loaded in (--base_dtype: the
+    frozen weights stay in it). DeepSpeed with bf16 or fp16 keeps every weight in that dtype and an fp32 master copy
+    of the trained ones in its optimizer: there they are left to it."""
+    if accelerator.distributed_type == "DEEPSPEED" and accelerator.mixed_precision != "no":
+        return
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
+def precision(accelerator, model, optimizer):
+    """What ran in which dtype, for results.json: the trainable and the frozen weights as the model holds them, the
+    optimizer's state, the compute (accelerate's mixed precision) and, under DeepSpeed, its gradient accumulation."""
+    plain = accelerator.unwrap_model(model)
+    names = lambda ts: sorted({str(t.dtype).removeprefix("torch.") for t in ts})  # noqa: E731
+    inner = optimizer
+    while not isinstance(inner, torch.optim.Optimizer) or not inner.state:  # the torch optimizer under the wrappers
+        if not hasattr(inner, "optimizer"):
+            break
+        inner = inner.optimizer
+    states = [t for s in getattr(inner, "state", {}).values() for t in s.values() if torch.is_tensor(t) and t.dim()]
+    out = {
+        "trainable": names(p for p in plain.parameters() if p.requires_grad),
+        "frozen": names(p for p in plain.parameters() if not p.requires_grad),
+        "optimizer_state": names(states),
+        "mixed_precision": str(accelerator.mixed_precision),
+    }
+    if hasattr(model, "get_data_types"):  # a DeepSpeed engine
+        out["deepspeed_grad_accum"] = names([torch.empty(0, dtype=model.get_data_types()[1])])[0]
+    return out
 
 
 def param_dtype(model):
