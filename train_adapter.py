@@ -178,7 +178,7 @@ def add_method(model, tokenizer, variant, reduction_factor, adapter_size, freeze
 
 def main(args):
     accelerator = loop.make_accelerator(
-        args.output_dir, args.max_grad_norm, args.with_tracking, args.report_to, args.torch_compile
+        args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
     )
     state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
         accelerator,
@@ -213,6 +213,8 @@ def main(args):
             freeze_layer_norms=args.freeze_layer_norms,
             ln_before=args.ln_before,
         )
+    if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
+        models.checkpoint_activations(model)
     models.upcast_trainable(model, accelerator)  # trained in fp32 (AdamW's state too), whatever the checkpoint
     names = checkpoint.trainable_names(model)
     adapters = [a for a in model.modules() if isinstance(a, Bottleneck)]
@@ -235,10 +237,11 @@ def main(args):
         validation_dev_half=args.validation_dev_half,
         group_by_length=args.group_by_length,
         pad_to_multiple_of=args.pad_to_multiple_of,
+        fixed_lengths=args.torch_compile,
         do_predict=args.do_predict,
     )
     groups = models.optimizer_groups(model.parameters(), args.weight_decay)
-    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon)
+    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
     state.steps_per_epoch, state.max_steps = loop.count_steps(
         len(train_loader), accelerator, args.num_train_epochs, args.max_train_steps
     )

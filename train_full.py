@@ -46,7 +46,7 @@ def add_method(model, tokenizer):
 
 def main(args):
     accelerator = loop.make_accelerator(
-        args.output_dir, args.max_grad_norm, args.with_tracking, args.report_to, args.torch_compile
+        args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
     )
     state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
         accelerator,
@@ -70,6 +70,8 @@ def main(args):
     )
 
     # The method: nothing to add. Every parameter trains and is saved.
+    if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
+        models.checkpoint_activations(model)
     models.upcast_trainable(model, accelerator)  # trained in fp32 (AdamW's state too), whatever the checkpoint
     names = checkpoint.trainable_names(model)
     accelerator.print(models.describe(model))
@@ -90,10 +92,11 @@ def main(args):
         validation_dev_half=args.validation_dev_half,
         group_by_length=args.group_by_length,
         pad_to_multiple_of=args.pad_to_multiple_of,
+        fixed_lengths=args.torch_compile,
         do_predict=args.do_predict,
     )
     groups = models.optimizer_groups(model.parameters(), args.weight_decay)
-    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon)
+    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
     state.steps_per_epoch, state.max_steps = loop.count_steps(
         len(train_loader), accelerator, args.num_train_epochs, args.max_train_steps
     )

@@ -340,7 +340,7 @@ def add_method(
 
 def main(args):
     accelerator = loop.make_accelerator(
-        args.output_dir, args.max_grad_norm, args.with_tracking, args.report_to, args.torch_compile
+        args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
     )
     state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
         accelerator,
@@ -381,6 +381,8 @@ def main(args):
             prompt_layers=args.prompt_layers,
             generator_init=args.generator_init,
         )
+    if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
+        models.checkpoint_activations(model.model)
     models.upcast_trainable(model, accelerator)  # trained in fp32 (AdamW's state too), whatever the checkpoint
     names = checkpoint.trainable_names(model)
     accelerator.print(models.describe(model))
@@ -401,6 +403,7 @@ def main(args):
         validation_dev_half=args.validation_dev_half,
         group_by_length=args.group_by_length,
         pad_to_multiple_of=args.pad_to_multiple_of,
+        fixed_lengths=args.torch_compile,
         do_predict=args.do_predict,
     )
     generator, head = split_params(model, model.model)  # G (and PG's inputs, a trained encoder), the head
@@ -408,7 +411,7 @@ def main(args):
         *models.optimizer_groups(generator, args.weight_decay, lr=args.prompt_learning_rate),
         *models.optimizer_groups(head, args.weight_decay),
     ]
-    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon)
+    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
     state.steps_per_epoch, state.max_steps = loop.count_steps(
         len(train_loader), accelerator, args.num_train_epochs, args.max_train_steps
     )

@@ -244,7 +244,7 @@ def peft_export(path, layers, trained, head, base_model):
 
 def main(args):
     accelerator = loop.make_accelerator(
-        args.output_dir, args.max_grad_norm, args.with_tracking, args.report_to, args.torch_compile
+        args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
     )
     state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
         accelerator,
@@ -279,6 +279,8 @@ def main(args):
             lora_alpha=args.lora_alpha,
             lora_dropout=args.lora_dropout,
         )
+    if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
+        models.checkpoint_activations(model)
     models.upcast_trainable(model, accelerator)  # trained in fp32 (AdamW's state too), whatever the checkpoint
     names = checkpoint.trainable_names(model)
     lora_params = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
@@ -301,10 +303,11 @@ def main(args):
         validation_dev_half=args.validation_dev_half,
         group_by_length=args.group_by_length,
         pad_to_multiple_of=args.pad_to_multiple_of,
+        fixed_lengths=args.torch_compile,
         do_predict=args.do_predict,
     )
     groups = models.optimizer_groups(model.parameters(), args.weight_decay)
-    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon)
+    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
     state.steps_per_epoch, state.max_steps = loop.count_steps(
         len(train_loader), accelerator, args.num_train_epochs, args.max_train_steps
     )

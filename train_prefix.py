@@ -59,6 +59,11 @@ def parse_args(argv=None):
     args = check_args(parser.parse_args(argv), "prefix")
     if args.num_prefix < 1 or args.prefix_learning_rate <= 0:
         fail("--num_prefix must be >= 1 and --prefix_learning_rate > 0")
+    if args.gradient_checkpointing:
+        fail(
+            "prefix tuning hands its pairs to the model as a cache, which the recomputation of "
+            "--gradient_checkpointing would extend a second time (peft refuses it too); train without it"
+        )
     if args.prefix_hidden is not None and not args.prefix_projection:
         fail("--prefix_hidden sizes the projection MLP; drop it or --no_prefix_projection")
     args.prefix_hidden = args.prefix_hidden or 512
@@ -233,7 +238,7 @@ def peft_export(path, pairs, head, base_model):
 
 def main(args):
     accelerator = loop.make_accelerator(
-        args.output_dir, args.max_grad_norm, args.with_tracking, args.report_to, args.torch_compile
+        args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
     )
     state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
         accelerator,
@@ -271,6 +276,8 @@ def main(args):
         )
     if args.prefix_init == "text" and not hasattr(model, "text_ids"):
         accelerator.print(f"prefix: random init ({model.config.model_type} returns no cache)")
+    if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
+        models.checkpoint_activations(model.model)
     models.upcast_trainable(model, accelerator)  # trained in fp32 (AdamW's state too), whatever the checkpoint
     names = checkpoint.trainable_names(model)
     accelerator.print(models.describe(model))
@@ -291,6 +298,7 @@ def main(args):
         validation_dev_half=args.validation_dev_half,
         group_by_length=args.group_by_length,
         pad_to_multiple_of=args.pad_to_multiple_of,
+        fixed_lengths=args.torch_compile,
         do_predict=args.do_predict,
     )
     prefix, head = split_params(model, model.model)  # the prefix (embedding and MLP), the head
@@ -298,7 +306,7 @@ def main(args):
         *models.optimizer_groups(prefix, args.weight_decay, lr=args.prefix_learning_rate),
         *models.optimizer_groups(head, args.weight_decay),
     ]
-    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon)
+    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
     state.steps_per_epoch, state.max_steps = loop.count_steps(
         len(train_loader), accelerator, args.num_train_epochs, args.max_train_steps
     )

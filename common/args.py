@@ -75,6 +75,7 @@ def base_parser(doc):
     add("--weight_decay", type=float, default=0.0, help="AdamW's, on matrices only")
     add("--adam_epsilon", type=float, default=1e-8, help="AdamW's eps (the original experiments: 1e-6)")
     add("--base_dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="the frozen weights'")
+    add("--gradient_checkpointing", action="store_true", help="recompute activations in backward: less memory")
     add("--max_grad_norm", type=float, default=1.0, help="clip the gradients' norm to this; 0: no clipping")
     add("--num_train_epochs", type=int, default=3, help="passes over the training rows")
     add("--max_train_steps", type=int, default=None, help="optimizer steps (overrides the epochs)")
@@ -98,6 +99,7 @@ def base_parser(doc):
     add("--torch_compile", action="store_true", help="compile the model (inductor)")
     add("--ignore_mismatched_sizes", action="store_true", help="a new head of the task's size")
     add("--logging_steps", type=int, default=10, help="log the training loss every N steps")
+    add("--ddp_timeout", type=int, default=1800, help="seconds a rank waits for the others before the job fails")
     add("--with_tracking", action="store_true", help="log to --report_to")
     add("--report_to", default="tensorboard", help="tensorboard (offline), wandb, all, ...")
     return p
@@ -112,7 +114,8 @@ def check_args(args, script):
         fail(f"--learning_rate must be positive, got {args.learning_rate}")
     at_least_1 = (
         "num_train_epochs per_device_train_batch_size per_device_eval_batch_size max_train_steps max_train_samples "
-        "max_eval_samples eval_steps validation_size early_stopping_patience logging_steps pad_to_multiple_of"
+        "max_eval_samples eval_steps validation_size early_stopping_patience logging_steps pad_to_multiple_of "
+        "ddp_timeout"
     )
     for name in at_least_1.split():
         value = getattr(args, name)

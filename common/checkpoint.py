@@ -190,7 +190,7 @@ def find_checkpoint(output_dir, which):
 OPERATIONAL = set(
     "output_dir overwrite_output_dir resume_from_checkpoint checkpointing_steps with_tracking report_to do_predict "
     "per_device_eval_batch_size data_dir merge_and_save logging_steps no_cache torch_compile pad_to_multiple_of "
-    "config".split()
+    "config ddp_timeout gradient_checkpointing".split()
 )
 
 

@@ -197,19 +197,21 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
 
 class Collator:
     """Dynamic padding to the longest row of the batch (rounded up to a multiple of `pad_to_multiple_of`: tensor cores
-    like multiples of 8), on the tokenizer's padding side.
+    like multiples of 8; or to the first of `lengths` that holds it: a compiled model then meets a few shapes only), on
+    the tokenizer's padding side.
 
     Position ids are computed from the attention mask, so a row's positions start at 0 at its first real token whatever
     the padding side; with `positions=False` the model's own are used (for models whose forward takes no position_ids).
     """
 
-    def __init__(self, pad_token_id, padding_side="right", positions=True, pad_to_multiple_of=1):
+    def __init__(self, pad_token_id, padding_side="right", positions=True, pad_to_multiple_of=1, lengths=None):
         self.pad_token_id, self.padding_side, self.positions = pad_token_id, padding_side, positions
-        self.multiple = pad_to_multiple_of
+        self.multiple, self.lengths = pad_to_multiple_of, lengths
 
     def __call__(self, rows):
         width = max(len(r["input_ids"]) for r in rows)
         width = -(-width // self.multiple) * self.multiple
+        width = next((n for n in self.lengths if n >= width), width) if self.lengths else width
         batch = {}
         for key, fill in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
             if key not in rows[0]:
@@ -290,6 +292,7 @@ def make_dataloaders(
     validation_dev_half=False,
     group_by_length=False,
     pad_to_multiple_of=None,
+    fixed_lengths=False,
     do_predict=False,
 ):
     """Train loader (shuffled) and one loader per eval split; test loaders with `do_predict`. The keywords are the
@@ -321,7 +324,10 @@ def make_dataloaders(
     agree(accelerator, error)  # every rank leaves with the same one line
     spec = TASKS[task]
     multiple = pad_to_multiple_of or (8 if torch.cuda.is_available() else 1)
-    collate = Collator(tokenizer.pad_token_id, tokenizer.padding_side, position_ids, multiple)
+    # --torch_compile: every batch padded to one of a few lengths (16, 32, 64, ... up to max_length), so that the model
+    # is compiled for those shapes only
+    lengths = sorted({min(2**k, max_length) for k in range(4, max_length.bit_length() + 1)}) if fixed_lengths else None
+    collate = Collator(tokenizer.pad_token_id, tokenizer.padding_side, position_ids, multiple, lengths)
     # Loaders draw their seeds from their own generator, not from the global RNG that dropout uses:
     # a resumed run then sees the same dropout masks as an uninterrupted one. Pinned memory lets the
     # prepared loaders copy batches to the GPU without blocking (DataLoaderConfiguration's

@@ -3,6 +3,7 @@ folder, the checkpoint it resumes), the run's length, the state the loop carries
 the bookkeeping of an evaluation (the best weights, early stopping). The loop itself is in each script, where a reader
 sees when each of these happens."""
 
+import datetime
 import math
 import os
 import uuid
@@ -17,11 +18,14 @@ from common.outputs import atomic_write_json, claim, inside
 OUTPUTS = ("curves.png", "args.json", "results.json", "eval_logits.safetensors", "trainable.safetensors", "best")
 
 
-def make_accelerator(output_dir, max_grad_norm=1.0, with_tracking=False, report_to="tensorboard", torch_compile=False):
+def make_accelerator(
+    output_dir, max_grad_norm=1.0, ddp_timeout=1800, with_tracking=False, report_to="tensorboard", torch_compile=False
+):
     """An Accelerator for a run in `output_dir`. DeepSpeed clips the gradients inside its own step: its
-    gradient_clipping is set to `max_grad_norm` (0: none). On a machine without GPUs torch.distributed needs the gloo
-    backend, which accelerate does not pick for DeepSpeed, and a multi-GPU launch must be told to run DDP on the CPU;
-    both settings change nothing on a GPU machine."""
+    gradient_clipping is set to `max_grad_norm` (0: none). A collective waits `ddp_timeout` seconds for the other
+    ranks before the job fails (NCCL's default is 10 minutes, less than rank 0 may need alone to tokenize a large set
+    or save a large model). On a machine without GPUs torch.distributed needs the gloo backend, which accelerate does
+    not pick for DeepSpeed, and a multi-GPU launch must be told to run DDP on the CPU; both change nothing on a GPU."""
     from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
 
     # A yaml names its DeepSpeed JSON by a path relative to where it is run from; the shipped ones
@@ -30,7 +34,7 @@ def make_accelerator(output_dir, max_grad_norm=1.0, with_tracking=False, report_
     shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), json_file)
     if json_file.endswith(".json") and not os.path.isfile(json_file) and os.path.isfile(shipped):
         os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = shipped
-    no_device = not torch.accelerator.is_available()
+    no_device, timeout = not torch.accelerator.is_available(), datetime.timedelta(seconds=ddp_timeout)
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") == "true"
     accelerator = Accelerator(
         cpu=no_device and not deepspeed,  # a multi-GPU yaml on CPU: real DDP over gloo
@@ -43,7 +47,9 @@ def make_accelerator(output_dir, max_grad_norm=1.0, with_tracking=False, report_
         # step it once per process on every call.
         step_scheduler_with_optimizer=False,
         dynamo_backend="inductor" if torch_compile else "no",  # prepare() compiles the model
-        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if no_device and deepspeed else [],
+        kwargs_handlers=[
+            InitProcessGroupKwargs(backend="gloo" if no_device and deepspeed else "nccl", timeout=timeout)
+        ],
     )
     if deepspeed:
         accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = max_grad_norm

@@ -112,6 +112,16 @@ def freeze_backbone(model):
     return heads
 
 
+def checkpoint_activations(model):
+    """Gradient checkpointing: each layer keeps only its input and recomputes its activations in the backward pass
+    (less memory, about a third more time). Non-reentrant: the reentrant form gives the layers no gradients when
+    their inputs do not require any, as with a frozen embedding (transformers #21381)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # (its name from transformers 5.2x on)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def upcast_trainable(model, accelerator):
     """The trainable weights in fp32, and so AdamW's state, whatever the dtype the model loaded in (--base_dtype: the
     frozen weights stay in it). DeepSpeed with bf16 or fp16 keeps every weight in that dtype and an fp32 master copy
@@ -164,10 +174,23 @@ def describe(model):
     return f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.3f}%)"
 
 
-def adamw(groups, lr, eps):
-    """AdamW over `groups` (optimizer_groups); on a GPU its fused kernel (one kernel for every parameter, not several
-    per tensor)."""
-    return torch.optim.AdamW(groups, lr=lr, eps=eps, fused=torch.cuda.is_available())
+def adamw(groups, lr, eps, accelerator):
+    """AdamW over `groups` (optimizer_groups). On GPUs its fused kernel (one kernel for every parameter, not several
+    per tensor), but not over FSDP2's sharded parameters, where it leaks host memory every step (pytorch #188174):
+    there the foreach kernels. Under ZeRO-Offload (the optimizer runs on the CPU) DeepSpeed's CPU Adam, several times
+    faster there than torch's, where its C++ op builds; else torch's, with a line that says why."""
+    plugin = accelerator.state.deepspeed_plugin
+    zero = plugin.deepspeed_config.get("zero_optimization", {}) if plugin else {}
+    if zero.get("offload_optimizer", {}).get("device", "none") != "none":
+        try:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(groups, lr=lr, eps=eps, adamw_mode=True)
+        except Exception as e:  # no compiler, no headers: what a failed build raises varies
+            first = (str(e).strip().splitlines() or [""])[0][:120]
+            accelerator.print(f"DeepSpeed's CPU Adam did not build ({type(e).__name__}: {first}); torch's AdamW runs")
+    fused = torch.cuda.is_available() and accelerator.distributed_type != "FSDP"
+    return torch.optim.AdamW(groups, lr=lr, eps=eps, fused=fused)
 
 
 def optimizer_groups(params, weight_decay, **options):

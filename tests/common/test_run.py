@@ -59,6 +59,7 @@ def loaders(tiny_gpt2, glue_dir, tmp_path, *flags, task="sst2"):
         validation_dev_half=args.validation_dev_half,
         group_by_length=args.group_by_length,
         pad_to_multiple_of=args.pad_to_multiple_of,
+        fixed_lengths=args.torch_compile,
         do_predict=args.do_predict,
     )
 
