@@ -19,7 +19,8 @@ Fair by construction:
 Rows: full fine-tuning; the floor (the frozen model with gradients to its input embeddings: no PEFT
 method that trains a bottom-layer parameter can be cheaper); ours and peft for LoRA (one pair on
 the fused c_attn: the same math) and prompt tuning; LoRA on the q and v slices; Houlsby; Pfeiffer;
-prefix; IDPG (warm cache) and M-IDPG. Random weights, no download: torch and transformers (and peft
+prefix; IDPG (warm cache) and M-IDPG; full fine-tuning and LoRA with gradient checkpointing (full_gc,
+lora_gc: peak memory and step time against their plain rows). Random weights, no download: torch and transformers (and peft
 for its rows) are all it needs.
 """
 
@@ -34,7 +35,7 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2Model
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.models import freeze_backbone  # noqa: E402
+from common.models import checkpoint_activations, freeze_backbone  # noqa: E402
 from train_adapter import add_adapters  # noqa: E402
 from train_idpg import IDPG  # noqa: E402
 from train_lora import add_lora  # noqa: E402
@@ -55,6 +56,8 @@ METHODS = [
     "idpg",
     "m_idpg",
     "full_pure_bf16",
+    "full_gc",
+    "lora_gc",
 ]
 EXTRA_TOKENS = {"prompt": 20, "peft_prompt": 20, "idpg": 20, "m_idpg": 20, "prefix": 10}
 
@@ -88,7 +91,12 @@ def config(layers):
 
 
 def build(method, layers, device):
-    """The method's model on the device (fp32 weights; bf16 for full_pure_bf16)."""
+    """The method's model on the device (fp32 weights; bf16 for full_pure_bf16); METHOD_gc: with gradient
+    checkpointing (--gradient_checkpointing)."""
+    if method.endswith("_gc"):
+        model = build(method[:-3], layers, device)
+        checkpoint_activations(model)
+        return model
     with torch.device(device):
         model = GPT2ForSequenceClassification(config(layers))
         if method == "full_pure_bf16":

@@ -8,9 +8,10 @@
 #   carry .gpu/part-ab .gpu/grid:          bash bench/gpu_grid.sh grid MINUTES $OUT
 #
 # speed (the first call, useful on a cold machine): installs and checks the wheels, keeps them,
-#   the first half and the rows in /tmp/gpu for the second call, and runs bench/gpu.py at 32 x 128
-#   and 8 x 256, one JSON per shape in $OUT/speed/ written after every method, the log in
-#   $OUT/log-speed.txt.
+#   the first half and the rows in /tmp/gpu for the second call, runs bench/gpu_checks.py (every
+#   script on a bf16 checkpoint in fp32, fp16, bf16 and with gradient checkpointing; one JSON per
+#   check in $OUT/checks/) and bench/gpu.py at 32 x 128 and 8 x 256, one JSON per shape in
+#   $OUT/speed/ written after every method, the log in $OUT/log-speed.txt.
 # grid (the second call, while the machine is still warm: it stays about 30 s after a call): the
 #   SmolLM2 grid on SST-2, RTE and MRPC, one pool of 8 runs at a time across tasks and seeds,
 #   resumed from the JSON files carried in .gpu/grid/, no run started after MINUTES from the
@@ -53,10 +54,13 @@ speed)
         cp .whl/*.whl .gpu/part-aa "$STAGE/" && cp -r .gpu/glue "$STAGE/"
         install
         if [ -n "${SMOKE:-}" ]; then
+            PYTHONPATH="$STAGE/site" python3 bench/gpu_checks.py --out_dir "$out/checks" --steps 2 --scripts lora,prefix \
+                --runs fp32,fp16,checkpointing
             python3 bench/gpu.py --device cpu --layers 2 --shapes 2x16,2x32 --steps 1 --warmup 0 \
                 --rounds 1 --methods full,lora,prompt --out_dir "$out/speed"
         else
             nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/card.txt"
+            PYTHONPATH="$STAGE/site" python3 bench/gpu_checks.py --out_dir "$out/checks"  # ~1 minute, first
             python3 bench/gpu.py --shapes 32x128,8x256 --out_dir "$out/speed"
         fi
     } 2>&1 | tee "$out/log-speed.txt"

@@ -42,6 +42,10 @@ def test_the_gpu_plan_runs_in_an_environment_like_the_image(real_glue, tmp_path)
     out = tmp_path / "out"
     speed = call("speed", str(out))
     assert speed.returncode == 0 and "wheels: ok" in speed.stdout, speed.stdout[-3000:] + speed.stderr[-3000:]
+    for run in ("fp32", "fp16", "checkpointing"):  # the checks: a bf16 checkpoint trains in fp32, under fp16 too
+        check = json.load(open(out / "checks" / f"check-lora-{run}.json"))
+        assert check["exit"] == 0 and check["saved_dtypes"] == ["float32"], check
+    assert "skipped" in json.load(open(out / "checks" / "check-prefix-checkpointing.json"))
     for shape in ("2x16", "2x32"):
         rows = json.load(open(out / "speed" / f"gpu-cpu-{shape}.json"))["results"]
         assert {r["method"] for r in rows} == {"full", "lora", "prompt"}
