@@ -2,6 +2,7 @@
 it imports, directly or through another (a package's __init__.py too), the way Python would load them.
 
     python bench/copy_size.py            # a table
+    python bench/copy_size.py --write    # and into docs/testing.md
     python bench/copy_size.py --check    # exit 1 when a script is over its budget
 """
 
@@ -14,6 +15,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGET = {"train_lora.py": 1500}  # the LoRA copy's budget; every other script's is DEFAULT_BUDGET
 DEFAULT_BUDGET = 1650
+MARK, END = "<!-- bench:copy-size -->", "<!-- /bench:copy-size -->"
 
 
 def module_files(name):
@@ -69,8 +71,15 @@ def table():
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="exit 1 when a copy is over its budget")
+    p.add_argument("--write", action="store_true", help="put the table into docs/testing.md")
     args = p.parse_args(argv)
     print(table())
+    if args.write:
+        path = os.path.join(ROOT, "docs", "testing.md")
+        text = open(path).read()
+        start, end = text.index(MARK) + len(MARK), text.index(END)
+        with open(path, "w") as f:
+            f.write(text[:start] + "\n" + table() + "\n" + text[end:])
     over = [s for s, (_, total, _) in sizes().items() if total > BUDGET.get(s, DEFAULT_BUDGET)]
     if args.check and over:
         print(f"over budget: {', '.join(over)}", file=sys.stderr)

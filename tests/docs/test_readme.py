@@ -109,3 +109,10 @@ def test_the_quickstart_runs_as_written(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "results.json").exists() and (out / "peft" / "adapter_config.json").exists()
+
+
+def test_the_copy_size_table_is_current():
+    from bench import copy_size
+
+    with open(os.path.join(ROOT, "docs", "testing.md")) as f:
+        assert copy_size.table() in f.read(), "run python bench/copy_size.py --write"
