@@ -406,6 +406,8 @@ def main(args):
         fixed_lengths=args.torch_compile,
         do_predict=args.do_predict,
     )
+    # Only now, the model and the data loaded, does an earlier run's output make way for this run's.
+    loop.take_output_dir(accelerator, state, train_loader, eval_loaders)
     generator, head = split_params(model, model.model)  # G (and PG's inputs, a trained encoder), the head
     groups = [
         *models.optimizer_groups(generator, args.weight_decay, lr=args.prompt_learning_rate),

@@ -306,6 +306,8 @@ def main(args):
         fixed_lengths=args.torch_compile,
         do_predict=args.do_predict,
     )
+    # Only now, the model and the data loaded, does an earlier run's output make way for this run's.
+    loop.take_output_dir(accelerator, state, train_loader, eval_loaders)
     groups = models.optimizer_groups(model.parameters(), args.weight_decay)
     optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
     state.steps_per_epoch, state.max_steps = loop.count_steps(

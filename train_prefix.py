@@ -301,6 +301,8 @@ def main(args):
         fixed_lengths=args.torch_compile,
         do_predict=args.do_predict,
     )
+    # Only now, the model and the data loaded, does an earlier run's output make way for this run's.
+    loop.take_output_dir(accelerator, state, train_loader, eval_loaders)
     prefix, head = split_params(model, model.model)  # the prefix (embedding and MLP), the head
     groups = [
         *models.optimizer_groups(prefix, args.weight_decay, lr=args.prefix_learning_rate),

@@ -179,6 +179,8 @@ def main(args):
         fixed_lengths=args.torch_compile,
         do_predict=args.do_predict,
     )
+    # Only now, the model and the data loaded, does an earlier run's output make way for this run's.
+    loop.take_output_dir(accelerator, state, train_loader, eval_loaders)
     _, head = split_params(model, model.model)  # the prompt has its own rate
     groups = [
         {"params": [model.prompt], "lr": args.prompt_learning_rate, "weight_decay": 0.0},

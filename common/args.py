@@ -26,13 +26,23 @@ class Parser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def read_config(self, path):
-        """The flags of a config file, checked and typed as on the command line."""
+        """The flags of a config file, typed and checked as on the command line: a switch takes true or false, a
+        number a number (YAML reads 1e-3 as a string: that is parsed), a flag whose default is none may be null; a
+        flag written twice, or any other value, is a one-line error."""
         import yaml
+
+        class Loader(yaml.SafeLoader):  # refuses a key written twice (YAML keeps the last, silently)
+            def construct_mapping(self, node, deep=False):
+                keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+                twice = sorted({k for k in keys if keys.count(k) > 1})
+                if twice:
+                    fail(f"--config {path} sets {', '.join(twice)} twice; keep one")
+                return super().construct_mapping(node, deep)
 
         try:
             with open(path) as f:
-                values = yaml.safe_load(f) or {}
-        except (OSError, yaml.YAMLError) as e:
+                values = yaml.load(f, Loader=Loader) or {}
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
             fail(f"cannot read --config {path} ({type(e).__name__}); pass a YAML file of flags")
         if not isinstance(values, dict):
             fail(f"--config {path} must hold flags as `name: value` lines")
@@ -40,15 +50,30 @@ class Parser(argparse.ArgumentParser):
         unknown = sorted(set(values) - set(actions) - {"config"})
         if unknown:
             fail(f"--config {path} names flags this script does not have: {', '.join(unknown)}")
-        typed = {}
-        for name, value in values.items():
-            action = actions.get(name)
-            if action is not None and action.type is not None and isinstance(value, str):
-                value = action.type(value)  # YAML reads 1e-3 as a string
-            if action is not None and action.choices is not None and value not in action.choices:
-                fail(f"--config {path}: {name} must be one of {', '.join(map(str, action.choices))}")
-            typed[name] = value
-        return typed
+        return {name: typed(path, actions[name], value) for name, value in values.items() if name != "config"}
+
+
+def typed(path, action, value):
+    """A config file's `value` for the flag of `action`, as the command line would give it, or a one-line error."""
+    name, switch = action.dest, action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction)
+    if value is None and (action.default is None or action.required):
+        action.required = False  # (--task in a file: the command line need not repeat it)
+        return value
+    ok = isinstance(value, bool) if switch else not isinstance(value, (bool, list, dict)) and value is not None
+    if ok and not switch and action.type is not None:
+        try:
+            value = action.type(value) if isinstance(value, str) or action.type is float else value
+            ok = isinstance(value, action.type) or (action.type is float and isinstance(value, int))
+        except ValueError:
+            ok = False
+    if not ok:
+        kind = "true or false" if switch else {int: "a whole number", float: "a number"}.get(action.type, "a value")
+        fail(f"--config {path}: {name} takes {kind}, got {value!r}")
+    if action.choices is not None and value not in action.choices:
+        fail(f"--config {path}: {name} must be one of {', '.join(map(str, action.choices))}")
+    if action.required:
+        action.required = False
+    return value
 
 
 def base_parser(doc):

@@ -5,6 +5,7 @@ process list the files with their sizes and rename the folder into place; a resu
 match that list."""
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -13,12 +14,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from common.errors import UsageError
-from common.outputs import atomic_write_json, read_json, remove, replacing, steps
+from common.outputs import UMASK, atomic_write_json, read_json, remove, replacing, steps
 
 
 def atomic_save_tensors(path, tensors):
     with replacing(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.chmod(tmp, 0o666 & ~UMASK)  # (safetensors makes its file private; every other file is as open() makes it)
 
 
 def trainable_names(model):
@@ -116,51 +118,66 @@ def save_checkpoint(accelerator, output_dir, state, best_path):
     random states), the loop's `state` (TrainState) and the best weights so far (`best_path`, hard-linked: it is
     replaced, never rewritten, so the link is a snapshot). Every rank calls this. All ranks write into a new folder
     named with the run's id; only when every rank is done does the main process list the files with their sizes in
-    trainer_state.json (written last) and rename the folder into place. Returns its path."""
+    trainer_state.json (written last) and rename the folder into place; a run stopped while saving (Ctrl-C, SIGTERM)
+    leaves no temporary folder. Returns its path."""
     final = os.path.join(output_dir, "checkpoints", f"step_{state.step}")
     tmp = f"{final}.tmp-{state.run_id}"
     saved = state.state_dict(accelerator)  # (a collective; a nan loss stops here)
-    if accelerator.is_main_process:
-        remove(tmp)  # an earlier try of this run that died while saving
-        os.makedirs(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    accelerator.wait_for_everyone()  # every rank's files are written (DeepSpeed: each its shards)
-    if accelerator.is_main_process:
-        if state.best:
-            try:
-                os.link(best_path, os.path.join(tmp, "best.safetensors"))
-            except OSError:
-                shutil.copyfile(best_path, os.path.join(tmp, "best.safetensors"))
-        atomic_write_json(os.path.join(tmp, "trainer_state.json"), {**saved, "files": listing(tmp)})
-        remove(final)
-        os.replace(tmp, final)
+    try:
+        if accelerator.is_main_process:
+            remove(tmp)  # an earlier try of this run that died while saving
+            os.makedirs(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(tmp)
+        accelerator.wait_for_everyone()  # every rank's files are written (DeepSpeed: each its shards)
+        if accelerator.is_main_process:
+            if state.best:
+                try:
+                    os.link(best_path, os.path.join(tmp, "best.safetensors"))
+                except OSError:
+                    shutil.copyfile(best_path, os.path.join(tmp, "best.safetensors"))
+            atomic_write_json(os.path.join(tmp, "trainer_state.json"), {**saved, "files": listing(tmp)})
+            remove(final)
+            os.replace(tmp, final)
+    except BaseException:
+        if accelerator.is_main_process:
+            remove(tmp)
+        raise
     accelerator.wait_for_everyone()
     return final
 
 
+def digest(path):
+    """A file's SHA-256, read in 16 MB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
 def listing(folder):
-    """{relative path: size in bytes} of every file under `folder`."""
-    return {
-        os.path.relpath(os.path.join(d, f), folder): os.path.getsize(os.path.join(d, f))
-        for d, _, names in os.walk(folder)
-        for f in names
-    }
+    """{relative path: [size in bytes, SHA-256]} of every file under `folder`."""
+    files = [os.path.join(d, f) for d, _, names in os.walk(folder) for f in names]
+    return {os.path.relpath(f, folder): [os.path.getsize(f), digest(f)] for f in files}
 
 
 def damage(path):
     """Why the checkpoint folder `path` cannot be resumed ('' when it is complete): no trainer_state.json (never
-    finished), or a file it lists missing or of another size."""
+    finished), or a file it lists missing, of another size or with other bytes (its SHA-256)."""
     try:
         written = read_json(os.path.join(path, "trainer_state.json"))["files"]
+        written = {name: (int(size), str(sha)) for name, (size, sha) in written.items()}
     except (OSError, ValueError, KeyError, TypeError):
         return "it has no readable trainer_state.json (its run stopped while saving it)"
-    for name, size in written.items():
+    for name, (size, sha) in written.items():
         file = os.path.join(path, name)
         if not os.path.isfile(file):
             return f"{name} is missing"
         if os.path.getsize(file) != size:
             return f"{name} has {os.path.getsize(file):,} bytes, written with {size:,}"
+        if digest(file) != sha:
+            return f"{name} holds other bytes than it was written with (its SHA-256 differs)"
     return ""
 
 

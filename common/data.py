@@ -4,6 +4,8 @@ Unlabeled test rows get label -1. Every row carries `idx`, its position in its f
 in order, whatever the file's own index column says."""
 
 import csv
+import hashlib
+import json
 import math
 import os
 import sys
@@ -132,6 +134,16 @@ def load_glue(task_name, data_dir=None):
                 f"({task.tsv_dir}/{TSV_FILES['train']} and {task.tsv_dir}/{dev})"
             )
     return out
+
+
+def fingerprint(datasets):
+    """A hash of the rows of `datasets` (their token ids and labels, in order): the data a run trained and chose on,
+    part of its identity."""
+    h = hashlib.sha256()
+    for dataset in datasets:
+        for rows in dataset.iter(batch_size=4096):
+            h.update(json.dumps([rows["input_ids"], rows["label"]]).encode())
+    return h.hexdigest()[:16]
 
 
 def hold_out(dataset, n, seed):

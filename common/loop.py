@@ -11,8 +11,10 @@ import uuid
 import torch
 
 from common.checkpoint import check_resume, run_identity
+from common.data import fingerprint
 from common.errors import NO_CHECKPOINT, UsageError, agree
-from common.outputs import atomic_write_json, claim, inside
+from common.outputs import atomic_write_json, claim, inside, read_json, take_over
+from common.tasks import TASKS
 
 # What every run writes in OUTPUT_DIR (a script names its own outputs beside these).
 OUTPUTS = ("curves.png", "args.json", "results.json", "eval_logits.safetensors", "trainable.safetensors", "best")
@@ -77,39 +79,63 @@ def start_run(
     accelerator, method, flags, *, output_dir, outputs=(), overwrite=False, resume=None, predict=False, tracking=False
 ):
     """Begin the run of train_{method}.py in `output_dir`, before anything heavy is loaded: check the checkpoint to
-    `resume` (complete, written by the same script with the same flags and launch settings), claim the folder for every
-    path the run will write (OUTPUTS, the script's `outputs`, predictions/ with `predict`, the trackers' logs with
-    `tracking`: common/outputs.py), and record `flags` (every flag of the run) in args.json. Every rank gets the same
-    verdict. Returns the loop's TrainState, with the checkpoint to resume in its `resume_from`."""
+    `resume` (complete, written by the same script with the same flags and launch settings) and claim the folder for
+    every path the run will write (OUTPUTS, the script's `outputs`, predictions/ with `predict`, the trackers' logs
+    with `tracking`: common/outputs.py), holding its lock. Every rank gets the same verdict. Nothing of an earlier run
+    is removed yet: take_output_dir does that once the model and the data have loaded. Returns the loop's
+    TrainState, with the checkpoint to resume in its `resume_from`."""
     from accelerate.utils import broadcast_object_list
 
     ids = [uuid.uuid4().hex[:12]]
     if accelerator.num_processes > 1:
         broadcast_object_list(ids)  # the main process's: names the folders every rank writes to
     identity = run_identity(flags, method, accelerator)
-    checkpoint, lock, error = None, None, None
+    checkpoint, claimed, error = None, (None, [], []), None
     try:
         if resume:
             checkpoint = check_resume(accelerator, output_dir, resume, identity)
         if accelerator.is_main_process:
             here = checkpoint is not None and inside(checkpoint, os.path.join(output_dir, "checkpoints"))
             planned = [*OUTPUTS, "checkpoints", *outputs, *["predictions"] * predict, *[f"train_{method}"] * tracking]
-            lock = claim(output_dir, planned, ids[0], overwrite, here)
+            claimed = claim(output_dir, planned, ids[0], overwrite, here)
     except UsageError as e:
         error = str(e)
     try:
         agree(accelerator, error)  # every rank leaves with the same line
     except UsageError:
-        if lock:
-            os.remove(lock)
+        if claimed[0]:
+            os.remove(claimed[0])
         raise
-    if accelerator.is_main_process:  # what predict.py rebuilds the model from
-        atomic_write_json(os.path.join(output_dir, "args.json"), {"method": method, **flags})
+    state = TrainState(accelerator.device, ids[0], identity, checkpoint)
+    state.claim = (output_dir, claimed[1], claimed[2], {"method": method, **flags}, tracking)
+    return state
+
+
+def take_output_dir(accelerator, state, train_loader, eval_loaders):
+    """What start_run claimed, carried out once everything the run needs has loaded (a model that lived in the earlier
+    run's folder, say): a resumed checkpoint must have been trained on the same rows (their fingerprint, from the
+    loaders' training and labelled eval sets, is part of the run's identity); then the earlier run's files are
+    removed, this run's manifest and args.json (what predict.py rebuilds the model from) written, the trackers
+    started."""
+    output_dir, earlier, outputs, flags, tracking = state.claim
+    test_splits = TASKS[flags["task"]].test_splits
+    state.data = fingerprint(
+        [train_loader.dataset, *[loader.dataset for s, loader in eval_loaders.items() if s not in test_splits]]
+    )
+    if state.resume_from:
+        saved = read_json(os.path.join(state.resume_from, "trainer_state.json")).get("data")
+        if saved != state.data:
+            raise UsageError(
+                f"{state.resume_from} was trained on other rows than this run reads (the training or validation data "
+                "changed, or --data_dir points elsewhere): resume with the same data, or start a new run"
+            )
+    if accelerator.is_main_process:
+        take_over(output_dir, earlier, outputs, state.run_id)
+        atomic_write_json(os.path.join(output_dir, "args.json"), flags)
+    accelerator.wait_for_everyone()
     if tracking:
-        accelerator.init_trackers(
-            f"train_{method}", {k: v for k, v in flags.items() if isinstance(v, (int, float, str))}
-        )
-    return TrainState(accelerator.device, ids[0], identity, checkpoint)
+        scalars = {k: v for k, v in flags.items() if isinstance(v, (int, float, str))}
+        accelerator.init_trackers(f"train_{flags['method']}", scalars)
 
 
 def best_path(output_dir):
@@ -134,6 +160,7 @@ class TrainState:
         self.run_id = run_id  # names the folders a checkpoint is written to, on every rank
         self.identity = identity  # what a checkpoint must match to be resumed (run_identity)
         self.resume_from = resume_from  # the checkpoint to resume (checkpoint.load_checkpoint), or None
+        self.data = None  # the fingerprint of the rows it trains and chooses on (take_output_dir)
         self.steps_per_epoch = self.max_steps = None  # the run's length (count_steps)
         self.step = 0  # optimizer steps taken
         self.log_history = []  # the loss every --logging_steps, and every evaluation
@@ -191,6 +218,7 @@ class TrainState:
             "window_sum": accelerator.gather(self.window_sum[None]).tolist(),
             "window_count": self.window_count,
             "identity": self.identity,
+            "data": self.data,
             "run_id": self.run_id,
         }
 

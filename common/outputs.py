@@ -18,8 +18,8 @@ import tempfile
 
 from common.errors import UsageError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)
+os.umask(UMASK)
 MANIFEST, LOCK = "manifest.json", ".lock"
 
 
@@ -30,7 +30,7 @@ def replacing(path):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(".tmp", f".{os.path.basename(path)}.", folder)  # suffix, start, dir
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp makes it private)
+        os.fchmod(fd, 0o666 & ~UMASK)  # as open() would make it (mkstemp makes it private)
         os.close(fd)
         yield tmp
         os.replace(tmp, path)
@@ -154,12 +154,35 @@ def take_lock(output_dir, run_id):
     raise UsageError(f"cannot take {lock}: another run keeps taking it; pass another --output_dir")
 
 
+def manifest_entries(output_dir):
+    """The paths an earlier run's manifest names, or None when there is no manifest. A name that leaves the folder
+    (an absolute path, `..`, a link on the way) is refused with one line: such a manifest is not a run's, and
+    --overwrite_output_dir never follows it."""
+    path = os.path.join(output_dir, MANIFEST)
+    if not os.path.isfile(path):
+        return None
+    try:
+        names = read_json(path)["outputs"]
+        assert isinstance(names, list) and all(isinstance(n, str) for n in names)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise UsageError(f"{path} is not a run's manifest (no list of outputs); move it away") from None
+    for name in names:
+        parent = os.path.dirname(os.path.join(output_dir, name))
+        if os.path.isabs(name) or ".." in name.split("/") or not inside(parent, output_dir):
+            raise UsageError(
+                f"{path} names '{name}', outside {output_dir}: a run never writes there, so nothing of it is "
+                "removed; move the folder's manifest away if you trust the rest"
+            )
+    return names
+
+
 def claim(output_dir, outputs, run_id, overwrite=False, resuming_here=False):
-    """Main process: take OUTPUT_DIR for a run that writes `outputs` (names relative to it) and record them in the
-    manifest before anything is written (a path outside OUTPUT_DIR, or None, is not the folder's and is left out).
-    Refused, with one line, when the folder holds an earlier run's results or checkpoints (unless `overwrite`, which
-    first removes the paths the earlier run's manifest names, or `resuming_here`: the same run continues), or when one
-    of `outputs` exists and no run made it. Returns the lock's path."""
+    """Main process: take OUTPUT_DIR for a run that writes `outputs` (names relative to it; a path outside it, or
+    None, is not the folder's and is left out) and hold its lock. Nothing is removed or written yet but the lock:
+    returns (the lock's path, the earlier run's paths to remove, the outputs), for take_over to act on once
+    everything else the run needs has loaded. Refused, with one line, when the folder holds an earlier run's results
+    or checkpoints (unless `overwrite`, or `resuming_here`: the same run continues), or when one of `outputs` exists
+    and no run made it."""
     paths = [os.path.join(output_dir, name) for name in outputs if name]
     outputs = [os.path.relpath(p, output_dir) for p in paths if inside(p, output_dir)]
     try:
@@ -168,40 +191,41 @@ def claim(output_dir, outputs, run_id, overwrite=False, resuming_here=False):
         raise UsageError(f"cannot write to --output_dir {output_dir} ({e.strerror}); pass a folder you can write to")
     lock = take_lock(output_dir, run_id)
     try:
-        manifest = os.path.join(output_dir, MANIFEST)
-        earlier = read_json(manifest)["outputs"] if os.path.isfile(manifest) else None
-        results = os.path.join(output_dir, "results.json")
+        earlier = manifest_entries(output_dir)
+        files = ("results.json", "trainable.safetensors")
         saved = [
             *steps(output_dir)[:1],
-            *[p for p in (results, os.path.join(output_dir, "trainable.safetensors")) if os.path.exists(p)],
+            *[p for p in (os.path.join(output_dir, f) for f in files) if os.path.exists(p)],
         ]
         if resuming_here:
-            outputs = sorted(set(outputs) | set(earlier or []))
-        elif saved and not overwrite:
+            return lock, [], sorted(set(outputs) | set(earlier or []))
+        if saved and not overwrite:
             what = "checkpoints" if steps(output_dir) else "results"
             raise UsageError(
-                f"{output_dir} holds another run's {what} ({saved[0]}); resume it with "
-                "--resume_from_checkpoint latest, or pass --overwrite_output_dir or another "
-                "--output_dir"
+                f"{output_dir} holds another run's {what} ({saved[0]}); resume it with --resume_from_checkpoint "
+                "latest, or pass --overwrite_output_dir or another --output_dir"
             )
-        elif saved and earlier is None:
+        if saved and earlier is None:
             raise UsageError(
-                f"{output_dir} holds {saved[0]} but no {MANIFEST}: no run of these scripts wrote "
-                "it, so --overwrite_output_dir cannot tell what to remove; move it away, or pass "
-                "another "
-                "--output_dir"
+                f"{output_dir} holds {saved[0]} but no {MANIFEST}: no run of these scripts wrote it, so "
+                "--overwrite_output_dir cannot tell what to remove; move it away, or pass another --output_dir"
             )
-        # (a run that saved nothing is removed without a flag)
-        if earlier is not None and not resuming_here:
-            for name in earlier:  # what the earlier run wrote, and nothing a user put beside it
-                if name not in (LOCK, MANIFEST):
-                    remove(os.path.join(output_dir, name))
+        earlier = [n for n in earlier or [] if n not in (LOCK, MANIFEST)]  # (a run that saved nothing goes too)
         for name in outputs:
             path = os.path.join(output_dir, name)
-            if not resuming_here and name not in (LOCK, MANIFEST) and os.path.lexists(path):
+            if name not in earlier and name not in (LOCK, MANIFEST) and os.path.lexists(path):
                 raise UsageError(f"{path} exists and no run wrote it; move it away, or pass another --output_dir")
-        atomic_write_json(manifest, {"run_id": run_id, "outputs": sorted(set(outputs) | {LOCK, MANIFEST})})
     except BaseException:
         os.remove(lock)
         raise
-    return lock
+    return lock, earlier, outputs
+
+
+def take_over(output_dir, earlier, outputs, run_id):
+    """Main process: remove what the earlier run wrote (its manifest's paths, nothing a user put beside them; a link
+    is removed, never followed) and record this run's `outputs` in the manifest, before it writes any of them."""
+    for name in earlier:
+        remove(os.path.join(output_dir, name))
+    atomic_write_json(
+        os.path.join(output_dir, MANIFEST), {"run_id": run_id, "outputs": sorted({*outputs, LOCK, MANIFEST})}
+    )
