@@ -12,26 +12,40 @@ import argparse
 import importlib
 import inspect
 import os
-import sys
 
 
 def load_run(output_dir, best=False):
     """(tokenizer, model) of a finished run of any script, rebuilt from OUTPUT_DIR/args.json: the base model, the
     method added by the add_method of the script that trained it (given the run's flags that it names), and the
-    trained weights (`best`: best/trainable.safetensors); in eval mode on the CPU, ready for model(**batch) on batches
-    of common.data.Collator. The base model (and IDPG's encoder) must be where the run found them."""
+    trained weights (`best`: best/trainable.safetensors), checked against the rebuilt model (names, shapes, finite
+    values); in eval mode on the CPU, ready for model(**batch) on batches of common.data.Collator. The base model (and
+    IDPG's encoder) must be where the run found them. What does not fit is a UsageError."""
     from common.checkpoint import load_trainable
+    from common.errors import UsageError
     from common.models import load_model
     from common.outputs import read_json
+    from common.tasks import get_task
 
-    flags = read_json(os.path.join(output_dir, "args.json"))
-    add_method = importlib.import_module(f"train_{flags['method']}").add_method
-    tokenizer, model = load_model(
-        flags["model_name_or_path"], flags["task"], ignore_mismatched_sizes=flags["ignore_mismatched_sizes"]
-    )
+    try:
+        flags = read_json(os.path.join(output_dir, "args.json"))
+        get_task(flags["task"])
+        add_method = importlib.import_module(f"train_{flags['method']}").add_method
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as e:
+        raise UsageError(
+            f"{output_dir} holds no run of these scripts ({type(e).__name__}: {e}); pass a run's --output_dir"
+        )
+    weights = os.path.join(output_dir, "best" if best else "", "trainable.safetensors")
+    if not os.path.isfile(weights):
+        raise UsageError(
+            f"{output_dir} has no {weights}: its run has not finished (--best reads best/, written as it goes)"
+        )
+    tokenizer, model = load_model(flags["model_name_or_path"], flags["task"], ignore_mismatched_sizes=True)
     names = list(inspect.signature(add_method).parameters)[2:]  # after (model, tokenizer)
+    if set(names) - set(flags):
+        missing = ", ".join(sorted(set(names) - set(flags)))
+        raise UsageError(f"{output_dir}/args.json lacks {missing}, which train_{flags['method']}.py needs: edited?")
     model = add_method(model, tokenizer, **{name: flags[name] for name in names})
-    load_trainable(model, os.path.join(output_dir, "best" if best else "", "trainable.safetensors"))
+    load_trainable(model, weights, strict=True)
     return tokenizer, model.eval()
 
 
@@ -45,18 +59,24 @@ def main(argv=None):
     import torch
 
     from common.data import Collator
+    from common.errors import UsageError
     from common.models import takes_position_ids
     from common.outputs import read_json
     from common.tasks import TASKS
 
+    for i, text in enumerate(args.texts, 1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"text {i} is not UTF-8 (bytes your terminal could not decode); pass it as UTF-8")
+    tokenizer, model = load_run(args.output_dir, best=args.best)
     flags = read_json(f"{args.output_dir}/args.json")
     task = TASKS[flags["task"]]
-    tokenizer, model = load_run(args.output_dir, best=args.best)
     rows = []
     for i, text in enumerate(args.texts):
         parts = [t.strip() for t in text.split("|||")]
         if len(parts) != len(task.text_keys):
-            sys.exit(f"error: '{text}' has {len(parts)} text(s); this task reads {len(task.text_keys)}")
+            raise UsageError(f"'{text}' has {len(parts)} text(s); {flags['task']} reads {len(task.text_keys)}")
         enc = tokenizer(*parts, truncation=True, max_length=flags["max_length"])
         rows.append({**enc, "label": 0.0 if task.is_regression else 0, "idx": i})
     collate = Collator(tokenizer.pad_token_id, tokenizer.padding_side, takes_position_ids(model))
@@ -66,12 +86,14 @@ def main(argv=None):
     with torch.no_grad():
         logits = model(**batch).logits.float()
     for text, row in zip(args.texts, logits):
-        if task.is_regression:
-            print(f"{row.item():.3f}\t{text}")
+        if task.is_regression:  # a score from 0 to 5, as the submission files clamp it
+            print(f"{min(max(row.item(), 0.0), 5.0):.3f}\t{text}")
         else:
             p = row.softmax(-1)
             print(f"{task.label_names[p.argmax()]}\t{p.max():.3f}\t{text}")
 
 
 if __name__ == "__main__":
-    main()
+    from common.errors import run_main
+
+    run_main(main)

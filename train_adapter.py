@@ -26,8 +26,8 @@ Adapters go in by wrapping modules of each layer (never by editing model classes
 
 import argparse
 
-from common.args import base_parser, check_args
-from common.errors import fail, parse_command_line
+from common.args import base_parser, check_args, require
+from common.errors import parse_command_line
 
 
 def parse_args(argv=None):
@@ -44,9 +44,8 @@ def parse_args(argv=None):
         default=None,
         help="a LayerNorm on each adapter's input; none: where it reads the residual stream",
     )
-    args = check_args(parser.parse_args(argv), "adapter")
-    if args.reduction_factor < 1 or (args.adapter_size is not None and args.adapter_size < 1):
-        fail("--reduction_factor and --adapter_size must be >= 1")
+    args = check_args(parser, argv, "adapter")
+    require(parser, args, "at least 1", "reduction_factor", "adapter_size")
     return args
 
 

@@ -22,7 +22,7 @@ from common.errors import parse_command_line
 def parse_args(argv=None):
     parser = base_parser(__doc__)
     # Full fine-tuning adds no flags of its own; each PEFT script adds its method's flags here.
-    return check_args(parser.parse_args(argv), "full")
+    return check_args(parser, argv, "full")
 
 
 if __name__ == "__main__":

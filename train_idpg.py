@@ -31,7 +31,7 @@ encoder with dropout on while training (r changes every step): --encoder_dropout
     accelerate launch --config_file accelerate_configs/zero3.yaml train_idpg.py --task rte
 """
 
-from common.args import base_parser, check_args
+from common.args import base_parser, check_args, require
 from common.errors import fail, parse_command_line
 
 
@@ -51,9 +51,9 @@ def parse_args(argv=None):
     add("--no_cache", action="store_true", help="run the frozen encoder every step")
     add("--encoder_dropout", action="store_true", help="the frozen encoder's dropout on in training")
     add("--prompt_learning_rate", type=float, default=1e-4, help="the generator's (and PG's inputs')")
-    args = check_args(parser.parse_args(argv), "idpg")
-    if args.num_virtual_tokens < 1 or args.generator_hidden < 1 or args.prompt_learning_rate <= 0:
-        fail("--num_virtual_tokens, --generator_hidden >= 1 and --prompt_learning_rate > 0")
+    args = check_args(parser, argv, "idpg")
+    require(parser, args, "at least 1", "num_virtual_tokens", "generator_hidden", "phm_n")
+    require(parser, args, "positive", "prompt_learning_rate")
     if args.encoder_name_or_path == "self" and (args.train_encoder or args.prompt_only):
         fail("--encoder_name_or_path self goes with neither --train_encoder nor --prompt_only")
     return args

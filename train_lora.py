@@ -20,9 +20,9 @@ OUTPUT_DIR/peft/ loads with peft.PeftModel.from_pretrained.
 
 import os
 
-from common.args import base_parser, check_args
+from common.args import base_parser, check_args, require
 from common.errors import fail, parse_command_line
-from common.outputs import in_checkpoint, same_path, writable
+from common.outputs import in_checkpoint, inside, owner, same_path, writable
 
 
 def parse_args(argv=None):
@@ -35,21 +35,30 @@ def parse_args(argv=None):
     add("--lora_targets", default=None, help="modules to adapt, a,b; none: the model type's")
     add("--lora_slices", default=None, help="GPT-2's c_attn: slices (q,v) or fused; none: q,v")
     add("--merge_and_save", default=None, metavar="DIR", help="a plain model, the update merged in")
-    args = check_args(parser.parse_args(argv), "lora")
-    if args.lora_r < 1 or args.lora_alpha <= 0 or not 0 <= args.lora_dropout < 1:
-        fail("--lora_r must be >= 1, --lora_alpha > 0 and --lora_dropout in [0, 1)")
-    target = args.merge_and_save
-    base = args.model_name_or_path
-    if target and os.path.isdir(base) and same_path(target, base):
-        fail(
-            f"--merge_and_save {target} is the base model's folder: the merged model would replace "
-            "it; pass a new folder"
-        )
-    if target and in_checkpoint(target):
-        fail(f"--merge_and_save {target} lies in a run's checkpoint folder; pass a folder of its own")
-    if target and writable(target):
-        fail(f"cannot write to --merge_and_save {target} ({writable(target)}); pass a folder you can write to")
+    args = check_args(parser, argv, "lora")
+    require(parser, args, "at least 1", "lora_r")
+    require(parser, args, "positive", "lora_alpha")
+    require(parser, args, "fraction", "lora_dropout")
+    if args.merge_and_save:
+        check_merge_target(args.merge_and_save, args.model_name_or_path, args.output_dir)
     return args
+
+
+def check_merge_target(target, base, output_dir):
+    """--merge_and_save writes a model folder: never over the base model, another model or another run's files."""
+    if os.path.isdir(base) and same_path(target, base):
+        fail(
+            f"--merge_and_save {target} is the base model's folder: the merged model would replace it; pass a new one"
+        )
+    held = [f for f in ("config.json", "model.safetensors", "manifest.json") if os.path.exists(f"{target}/{f}")]
+    if held and not inside(target, output_dir):
+        fail(f"--merge_and_save {target} already holds {held[0]} (a model, or a run's files); pass a new folder")
+    if in_checkpoint(target):
+        fail(f"--merge_and_save {target} lies in a run's checkpoint folder; pass a folder of its own")
+    if owner(target) not in (None, os.path.realpath(output_dir)):
+        fail(f"--merge_and_save {target} is an output of the run in {owner(target)}; pass a folder of its own")
+    if writable(target):
+        fail(f"cannot write to --merge_and_save {target} ({writable(target)}); pass a folder you can write to")
 
 
 if __name__ == "__main__":

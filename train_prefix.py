@@ -33,7 +33,7 @@ Models whose attention takes a cache: decoders (GPT-2, Llama, Qwen, ...) and BER
 (BERT, RoBERTa, MiniLM, ...); not DistilBERT or DeBERTa.
 """
 
-from common.args import base_parser, check_args
+from common.args import base_parser, check_args, require
 from common.errors import fail, parse_command_line
 
 
@@ -56,9 +56,9 @@ def parse_args(argv=None):
         help="text: its first p tokens start the prefix",
     )
     add("--prefix_learning_rate", type=float, default=1e-3, help="the prefix's")
-    args = check_args(parser.parse_args(argv), "prefix")
-    if args.num_prefix < 1 or args.prefix_learning_rate <= 0:
-        fail("--num_prefix must be >= 1 and --prefix_learning_rate > 0")
+    args = check_args(parser, argv, "prefix")
+    require(parser, args, "at least 1", "num_prefix", "prefix_hidden")
+    require(parser, args, "positive", "prefix_learning_rate")
     if args.gradient_checkpointing:
         fail(
             "prefix tuning hands its pairs to the model as a cache, which the recomputation of "

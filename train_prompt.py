@@ -20,7 +20,7 @@ position is then its last real token. Positions come from the mask, so padding n
 train_idpg.py is this script plus a prompt generator: `diff train_prompt.py train_idpg.py`.
 """
 
-from common.args import base_parser, check_args
+from common.args import base_parser, check_args, require
 from common.errors import fail, parse_command_line
 
 
@@ -32,9 +32,9 @@ def parse_args(argv=None):
     add("--prompt_init", choices=["random", "vocab", "text"], default="vocab", help="its start")
     add("--prompt_init_text", default=None, help="text: the words whose embeddings start it")
     add("--prompt_learning_rate", type=float, default=3e-2, help="the prompt's")
-    args = check_args(parser.parse_args(argv), "prompt")
-    if args.num_virtual_tokens < 1 or args.prompt_learning_rate <= 0:
-        fail("--num_virtual_tokens must be >= 1 and --prompt_learning_rate > 0")
+    args = check_args(parser, argv, "prompt")
+    require(parser, args, "at least 1", "num_virtual_tokens")
+    require(parser, args, "positive", "prompt_learning_rate")
     if (args.prompt_init == "text") != (args.prompt_init_text is not None):
         fail("--prompt_init text goes with --prompt_init_text TEXT (and only with it)")
     return args

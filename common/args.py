@@ -130,33 +130,49 @@ def base_parser(doc):
     return p
 
 
-def check_args(args, script):
-    """Refuse bad flag values with one line each, before any work is done."""
+RULES = {  # what a numeric flag may be
+    "positive": (lambda v: math.isfinite(v) and v > 0, "positive"),
+    "non-negative": (lambda v: math.isfinite(v) and v >= 0, "0 or more"),
+    "at least 1": (lambda v: v >= 1, "at least 1"),
+    "fraction": (lambda v: 0 <= v < 1, "from 0 up to (not including) 1"),
+}
+
+
+def require(parser, args, rule, *names):
+    """Each flag of `names` that is set must be what RULES[rule] says (nan and inf are refused wherever a number is):
+    else a one-line error that names the flag's default."""
+    ok, want = RULES[rule]
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not ok(value):
+            default = parser.get_default(name)
+            fail(
+                f"--{name} must be {want}, got {value}; "
+                + ("leave it out" if default is None else f"the default is {default}")
+            )
+
+
+def check_args(parser, argv, script):
+    """The command line `argv` (None: sys.argv), parsed; a bad value is refused with one line before any work."""
+    args = parser.parse_args(argv)
     get_task(args.task)
     if args.max_length < 8:
         fail(f"--max_length {args.max_length} is too short; use at least 8 tokens (default 128)")
-    if args.learning_rate <= 0:
-        fail(f"--learning_rate must be positive, got {args.learning_rate}")
+    require(parser, args, "positive", "learning_rate", "adam_epsilon")
+    require(parser, args, "non-negative", "weight_decay", "max_grad_norm", "num_warmup_steps")
     at_least_1 = (
         "num_train_epochs per_device_train_batch_size per_device_eval_batch_size max_train_steps max_train_samples "
         "max_eval_samples eval_steps validation_size early_stopping_patience logging_steps pad_to_multiple_of "
         "ddp_timeout"
     )
-    for name in at_least_1.split():
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            fail(f"--{name} must be at least 1, got {value}")
+    require(parser, args, "at least 1", *at_least_1.split())
     if args.validation_size is not None and args.validation_dev_half:
         fail("--validation_size and --validation_dev_half both choose the validation set; pass one of them")
-    if not 0 <= args.max_grad_norm < math.inf:
-        fail(f"--max_grad_norm must be a positive number, or 0 for no clipping, got {args.max_grad_norm}")
     if args.base_dtype != "float32" and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "no":
         fail(
             f"--base_dtype {args.base_dtype} computes under mixed precision: launch with accelerate launch "
             "--mixed_precision bf16 (fp16), or drop --base_dtype"
         )
-    if args.adam_epsilon <= 0:
-        fail(f"--adam_epsilon must be positive, got {args.adam_epsilon}")
     every = args.checkpointing_steps
     if every not in (None, "epoch") and not (str(every).isdigit() and int(every) >= 1):
         fail(f"--checkpointing_steps takes a number of steps (at least 1) or 'epoch', got '{every}'")
@@ -164,6 +180,8 @@ def check_args(args, script):
         fail(f"--seed must be from 0 to 2**32 - 1 (numpy's range), got {args.seed}")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         fail(f"--data_dir {args.data_dir} is not a folder; point it at GLUE's TSV layout")
+    if os.path.isdir(args.model_name_or_path):  # one folder, one name: DIR and DIR/ are the same run's
+        args.model_name_or_path = os.path.normpath(args.model_name_or_path)
     args.output_dir = args.output_dir or os.path.join("runs", f"{script}-{args.task}")
     why = writable(args.output_dir)
     if why:

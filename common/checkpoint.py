@@ -100,13 +100,25 @@ def transformers_folder(path, state, config, tokenizer):
             os.replace(os.path.join(tmp, name), os.path.join(path, name))
 
 
-def load_trainable(model, path):
-    """Load a trainable.safetensors into a plain (not distributed) model; returns the names."""
-    state = load_file(path)
-    params = dict(model.named_parameters())
-    unknown = sorted(set(state) - set(params))
-    if unknown:
-        raise KeyError(f"{path} holds tensors this model does not have: {unknown[:5]}")
+def load_trainable(model, path, strict=False):
+    """Load a trainable.safetensors into a plain (not distributed) model: each tensor must be one of the model's
+    parameters (`strict`: exactly its trainable ones, none missing), of its shape and finite; a UsageError names the
+    first that does not fit. Returns the names."""
+    try:
+        state = load_file(path)
+    except Exception as e:  # missing, empty, cut short: what safetensors raises varies
+        raise UsageError(f"cannot read {path} ({type(e).__name__}): the run did not finish writing it") from None
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad or not strict}
+    unknown, missing = sorted(set(state) - set(params)), sorted(set(params) - set(state)) if strict else []
+    if unknown or missing:
+        which = f"holds {unknown[0]}, which it does not" if unknown else f"lacks {missing[0]}, which it"
+        raise UsageError(f"{path} {which} train in the rebuilt model: it is another run's, or the base model changed")
+    for name, tensor in state.items():
+        if tensor.shape != params[name].shape:
+            shapes = f"{tuple(tensor.shape)}, the model's {tuple(params[name].shape)}"
+            raise UsageError(f"{path}: {name} has the shape {shapes}: it is another run's, or the base model changed")
+        if not tensor.isfinite().all():
+            raise UsageError(f"{path}: {name} holds nan or infinite values; use an earlier checkpoint's")
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor.to(params[name].dtype))

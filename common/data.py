@@ -71,6 +71,11 @@ def read_tsv(task_name, path, labeled=True):
     idx_col = header.index("index") if "index" in header else None
     out["idx"] = list(range(len(body)))
     out["index"] = [i if idx_col is None else _index(r[idx_col], path, line) for i, (line, r) in enumerate(body)]
+    if not labeled and len(set(out["index"])) < len(body):  # a test file's ids name the rows of a submission
+        first = {}
+        for (line, _), index in zip(body, out["index"]):
+            if first.setdefault(index, line) != line:
+                raise UsageError(f"{path}, line {line}: index {index} is also on line {first[index]}; ids must differ")
     return out
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 
 NO_CHECKPOINT = "no checkpoint was written (--checkpointing_steps N saves them)"
 
@@ -59,15 +60,31 @@ def stop_on_signals(note):
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
+def say_once(code, message):
+    """Print a run's final line, once per launch: under a distributed launch the first process of this machine to end
+    prints it (whichever rank failed first is heard), and a process stopped after another's error (the launcher
+    terminates the others) stays silent and leaves with that error's status. Returns the exit status."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        port = os.environ.get("MASTER_PORT", "")
+        said = os.path.join(tempfile.gettempdir(), f"peft-scripts-{os.getppid()}-{port}.said")  # the launcher's pid
+        try:
+            with open(said, "x") as f:
+                f.write(str(code))
+        except FileExistsError:
+            earlier = open(said).read().strip()
+            return 2 if earlier == "2" and code in (130, 143) else code
+    if message:
+        print(message, file=sys.stderr, flush=True)
+    return code
+
+
 def parse_command_line(parse_args):
     """The flags of the command line, parsed before a script's heavy imports (torch and transformers take seconds):
     --help answers at once, and a bad flag prints its one line and exits 2."""
     try:
         return parse_args()
     except UsageError as e:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(say_once(2, f"error: {e}"))
 
 
 def outcome(main):
@@ -85,8 +102,8 @@ def outcome(main):
 
 def run_main(main):
     """Run a script's main() as a command: a UsageError prints its one line and exits 2; Ctrl-C and SIGTERM print one
-    line saying where the last checkpoint is and exit 130 and 143. Under a distributed launch only the first process
-    prints, the process group is destroyed on every way out, and the process then leaves without the interpreter's
+    line saying where the last checkpoint is and exit 130 and 143. Under a distributed launch the line is printed once
+    (say_once), the process group is destroyed on every way out, and the process then leaves without the interpreter's
     teardown, which frees gloo's C++ objects (still held by DDP or DeepSpeed) while Python is half gone and can abort a
     finished run with SIGABRT ('terminate called without an active exception'). Everything is written by then."""
     handlers = stop_on_signals(lambda: NO_CHECKPOINT)  # until a run says where its checkpoints are
@@ -99,8 +116,7 @@ def run_main(main):
             dist.destroy_process_group()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    if message and os.environ.get("RANK", "0") == "0":
-        print(message, file=sys.stderr, flush=True)
+    code = say_once(code, message) if message else code
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         logging.shutdown()
         sys.stdout.flush()

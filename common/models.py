@@ -54,10 +54,11 @@ def load_model(
         limit = getattr(config, "max_position_embeddings", None)
         if limit and max_length + extra_positions > limit:
             method = f" + {extra_positions} method positions" if extra_positions else ""
+            fix = f"--max_length {limit - extra_positions} or less"
+            if limit - extra_positions < 8:  # (the method's prompt or prefix alone is too long)
+                fix = f"a prompt or prefix of at most {limit - 8} positions (--num_virtual_tokens, --num_prefix)"
             raise UsageError(
-                f"--max_length {max_length}{method} is more than the {limit} positions of "
-                f"'{name}'; "
-                f"use --max_length {limit - extra_positions} or less"
+                f"--max_length {max_length}{method} is more than the {limit} positions of '{name}'; use {fix}"
             )
         tokenizer = load_tokenizer(name)
         options = {"num_labels": task.num_labels, "ignore_mismatched_sizes": ignore_mismatched_sizes}

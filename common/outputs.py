@@ -105,6 +105,23 @@ def in_checkpoint(path):
     return False
 
 
+def owner(path):
+    """The output folder of a run whose manifest names `path` (or a folder above it), or None."""
+    path = os.path.realpath(path)
+    folder = os.path.dirname(path)
+    while folder != os.path.dirname(folder):
+        manifest = os.path.join(folder, MANIFEST)
+        if os.path.isfile(manifest):
+            top = os.path.relpath(path, folder).split(os.sep)[0]
+            try:
+                if top in read_json(manifest).get("outputs", []):
+                    return folder
+            except (OSError, ValueError, AttributeError):
+                pass
+        folder = os.path.dirname(folder)
+    return None
+
+
 def writable(path):
     """Why `path` cannot become a folder this process writes to ('' when it can), without making anything: it is a
     file, lies under a file, or its nearest existing folder is read-only."""

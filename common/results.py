@@ -22,23 +22,32 @@ def weights_size(accelerator, model):
     return accelerator.reduce(total, "sum").item()
 
 
-def learning_warnings(metrics, majority, metric, change, trained, learning_rates, max_steps):
-    """What to say when a run learned nothing: its trainable weights did not move (`change`, the relative change of
-    their sum of squares, under 1e-6, though it `trained`), or its `metric` is within 1 point of always predicting the
-    majority class (`majority`)."""
+def learning_warnings(metrics, majority, metric, labels, moved, learning_rates, max_steps):
+    """What to say when a run learned nothing, or worse: its trainable weights did not change at all (`moved`: they
+    did), or its `metric` is within 1 point of always predicting the majority class (`majority`), or below it by more
+    than the noise of an evaluation on these `labels` (the eval split's; two standard errors of an accuracy). A split
+    of one class says so instead: it cannot tell."""
     rates = ", ".join(f"--{k} {v:g}" for k, v in learning_rates.items())
     advice = (
         f"try other learning rates ({rates}) or more optimizer steps (this run: {max_steps}; "
         "--num_train_epochs, --max_train_samples)"
     )
-    warnings = []
-    if trained and change < 1e-6:
-        warnings.append(f"the trainable weights did not move (relative change {change:.1e}): {advice}")
+    warnings = [] if moved else [f"the trainable weights did not change at all: no gradient reached them; {advice}"]
+    if len(set(labels)) == 1:
+        return warnings + [
+            f"the eval split's labels are all {labels[0]}: its {metric} says nothing of what was learned"
+        ]
     ours, theirs = comparable(metrics.get(metric)), comparable(majority.get(metric))
+    noise = 2 * math.sqrt(0.25 / len(labels))
     if math.isfinite(ours) and math.isfinite(theirs) and abs(ours - theirs) <= 0.01:
         warnings.append(
             f"{metric} {ours:.4f} is within 1 point of always predicting the majority class ({theirs:.4f}): the run "
             f"learned nothing it shows; {advice}"
+        )
+    elif math.isfinite(ours) and math.isfinite(theirs) and ours < theirs - noise:
+        warnings.append(
+            f"{metric} {ours:.4f} is below always predicting the majority class ({theirs:.4f}) by more than the "
+            f"noise of {len(labels)} eval rows ({noise:.3f}): the run learned the wrong thing; {advice}"
         )
     return warnings
 
@@ -94,11 +103,12 @@ def write_results(
     `learning_rates` {flag: value}: named by a warning."""
     counts = torch.stack([state.tokens, state.tokens.new_tensor(state.padded), state.tokens.new_tensor(state.rows)])
     tokens, padded, rows = accelerator.reduce(counts).tolist()
-    change = abs(weights_size(accelerator, model) - start_size) / max(start_size, 1e-30)
+    moved = rows == 0 or weights_size(accelerator, model) != start_size  # (exactly: a resumed run may have no step)
     majority = constant_metrics(eval_loaders, task)
+    labels = list(eval_loaders[TASKS[task].eval_splits[0]].dataset["label"])
     trainable, total = count_params(accelerator.unwrap_model(model))
     metric = TASKS[task].metric
-    warnings = learning_warnings(metrics, majority, metric, change, rows > 0, learning_rates, state.max_steps)
+    warnings = learning_warnings(metrics, majority, metric, labels, moved, learning_rates, state.max_steps)
     for line in warnings:
         accelerator.print(f"warning: {line}")
     if accelerator.is_main_process:

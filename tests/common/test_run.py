@@ -243,8 +243,9 @@ def test_torch_compile_gives_the_eager_logits(script, flags, tiny_gpt2, glue_dir
 
 
 def test_a_run_that_learns_nothing_says_so(tiny_gpt2, glue_dir, tmp_path):
-    """At a learning rate of 1e-9 the weights do not move and the accuracy stays the majority
-    class's: two warnings naming the rate to change; a run that learns has none."""
+    """At a learning rate of 1e-9 the accuracy stays the majority class's: a warning naming the rate to change (the
+    weights did change, by an ulp here and there: no word of that; tests/cli/test_protections.py has a run whose
+    weights never change); a run that learns has none."""
     runs = {}
     for name, rate in (("stuck", "1e-9"), ("learns", "2e-3")):
         run_in_process(
@@ -264,9 +265,8 @@ def test_a_run_that_learns_nothing_says_so(tiny_gpt2, glue_dir, tmp_path):
         runs[name] = results(tmp_path / name)
     stuck = runs["stuck"]["warnings"]
     assert runs["stuck"]["majority_metrics"] == {"accuracy": 0.5}
-    assert len(stuck) == 2 and all("--learning_rate 1e-09" in line for line in stuck), stuck
-    assert stuck[0].startswith("the trainable weights did not move")
-    assert "within 1 point of always predicting the majority class (0.5000)" in stuck[1]
+    assert len(stuck) == 1 and all("--learning_rate 1e-09" in line for line in stuck), stuck
+    assert "within 1 point of always predicting the majority class (0.5000)" in stuck[0]
     assert runs["learns"]["warnings"] == [] and runs["learns"]["metrics"]["accuracy"] > 0.6
 
     # The curve: an entry per logged step (the epoch as a fraction), an evaluation every epoch.
