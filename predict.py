@@ -14,6 +14,14 @@ import inspect
 import os
 
 
+def run_task(flags):
+    """The Task a run trained on, from its flags (your own data: read again from its training file, for its labels)."""
+    from common.data import load_task
+
+    files = [flags.get(k) for k in ("train_file", "validation_file")]
+    return load_task(flags["task"], *files, None, flags.get("text_columns"), flags.get("label_column", "label"))
+
+
 def load_run(output_dir, best=False):
     """(tokenizer, model) of a finished run of any script, rebuilt from OUTPUT_DIR/args.json: the base model, the
     method added by the add_method of the script that trained it (given the run's flags that it names), and the
@@ -24,11 +32,10 @@ def load_run(output_dir, best=False):
     from common.errors import UsageError
     from common.models import load_model
     from common.outputs import read_json
-    from common.tasks import get_task
 
     try:
         flags = read_json(os.path.join(output_dir, "args.json"))
-        get_task(flags["task"])
+        task = run_task(flags)
         add_method = importlib.import_module(f"train_{flags['method']}").add_method
     except (OSError, ValueError, KeyError, TypeError, ImportError) as e:
         raise UsageError(
@@ -39,7 +46,7 @@ def load_run(output_dir, best=False):
         raise UsageError(
             f"{output_dir} has no {weights}: its run has not finished (--best reads best/, written as it goes)"
         )
-    tokenizer, model = load_model(flags["model_name_or_path"], flags["task"], ignore_mismatched_sizes=True)
+    tokenizer, model = load_model(flags["model_name_or_path"], task, ignore_mismatched_sizes=True)
     names = list(inspect.signature(add_method).parameters)[2:]  # after (model, tokenizer)
     if set(names) - set(flags):
         missing = ", ".join(sorted(set(names) - set(flags)))
@@ -62,7 +69,6 @@ def main(argv=None):
     from common.errors import UsageError
     from common.models import takes_position_ids
     from common.outputs import read_json
-    from common.tasks import TASKS
 
     for i, text in enumerate(args.texts, 1):
         try:
@@ -71,12 +77,12 @@ def main(argv=None):
             raise UsageError(f"text {i} is not UTF-8 (bytes your terminal could not decode); pass it as UTF-8")
     tokenizer, model = load_run(args.output_dir, best=args.best)
     flags = read_json(f"{args.output_dir}/args.json")
-    task = TASKS[flags["task"]]
+    task = run_task(flags)
     rows = []
     for i, text in enumerate(args.texts):
         parts = [t.strip() for t in text.split("|||")]
         if len(parts) != len(task.text_keys):
-            raise UsageError(f"'{text}' has {len(parts)} text(s); {flags['task']} reads {len(task.text_keys)}")
+            raise UsageError(f"'{text}' has {len(parts)} text(s); {task.name} reads {len(task.text_keys)}")
         enc = tokenizer(*parts, truncation=True, max_length=flags["max_length"])
         rows.append({**enc, "label": 0.0 if task.is_regression else 0, "idx": i})
     collate = Collator(tokenizer.pad_token_id, tokenizer.padding_side, takes_position_ids(model))
@@ -86,8 +92,8 @@ def main(argv=None):
     with torch.no_grad():
         logits = model(**batch).logits.float()
     for text, row in zip(args.texts, logits):
-        if task.is_regression:  # a score from 0 to 5, as the submission files clamp it
-            print(f"{min(max(row.item(), 0.0), 5.0):.3f}\t{text}")
+        if task.is_regression:  # (STS-B's from 0 to 5, as its submission files clamp it)
+            print(f"{min(max(row.item(), 0.0), 5.0) if task.name == 'stsb' else row.item():.3f}\t{text}")
         else:
             p = row.softmax(-1)
             print(f"{task.label_names[p.argmax()]}\t{p.max():.3f}\t{text}")

@@ -141,9 +141,12 @@ def main(args):
     )
     stop_on_signals(state.note)  # Ctrl-C and SIGTERM say where the last checkpoint is
     set_seed(args.seed)
+    task = data.load_task(
+        args.task, args.train_file, args.validation_file, args.test_file, args.text_columns, args.label_column
+    )  # GLUE's, or your own data's
     tokenizer, model = models.load_model(
         args.model_name_or_path,
-        args.task,
+        task,
         args.max_length,
         extra_positions=args.num_virtual_tokens,
         dtype=args.base_dtype,
@@ -164,7 +167,7 @@ def main(args):
         accelerator,
         tokenizer,
         False,  # (the prompt comes first: the forward makes the positions)
-        task=args.task,
+        task=task,
         data_dir=args.data_dir,
         max_length=args.max_length,
         per_device_train_batch_size=args.per_device_train_batch_size,
@@ -200,11 +203,11 @@ def main(args):
 
     start_size = results.weights_size(accelerator, model)  # did the weights move? (results.json says)
     metrics, logits, runtime = train(
-        args, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names
+        args, task, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names
     )
     trained = checkpoint.save_trainable(accelerator, model, names, f"{args.output_dir}/trainable.safetensors")
     if args.do_predict:  # GLUE submission files for the test split
-        evaluation.write_predictions(model, eval_loaders, accelerator, args.task, args.output_dir)
+        evaluation.write_predictions(model, eval_loaders, accelerator, task, args.output_dir)
     if accelerator.is_main_process:  # OUTPUT_DIR/peft: the prompt and the head as a peft adapter
         head = checkpoint.head_of(trained, heads, inside="model.")
         config = accelerator.unwrap_model(model).config
@@ -215,7 +218,7 @@ def main(args):
         model,
         args.output_dir,
         method="prompt",
-        task=args.task,
+        task=task,
         model_name=args.model_name_or_path,
         metrics=metrics,
         logits=logits,
@@ -227,11 +230,11 @@ def main(args):
     )
 
 
-def train(args, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names):
+def train(args, task, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names):
     """The loop: every epoch, less what a resumed run did, until the last step or early stopping. Returns the last
     evaluation (metrics, logits) and the seconds spent training. `names`: the trainable weights, kept in best/."""
     best = loop.best_path(args.output_dir)
-    select = evaluation.selected_metric(args.task, eval_loaders)  # the metric that picks best/ and stops early
+    select = evaluation.selected_metric(task, eval_loaders)  # the metric that picks best/ and stops early
     eval_every = args.eval_steps or state.steps_per_epoch
     bar = tqdm(total=state.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
     started, metrics = time.perf_counter(), None
@@ -261,7 +264,7 @@ def train(args, accelerator, state, model, optimizer, scheduler, train_loader, e
                 loop.log_loss(accelerator, state, bar)
             paused = time.perf_counter()  # evaluating and saving is not training time
             if state.step % eval_every == 0 or state.step == state.max_steps:
-                metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, args.task)
+                metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, task)
                 if loop.log_evaluation(accelerator, state, metrics, select, bar):  # the best so far
                     checkpoint.save_trainable(accelerator, model, names, best)
                 loop.stop_early(state, args.early_stopping_patience, select, bar)
@@ -272,7 +275,7 @@ def train(args, accelerator, state, model, optimizer, scheduler, train_loader, e
                 break
     bar.close()
     if metrics is None:  # a resumed run that had no step left
-        metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, args.task)
+        metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, task)
     return metrics, logits, time.perf_counter() - started - state.aside
 
 

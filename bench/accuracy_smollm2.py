@@ -221,7 +221,7 @@ def results_path(args, task):
         return os.path.join(args.out_dir, f"accuracy-smollm2-{args.part}-{task}.json")
     if args.out:
         return args.out
-    return OUT[args.part].replace(".json", "" if task == "sst2" else f"-{task}.json")
+    return OUT[args.part] if task == "sst2" else OUT[args.part].replace(".json", f"-{task}.json")
 
 
 def main():

@@ -90,7 +90,12 @@ def base_parser(doc):
         allow_abbrev=False,
     )
     add = p.add_argument
-    add("--task", required=True, help=f"the GLUE task: {', '.join(TASKS)}")
+    add("--task", default=None, help=f"the GLUE task: {', '.join(TASKS)}; or your own data's files:")
+    add("--train_file", default=None, help="your own data: a .csv, .tsv or .jsonl file with text and label columns")
+    add("--validation_file", default=None, help="your own data: scored every evaluation, picks best/")
+    add("--test_file", default=None, help="your own data: labelled by --do_predict")
+    add("--text_columns", default=None, help="your own data: a or a,b; none: sentence, or sentence1,sentence2")
+    add("--label_column", default="label", help="your own data: strings or whole numbers, or scores (a regression)")
     add("--config", default=None, help="a YAML file of flags (the command line wins)")
     add("--model_name_or_path", default="gpt2", help="a hub id or a local model folder")
     add("--data_dir", default=None, help="GLUE's TSV files (DIR/RTE/train.tsv); none: the hub's")
@@ -155,7 +160,15 @@ def require(parser, args, rule, *names):
 def check_args(parser, argv, script):
     """The command line `argv` (None: sys.argv), parsed; a bad value is refused with one line before any work."""
     args = parser.parse_args(argv)
-    get_task(args.task)
+    if (args.task is None) == (args.train_file is None):
+        fail("pass --task (a GLUE task), or --train_file and --validation_file (your own data)")
+    if args.task:
+        get_task(args.task)
+    elif not args.validation_file:
+        fail("--train_file goes with --validation_file (the rows that score the run and pick best/)")
+    for path in (args.train_file, args.validation_file, args.test_file):
+        if path and not os.path.isfile(path):
+            fail(f"no file {path}; pass your data's .csv, .tsv or .jsonl file")
     if args.max_length < 8:
         fail(f"--max_length {args.max_length} is too short; use at least 8 tokens (default 128)")
     require(parser, args, "positive", "learning_rate", "adam_epsilon")
@@ -182,7 +195,7 @@ def check_args(parser, argv, script):
         fail(f"--data_dir {args.data_dir} is not a folder; point it at GLUE's TSV layout")
     if os.path.isdir(args.model_name_or_path):  # one folder, one name: DIR and DIR/ are the same run's
         args.model_name_or_path = os.path.normpath(args.model_name_or_path)
-    args.output_dir = args.output_dir or os.path.join("runs", f"{script}-{args.task}")
+    args.output_dir = args.output_dir or os.path.join("runs", f"{script}-{args.task or 'files'}")
     why = writable(args.output_dir)
     if why:
         fail(f"cannot write to --output_dir {args.output_dir} ({why}); pass a folder you can write to")

@@ -8,19 +8,20 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 
 import torch
 
 from common.errors import UsageError, agree
-from common.tasks import TASKS, TSV_FILES, get_task
+from common.tasks import TSV_FILES, Task, get_task
 
 # The validation set's name among the eval loaders (--validation_size, --validation_dev_half).
 HELD_OUT = "heldout"
 DEV_HALF_SEED = 0  # --validation_dev_half: the same halves for every run, whatever its --seed
 
 
-def read_tsv(task_name, path, labeled=True):
+def read_tsv(task, path, labeled=True):
     """One GLUE TSV file as a dict of hub-style columns: the texts, label, idx (the row's position in the file, 0..n-1:
     the key the scripts use) and index (the file's own index column, written back in prediction files; the position
     when there is none). `labeled`: the file must hold a valid label on every row (train and dev); test files have none
@@ -30,7 +31,7 @@ def read_tsv(task_name, path, labeled=True):
     row naming a "sentence" column is one); MRPC's header starts with a byte-order mark. Anything else that does not
     fit (a row with another number of fields, a label outside the task's set, an empty file, bytes that are not UTF-8)
     is a UsageError naming the file and the line."""
-    task = TASKS[task_name]
+    task = get_task(task)
     csv.field_size_limit(sys.maxsize)
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -105,19 +106,128 @@ def _index(raw, path, line):
     return int(raw)
 
 
-def load_glue(task_name, data_dir=None):
+def read_rows(path):
+    """Your own file as [(line, {column: text})]: CSV (.csv: quoted as spreadsheets write it), TSV (.tsv: no quoting,
+    as GLUE's) or JSON lines (.jsonl, .json: an object a line). Text that does not fit is a UsageError naming the
+    line."""
+    csv.field_size_limit(sys.maxsize)
+    kind = os.path.splitext(path)[1].lower()
+    if kind not in (".csv", ".tsv", ".jsonl", ".json"):
+        raise UsageError(f"{path}: pass a .csv, .tsv or .jsonl file (one row a line)")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            if kind in (".jsonl", ".json"):
+                rows = [(n, json.loads(t)) for n, t in enumerate(f, 1) if t.strip()]
+                for n, row in rows:
+                    if not isinstance(row, dict):
+                        raise UsageError(f"{path}, line {n}: not a JSON object of columns")
+            else:
+                reader = csv.reader(f, **({"delimiter": "\t", "quoting": csv.QUOTE_NONE} if kind == ".tsv" else {}))
+                lines = [(reader.line_num, r) for r in reader if r]
+                header, width = lines[0][1] if lines else [], len(lines[0][1]) if lines else 0
+                for n, r in lines[1:]:
+                    if len(r) != width:
+                        raise UsageError(f"{path}, line {n}: {len(r)} fields where the header has {width}")
+                rows = [(n, dict(zip(header, r))) for n, r in lines[1:]]
+    except OSError as e:
+        raise UsageError(f"cannot read {path} ({e.strerror}); pass a file you can read") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: byte 0x{e.object[e.start]:02x} is not UTF-8; save the file as UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}, line {e.doc.count(chr(10)) + 1}: not a JSON object ({e.msg})") from None
+    if not rows:
+        raise UsageError(f"{path} has no rows")
+    return rows
+
+
+def load_task(
+    task=None, train_file=None, validation_file=None, test_file=None, text_columns=None, label_column="label"
+):
+    """The run's Task: GLUE's `task`, or your own data's, read from its files (file_task)."""
+    if task:
+        return get_task(task)
+    return file_task(train_file, validation_file, test_file, text_columns, label_column)
+
+
+def file_task(train_file, validation_file, test_file=None, text_columns=None, label_column="label"):
+    """The Task of your own data: its text columns (`text_columns`, a or a,b; by default sentence, or sentence1 and
+    sentence2, as transformers' run_glue reads them), its labels, read from the training file (strings or whole
+    numbers: classes, in sorted order; numbers with fractions: a regression), accuracy (a regression: Pearson) as its
+    metric."""
+    rows = read_rows(train_file)
+    columns = rows[0][1].keys()
+    if text_columns:
+        texts = tuple(text_columns.split(","))
+    else:
+        texts = ("sentence1", "sentence2") if {"sentence1", "sentence2"} <= columns else ("sentence",)
+    for line, row in rows:
+        missing = [c for c in (*texts, label_column) if row.get(c) in (None, "")]
+        if missing:
+            hint = " (name them with --text_columns and --label_column)" if line == rows[0][0] else ""
+            raise UsageError(f"{train_file}, line {line}: no {missing[0]} column, or it is empty{hint}")
+    labels = {str(row[label_column]).strip() for _, row in rows}
+    numbers = all(re.fullmatch(r"-?\d+(\.\d*)?([eE][-+]?\d+)?", v) for v in labels)
+    if numbers and not all(v.lstrip("-").isdigit() for v in labels):
+        names, metric = (), "pearson"  # scores: a regression
+    else:
+        names, metric = tuple(sorted(labels, key=int) if numbers else sorted(labels)), "accuracy"
+        if len(names) < 2:
+            raise UsageError(f"{train_file} holds one label only ({names[0]}): a classifier needs two or more")
+    files = [("train", train_file), ("validation", validation_file)] + [("test", test_file)] * bool(test_file)
+    return Task("files", texts, names, metric, "test", (), files=tuple(files), label_column=label_column)
+
+
+def read_table(task, path, split):
+    """One file of your own data as columns, as read_tsv gives GLUE's: the texts, label (the class's id; the score
+    of a regression; -1 in a test file, which needs none), idx and index (the row's position)."""
+    rows = read_rows(path)
+    out = {key: [] for key in (*task.text_keys, "label", "idx", "index")}
+    for i, (line, row) in enumerate(rows):
+        for key in task.text_keys:
+            if row.get(key) is None:
+                raise UsageError(f"{path}, line {line}: no {key} column")
+            out[key].append(str(row[key]))
+        raw = str(row.get(task.label_column, "")).strip()
+        if split == "test":
+            label = -1.0 if task.is_regression else -1
+        elif task.is_regression:
+            label = _number(raw, path, line)
+        elif raw in task.label_names:
+            label = task.label_names.index(raw)
+        else:
+            shown = ", ".join(task.label_names)
+            raise UsageError(f"{path}, line {line}: label '{raw}' is not one of the training file's ({shown})")
+        out["label"].append(label)
+        out["idx"].append(i)
+        out["index"].append(i)
+    return out
+
+
+def _number(raw, path, line):
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise UsageError(f"{path}, line {line}: the score must be a number, got '{raw}'")
+    return value
+
+
+def load_glue(task, data_dir=None):
     """A dict split -> datasets.Dataset with hub columns: train, the task's eval splits, and its test split(s) when
-    present. From `data_dir` (GLUE's TSV layout) or from the hub."""
+    present. From `data_dir` (GLUE's TSV layout) or from the hub; your own data from its files."""
     import datasets
 
-    task = get_task(task_name)
+    task = get_task(task)
+    if task.files:
+        return {split: datasets.Dataset.from_dict(read_table(task, path, split)) for split, path in task.files}
     splits = ("train",) + task.eval_splits + task.test_splits
     if data_dir is None:
         try:
-            hub = datasets.load_dataset("nyu-mll/glue", task_name)
+            hub = datasets.load_dataset("nyu-mll/glue", task.name)
         except Exception as e:  # offline, no cache, hub down
             raise UsageError(
-                f"cannot load GLUE '{task_name}' from the hub ({type(e).__name__}: "
+                f"cannot load GLUE '{task.name}' from the hub ({type(e).__name__}: "
                 f"{_first_line(e)}); "
                 f"pass --data_dir DIR holding GLUE's TSV files (DIR/{task.tsv_dir}/train.tsv, ...)"
             )
@@ -131,7 +241,7 @@ def load_glue(task_name, data_dir=None):
     for split in splits:
         path = os.path.join(data_dir, task.tsv_dir, TSV_FILES[split])
         if os.path.exists(path):
-            out[split] = datasets.Dataset.from_dict(read_tsv(task_name, path, labeled=split not in task.test_splits))
+            out[split] = datasets.Dataset.from_dict(read_tsv(task, path, labeled=split not in task.test_splits))
         elif split in ("train", task.eval_splits[0]):
             dev = TSV_FILES[task.eval_splits[0]]
             raise UsageError(
@@ -161,13 +271,13 @@ def _first_line(e):
     return (str(e).strip().splitlines() or [""])[0][:200]
 
 
-def tokenize(dataset, task_name, tokenizer, max_length):
+def tokenize(dataset, task, tokenizer, max_length):
     """Token ids (truncated to max_length, not padded) plus label and idx.
 
     A text is first cut to 100 (max_length + 1) characters: the tokens kept are the same (no vocabulary we know has a
     token of 100 characters), and the tokenizer's memory stays bounded whatever the input (truncating a long pair costs
     it memory that grows with the square of the length: 23 GB for a pair of 15k and 12k words)."""
-    keys = TASKS[task_name].text_keys
+    keys = get_task(task).text_keys
     chars = 100 * (max_length + 1)
 
     def encode(batch):
@@ -248,7 +358,7 @@ class Collator:
 
 def load_splits(
     tokenizer,
-    task_name,
+    task,
     data_dir,
     max_length,
     max_train_samples,
@@ -258,10 +368,10 @@ def load_splits(
     seed,
 ):
     """The tokenized splits of the task as the flags choose them (rows kept, the validation set)."""
-    raw = load_glue(task_name, data_dir)
+    task = get_task(task)
+    raw = load_glue(task, data_dir)
     if max_train_samples is not None:
         raw["train"] = raw["train"].select(range(min(max_train_samples, len(raw["train"]))))
-    task = TASKS[task_name]
     for split in task.eval_splits:
         if split in raw and max_eval_samples is not None:
             raw[split] = raw[split].select(range(min(max_eval_samples, len(raw[split]))))
@@ -286,10 +396,10 @@ def load_splits(
         if split in raw and len(raw[split]) < least:
             name = "the validation set" if split == HELD_OUT else f"the {split} split"
             raise UsageError(
-                f"{name} has {len(raw[split])} row(s); {task_name}'s {task.metric} needs at least "
+                f"{name} has {len(raw[split])} row(s); {task.name}'s {task.metric} needs at least "
                 f"{least} (raise --max_eval_samples or --validation_size)"
             )
-    return {s: tokenize(d, task_name, tokenizer, max_length) for s, d in raw.items()}
+    return {s: tokenize(d, task, tokenizer, max_length) for s, d in raw.items()}
 
 
 def make_dataloaders(
@@ -339,7 +449,7 @@ def make_dataloaders(
         except UsageError as e:  # kept, not raised here: the main process would skip the others' barrier
             error = str(e)
     agree(accelerator, error)  # every rank leaves with the same one line
-    spec = TASKS[task]
+    spec = get_task(task)
     multiple = pad_to_multiple_of or (8 if torch.cuda.is_available() else 1)
     # --torch_compile: every batch padded to one of a few lengths (16, 32, 64, ... up to max_length), so that the model
     # is compiled for those shapes only

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from common.data import HELD_OUT
 from common.metrics import glue_metrics
 from common.outputs import atomic_write_text
-from common.tasks import TASKS
+from common.tasks import get_task
 
 
 @torch.no_grad()
@@ -34,10 +34,10 @@ def predict(model, loader, accelerator):
     return torch.cat(all_logits)[order], idx[order]
 
 
-def evaluate(model, loaders, accelerator, task_name):
+def evaluate(model, loaders, accelerator, task):
     """Metrics over every labeled eval split: plain keys for the first split, `_mm` after the second's (MNLI: accuracy
     and accuracy_mm), `val_` before the validation set's (HELD_OUT). Also returns the logits per split."""
-    task = TASKS[task_name]
+    task = get_task(task)
     keys = {split: "{}" if i == 0 else "{}_mm" for i, split in enumerate(task.eval_splits)}
     keys[HELD_OUT] = "val_{}"
     metrics = {}
@@ -48,23 +48,23 @@ def evaluate(model, loaders, accelerator, task_name):
         logits[split], idx = predict(model, loaders[split], accelerator)
         labels = in_file_order(loaders[split].dataset, idx, "label")
         preds = logits[split].squeeze(-1) if task.is_regression else logits[split].argmax(-1)
-        for name, value in glue_metrics(task_name, preds.numpy(), labels).items():
+        for name, value in glue_metrics(task, preds.numpy(), labels).items():
             metrics[key.format(name)] = value
     return metrics, logits
 
 
-def selected_metric(task_name, loaders):
+def selected_metric(task, loaders):
     """The metric that picks the best weights and stops early: the validation set's when there is one (HELD_OUT among
     the eval `loaders`), else the first eval split's."""
-    return ("val_" if HELD_OUT in loaders else "") + TASKS[task_name].metric
+    return ("val_" if HELD_OUT in loaders else "") + get_task(task).metric
 
 
-def constant_metrics(loaders, task_name):
+def constant_metrics(loaders, task):
     """The metrics of always predicting the majority class of each labeled eval split (STS-B: always its mean score,
     whose correlations are undefined: nan), keyed as evaluate's: what a model that learned nothing scores."""
     import numpy as np
 
-    task = TASKS[task_name]
+    task = get_task(task)
     keys = {split: "{}" if i == 0 else "{}_mm" for i, split in enumerate(task.eval_splits)}
     keys[HELD_OUT] = "val_{}"
     metrics = {}
@@ -76,7 +76,7 @@ def constant_metrics(loaders, task_name):
             preds = np.full(len(labels), labels.mean())
         else:
             preds = np.full(len(labels), np.bincount(labels).argmax())
-        for name, value in glue_metrics(task_name, preds, labels).items():
+        for name, value in glue_metrics(task, preds, labels).items():
             metrics[key.format(name)] = value
     return metrics
 
@@ -96,10 +96,10 @@ def in_file_order(dataset, idx, column):
     return [values[i] for i in order.tolist()]
 
 
-def write_predictions(model, loaders, accelerator, task_name, output_dir):
+def write_predictions(model, loaders, accelerator, task, output_dir):
     """GLUE submission files (OUTPUT_DIR/predictions/<Task>.tsv) for the test split(s); every rank calls this, the main
     process writes."""
-    task = TASKS[task_name]
+    task = get_task(task)
     names = {"test": task.tsv_dir, "test_matched": "MNLI-m", "test_mismatched": "MNLI-mm"}
     for split in task.test_splits:
         if split not in loaders:
@@ -108,8 +108,9 @@ def write_predictions(model, loaders, accelerator, task_name, output_dir):
         # the file's own ids, for GLUE's server
         index = in_file_order(loaders[split].dataset, idx, "index")
         if task.is_regression:
-            preds = [f"{min(max(x, 0.0), 5.0):.3f}" for x in logits.squeeze(-1).tolist()]
-        elif task_name in ("mnli", "qnli", "rte"):
+            scores = logits.squeeze(-1).tolist()  # (STS-B's from 0 to 5)
+            preds = [f"{min(max(x, 0.0), 5.0) if task.name == 'stsb' else x:.3f}" for x in scores]
+        elif task.name in ("mnli", "qnli", "rte", "files"):  # (these name the class)
             preds = [task.label_names[i] for i in logits.argmax(-1).tolist()]
         else:
             preds = [str(i) for i in logits.argmax(-1).tolist()]

@@ -4,6 +4,7 @@ the bookkeeping of an evaluation (the best weights, early stopping). The loop it
 sees when each of these happens."""
 
 import datetime
+import importlib.util
 import math
 import os
 import uuid
@@ -14,10 +15,10 @@ from common.checkpoint import check_resume, run_identity
 from common.data import fingerprint
 from common.errors import NO_CHECKPOINT, UsageError, agree
 from common.outputs import atomic_write_json, claim, inside, read_json, take_over
-from common.tasks import TASKS
 
 # What every run writes in OUTPUT_DIR (a script names its own outputs beside these).
-OUTPUTS = ("curves.png", "args.json", "results.json", "eval_logits.safetensors", "trainable.safetensors", "best")
+OUTPUTS = ("args.json", "results.json", "eval_logits.safetensors", "trainable.safetensors", "best")
+CURVES = ["curves.png"] if importlib.util.find_spec("matplotlib") else []  # drawn only where matplotlib is
 
 
 def make_accelerator(
@@ -96,7 +97,8 @@ def start_run(
             checkpoint = check_resume(accelerator, output_dir, resume, identity)
         if accelerator.is_main_process:
             here = checkpoint is not None and inside(checkpoint, os.path.join(output_dir, "checkpoints"))
-            planned = [*OUTPUTS, "checkpoints", *outputs, *["predictions"] * predict, *[f"train_{method}"] * tracking]
+            planned = [*OUTPUTS, *CURVES, "checkpoints", *outputs]
+            planned += ["predictions"] * predict + [f"train_{method}"] * tracking
             claimed = claim(output_dir, planned, ids[0], overwrite, here)
     except UsageError as e:
         error = str(e)
@@ -118,10 +120,8 @@ def take_output_dir(accelerator, state, train_loader, eval_loaders):
     removed, this run's manifest and args.json (what predict.py rebuilds the model from) written, the trackers
     started."""
     output_dir, earlier, outputs, flags, tracking = state.claim
-    test_splits = TASKS[flags["task"]].test_splits
-    state.data = fingerprint(
-        [train_loader.dataset, *[loader.dataset for s, loader in eval_loaders.items() if s not in test_splits]]
-    )
+    labelled = [loader.dataset for split, loader in eval_loaders.items() if not split.startswith("test")]
+    state.data = fingerprint([train_loader.dataset, *labelled])
     if state.resume_from:
         saved = read_json(os.path.join(state.resume_from, "trainer_state.json")).get("data")
         if saved != state.data:

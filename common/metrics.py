@@ -27,18 +27,20 @@ def matthews_correlation(preds, labels):
     return float((tp * tn - fp * fn) / denom) if denom else 0.0
 
 
-def glue_metrics(task_name, preds, labels):
-    """preds: class ids (or scores for STS-B); labels: the gold labels. Returns a dict of floats."""
+def glue_metrics(task, preds, labels):
+    """The task's metrics (a Task, or a GLUE task's name): preds are class ids (scores for a regression), labels the
+    gold labels. Returns a dict of floats. Your own data: accuracy, or Pearson and Spearman for a regression."""
+    name = getattr(task, "name", task)
     preds, labels = np.asarray(preds), np.asarray(labels)
-    if task_name == "stsb":  # undefined (nan, written as null) when either side is constant
+    if name == "stsb" or getattr(task, "is_regression", False):  # nan (null in JSON) when either side is constant
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", stats.ConstantInputWarning)
             return {
                 "pearson": float(stats.pearsonr(preds, labels)[0]),
                 "spearmanr": float(stats.spearmanr(preds, labels)[0]),
             }
-    if task_name == "cola":
+    if name == "cola":
         return {"matthews_correlation": matthews_correlation(preds, labels)}
-    if task_name in ("mrpc", "qqp"):
+    if name in ("mrpc", "qqp"):
         return {"accuracy": accuracy(preds, labels), "f1": f1(preds, labels)}
     return {"accuracy": accuracy(preds, labels)}

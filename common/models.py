@@ -7,7 +7,7 @@ import os
 import torch
 
 from common.errors import UsageError
-from common.tasks import TASKS
+from common.tasks import get_task
 
 
 def load_tokenizer(name):
@@ -47,8 +47,7 @@ def load_model(
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     name = model_name_or_path
-    task_name = task
-    task = TASKS[task_name]
+    task = get_task(task)
     try:
         config = AutoConfig.from_pretrained(name)
         limit = getattr(config, "max_position_embeddings", None)
@@ -72,8 +71,9 @@ def load_model(
     except RuntimeError as e:
         if "ignore_mismatched_sizes" not in str(e):
             raise
+        needs = "your data" if task.files else f"--task {task.name}"
         raise UsageError(
-            f"'{name}' has a classification head of another size than --task {task_name} needs "
+            f"'{name}' has a classification head of another size than {needs} needs "
             f"({task.num_labels} outputs); pass --ignore_mismatched_sizes to start a new head"
         ) from None
     except OSError as e:

@@ -10,7 +10,7 @@ from common.evaluation import constant_metrics
 from common.loop import comparable
 from common.models import count_params
 from common.outputs import LOCK, atomic_write_json, replacing
-from common.tasks import TASKS
+from common.tasks import get_task
 
 
 def weights_size(accelerator, model):
@@ -105,9 +105,10 @@ def write_results(
     tokens, padded, rows = accelerator.reduce(counts).tolist()
     moved = rows == 0 or weights_size(accelerator, model) != start_size  # (exactly: a resumed run may have no step)
     majority = constant_metrics(eval_loaders, task)
-    labels = list(eval_loaders[TASKS[task].eval_splits[0]].dataset["label"])
+    task = get_task(task)
+    labels = list(eval_loaders[task.eval_splits[0]].dataset["label"])
     trainable, total = count_params(accelerator.unwrap_model(model))
-    metric = TASKS[task].metric
+    metric = task.metric
     warnings = learning_warnings(metrics, majority, metric, labels, moved, learning_rates, state.max_steps)
     for line in warnings:
         accelerator.print(f"warning: {line}")
@@ -119,7 +120,7 @@ def write_results(
         atomic_save_tensors(os.path.join(output_dir, "eval_logits.safetensors"), logits)
         per_second = (lambda n: n / runtime) if runtime else (lambda n: 0.0)
         results = {
-            "task": task,
+            "task": task.name,
             "method": method,
             "model": model_name,
             "metrics": metrics,
@@ -142,5 +143,5 @@ def write_results(
         if not draw_curves(state.log_history, metric, os.path.join(output_dir, "curves.png")):
             accelerator.print("curves.png not written: matplotlib is not installed")
         os.remove(os.path.join(output_dir, LOCK))
-    accelerator.print(f"final {task} {method}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    accelerator.print(f"final {task.name} {method}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     accelerator.end_training()  # closes the trackers and the process group

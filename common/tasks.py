@@ -1,5 +1,6 @@
-"""The GLUE tasks: their columns, labels, main metric and files. Labels follow the hub dataset `nyu-mll/glue` (MNLI:
-entailment 0, neutral 1, contradiction 2); STS-B is a regression with one output."""
+"""The tasks: GLUE's (their columns, labels, main metric and files; labels follow the hub dataset `nyu-mll/glue`,
+MNLI: entailment 0, neutral 1, contradiction 2; STS-B is a regression with one output), and one read from your own
+files (common.data.file_task)."""
 
 from dataclasses import dataclass
 
@@ -8,13 +9,16 @@ from common.errors import UsageError
 
 @dataclass(frozen=True)
 class Task:
-    text_keys: tuple  # hub column names of the one or two input texts
+    name: str  # GLUE's (sst2, ...), or "files" for your own
+    text_keys: tuple  # the column names of the one or two input texts
     label_names: tuple  # hub order; () for a regression
     metric: str  # the main metric: it picks the best weights and ends the final line
     tsv_dir: str  # the task's folder in GLUE's download layout
     tsv_columns: tuple  # its TSV header names of the texts, then of the label (CoLA: column numbers)
     eval_splits: tuple = ("validation",)
     test_splits: tuple = ("test",)
+    files: tuple = ()  # your own data: (split, path) pairs; the label column's name
+    label_column: str = "label"
 
     @property
     def num_labels(self):
@@ -25,22 +29,27 @@ class Task:
         return not self.label_names
 
 
-def glue(texts, labels, metric, tsv_dir, columns, evals="validation", tests="test"):
-    """A Task from |-separated names."""
+def glue(name, texts, labels, metric, tsv_dir, columns, evals="validation", tests="test"):
+    """A GLUE Task from |-separated names."""
 
     def split(names):
         return tuple(names.split("|")) if names else ()
 
-    return Task(split(texts), split(labels), metric, tsv_dir, split(columns), split(evals), split(tests))
+    return Task(name, split(texts), split(labels), metric, tsv_dir, split(columns), split(evals), split(tests))
 
 
 TASKS = {
-    "cola": Task(("sentence",), ("unacceptable", "acceptable"), "matthews_correlation", "CoLA", (3, 1)),
-    "sst2": glue("sentence", "negative|positive", "accuracy", "SST-2", "sentence|label"),
-    "mrpc": glue("sentence1|sentence2", "not_equivalent|equivalent", "f1", "MRPC", "#1 String|#2 String|Quality"),
-    "stsb": glue("sentence1|sentence2", "", "pearson", "STS-B", "sentence1|sentence2|score"),
-    "qqp": glue("question1|question2", "not_duplicate|duplicate", "f1", "QQP", "question1|question2|is_duplicate"),
+    "cola": Task("cola", ("sentence",), ("unacceptable", "acceptable"), "matthews_correlation", "CoLA", (3, 1)),
+    "sst2": glue("sst2", "sentence", "negative|positive", "accuracy", "SST-2", "sentence|label"),
+    "mrpc": glue(
+        "mrpc", "sentence1|sentence2", "not_equivalent|equivalent", "f1", "MRPC", "#1 String|#2 String|Quality"
+    ),
+    "stsb": glue("stsb", "sentence1|sentence2", "", "pearson", "STS-B", "sentence1|sentence2|score"),
+    "qqp": glue(
+        "qqp", "question1|question2", "not_duplicate|duplicate", "f1", "QQP", "question1|question2|is_duplicate"
+    ),
     "mnli": glue(
+        "mnli",
         "premise|hypothesis",
         "entailment|neutral|contradiction",
         "accuracy",
@@ -49,9 +58,15 @@ TASKS = {
         "validation_matched|validation_mismatched",
         "test_matched|test_mismatched",
     ),
-    "qnli": glue("question|sentence", "entailment|not_entailment", "accuracy", "QNLI", "question|sentence|label"),
-    "rte": glue("sentence1|sentence2", "entailment|not_entailment", "accuracy", "RTE", "sentence1|sentence2|label"),
-    "wnli": glue("sentence1|sentence2", "not_entailment|entailment", "accuracy", "WNLI", "sentence1|sentence2|label"),
+    "qnli": glue(
+        "qnli", "question|sentence", "entailment|not_entailment", "accuracy", "QNLI", "question|sentence|label"
+    ),
+    "rte": glue(
+        "rte", "sentence1|sentence2", "entailment|not_entailment", "accuracy", "RTE", "sentence1|sentence2|label"
+    ),
+    "wnli": glue(
+        "wnli", "sentence1|sentence2", "not_entailment|entailment", "accuracy", "WNLI", "sentence1|sentence2|label"
+    ),
 }
 
 # hub split name -> GLUE's TSV file name
@@ -60,7 +75,10 @@ TSV_FILES.update(validation_matched="dev_matched.tsv", validation_mismatched="de
 TSV_FILES.update(test_matched="test_matched.tsv", test_mismatched="test_mismatched.tsv")
 
 
-def get_task(name):
-    if name not in TASKS:
-        raise UsageError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}")
-    return TASKS[name]
+def get_task(task):
+    """The Task of a GLUE task's name (a Task is returned as it is)."""
+    if isinstance(task, Task):
+        return task
+    if task not in TASKS:
+        raise UsageError(f"unknown task '{task}'; choose one of: {', '.join(TASKS)}")
+    return TASKS[task]
