@@ -53,6 +53,30 @@ def evaluate(model, loaders, accelerator, task):
     return metrics, logits
 
 
+def intervals(logits, loaders, task, draws=1000):
+    """A 95% interval of each metric of an evaluation (its `logits`, evaluate's): the 2.5th and 97.5th percentiles of
+    the metric over `draws` resamples of the split's rows with replacement (a bootstrap; seeded, so a run's interval
+    is the same every time), keyed as evaluate's metrics."""
+    import numpy as np
+
+    task = get_task(task)
+    out = {}
+    for i, split in enumerate(task.eval_splits):
+        if split not in logits:
+            continue
+        dataset = loaders[split].dataset
+        labels = np.asarray(in_file_order(dataset, torch.tensor(sorted(dataset["idx"])), "label"))
+        preds = (logits[split].squeeze(-1) if task.is_regression else logits[split].argmax(-1)).numpy()
+        rng = np.random.default_rng(0)
+        rows = (rng.integers(0, len(labels), len(labels)) for _ in range(draws))  # (one draw at a time: memory)
+        samples = [glue_metrics(task, preds[r], labels[r]) for r in rows]
+        for name in samples[0]:
+            values = np.array([s[name] for s in samples], dtype=float)
+            low, high = np.nanpercentile(values, [2.5, 97.5]) if not np.isnan(values).all() else (np.nan, np.nan)
+            out[name if i == 0 else f"{name}_mm"] = [float(low), float(high)]
+    return out
+
+
 def selected_metric(task, loaders):
     """The metric that picks the best weights and stops early: the validation set's when there is one (HELD_OUT among
     the eval `loaders`), else the first eval split's."""

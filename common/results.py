@@ -6,7 +6,7 @@ import os
 import torch
 
 from common.checkpoint import atomic_save_tensors, local_part
-from common.evaluation import constant_metrics
+from common.evaluation import constant_metrics, intervals
 from common.loop import comparable
 from common.models import count_params
 from common.outputs import LOCK, atomic_write_json, replacing
@@ -109,7 +109,14 @@ def write_results(
     labels = list(eval_loaders[task.eval_splits[0]].dataset["label"])
     trainable, total = count_params(accelerator.unwrap_model(model))
     metric = task.metric
+    sure = intervals(logits, eval_loaders, task)
     warnings = learning_warnings(metrics, majority, metric, labels, moved, learning_rates, state.max_steps)
+    low, high = sure.get(metric, [0.0, 0.0])
+    if high - low > 0.2:  # (wider than 20 points: SST-2's 872 dev rows give about 5)
+        warnings.append(
+            f"the eval split's {len(labels)} rows know {metric} only to within [{low:.2f}, {high:.2f}] (95%): too few "
+            "to tell this run from another; evaluate on more rows"
+        )
     for line in warnings:
         accelerator.print(f"warning: {line}")
     if accelerator.is_main_process:
@@ -124,6 +131,7 @@ def write_results(
             "method": method,
             "model": model_name,
             "metrics": metrics,
+            "intervals": sure,
             "best_metrics": state.best,
             **selected,
             "stopped_early_at_step": state.stopped_early_at,
@@ -143,5 +151,6 @@ def write_results(
         if not draw_curves(state.log_history, metric, os.path.join(output_dir, "curves.png")):
             accelerator.print("curves.png not written: matplotlib is not installed")
         os.remove(os.path.join(output_dir, LOCK))
-    accelerator.print(f"final {task.name} {method}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    shown = [f"{k} {v:.4f}" + (" [{:.4f}, {:.4f}]".format(*sure[k]) if k in sure else "") for k, v in metrics.items()]
+    accelerator.print(f"final {task.name} {method}: {' '.join(shown)} (95% intervals)")
     accelerator.end_training()  # closes the trackers and the process group

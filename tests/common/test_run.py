@@ -275,3 +275,18 @@ def test_a_run_that_learns_nothing_says_so(tiny_gpt2, glue_dir, tmp_path):
     assert [h["step"] for h in logged] == list(range(2, 37, 2))
     assert logged[0]["epoch"] == round(2 / 12, 4) and [h["epoch"] for h in evaluations(runs["learns"])] == [1, 2, 3]
     assert (tmp_path / "learns" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("task", ["sst2", "mrpc", "stsb"])
+def test_every_metric_carries_its_interval(task, tiny_gpt2, glue_dir, tmp_path, capsys):
+    """results.json's intervals: a 95% bootstrap interval around each dev metric, shown in the final line; a dev set
+    of 16 rows is too small to tell runs apart, and the run says so."""
+    out = tmp_path / "out"
+    run_in_process("train_full.py", run_args(tiny_gpt2, glue_dir, out, "--max_train_steps", "2", task=task))
+    res = results(out)
+    assert set(res["intervals"]) == set(res["metrics"])
+    for name, (low, high) in res["intervals"].items():
+        value = res["metrics"][name]
+        assert value is None or low <= value <= high, (name, low, value, high)
+    assert any("too few to tell this run from another" in w for w in res["warnings"])
+    assert "(95% intervals)" in capsys.readouterr().out
