@@ -10,8 +10,9 @@ front of the token embeddings of the frozen backbone, as in prompt tuning.
 
     x --> encoder (frozen) --> r --> G: d_enc -> 384 -> t x d --> [G(r)][x] --> frozen model
 
-Variants (the default is the original experiments' "IDPG (Original)": a separate frozen GPT-2
-encoder and an MLP generator):
+Variants (the default is the original experiments' "IDPG (Original)": a separate frozen encoder, by default a copy
+of the backbone, which is where the backbone is and reads its tokens; the original's GPT-2 small is
+--encoder_name_or_path gpt2; and an MLP generator):
   --train_encoder              their "IDPG (Trained)": the encoder trains too
   --prompt_only                their "PG": t learned encoder inputs replace the instance
   --encoder_name_or_path self  the paper's choice: the backbone itself, in a first no-grad pass
@@ -40,7 +41,7 @@ def parse_args(argv=None):
     parser.set_defaults(learning_rate=1e-3)
     add = parser.add_argument
     add("--num_virtual_tokens", type=int, default=20, help="prompt length t")
-    add("--encoder_name_or_path", default="gpt2", help="the encoder (the backbone's tokenizer), or self")
+    add("--encoder_name_or_path", default=None, help="the encoder (the backbone's tokenizer), or self; none: a copy")
     add("--train_encoder", action="store_true", help="train the encoder too (IDPG Trained)")
     add("--prompt_only", action="store_true", help="PG: t learned encoder inputs for every row")
     add("--generator", choices=["mlp", "phm"], default="mlp", help="G: an MLP, or PHM layers")
@@ -54,6 +55,7 @@ def parse_args(argv=None):
     args = check_args(parser, argv, "idpg")
     require(parser, args, "at least 1", "num_virtual_tokens", "generator_hidden", "phm_n")
     require(parser, args, "positive", "prompt_learning_rate")
+    args.encoder_name_or_path = args.encoder_name_or_path or args.model_name_or_path  # (a copy: offline, same tokens)
     if args.encoder_name_or_path == "self" and (args.train_encoder or args.prompt_only):
         fail("--encoder_name_or_path self goes with neither --train_encoder nor --prompt_only")
     return args
@@ -274,15 +276,23 @@ class IDPG(nn.Module):
         return r
 
     @torch.no_grad()
-    def cache_states(self, loader, gather=lambda tensors: tensors):
-        """The table: r of every row of the (prepared) training loader, once, gathered from every
-        rank (`gather` = accelerator.gather) and kept on the device by idx: rows x d_enc values
-        (GPT-2's 768 floats: 120 MB for MNLI-10%). Training forwards then never run the encoder, so
-        no rank must ask the others whether to (under ZeRO-3 a forward is a collective). Every rank
-        calls this."""
+    @torch.no_grad()
+    def cache_states(self, loader, gather=lambda tensors: tensors, batches=None, show=False):
+        """The table: r of the rows of the (prepared) training loader's first `batches` batches (None: all; a run of
+        fewer steps than an epoch needs no more), once, gathered from every rank (`gather` = accelerator.gather) and
+        kept on the device by idx: rows x d_enc values (GPT-2's 768 floats: 120 MB for MNLI-10%); `show`: a progress
+        bar. Training forwards then never run the encoder, so no rank must ask the others whether to (under ZeRO-3 a
+        forward is a collective). Every rank calls this."""
         keys = []
         states = []
-        for batch in loader:
+        total = len(loader) if batches is None else min(batches, len(loader))
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(0)  # the first epoch's order: the rows the first steps train on
+        for i, batch in enumerate(
+            tqdm(loader, total=total, desc="IDPG: encoding the training rows", disable=not show)
+        ):
+            if i == total:
+                break
             input_ids, attention_mask, _ = pack_left(batch["input_ids"], batch["attention_mask"])
             idx, r = gather((batch["idx"], self.represent(input_ids, attention_mask)))
             keys.append(idx)
@@ -429,9 +439,10 @@ def main(args):
         checkpoint.load_checkpoint(accelerator, state, loop.best_path(args.output_dir))
 
     plain = accelerator.unwrap_model(model)
-    if plain.cache:  # r of every training row, once (FSDP2: outside a forward, made whole)
+    if plain.cache:  # r of every training row the run will use, once (FSDP2: outside a forward, made whole)
+        needed = state.max_steps * accelerator.gradient_accumulation_steps  # (the first epoch's batches come first)
         with unsharded(plain):
-            plain.cache_states(train_loader, accelerator.gather)
+            plain.cache_states(train_loader, accelerator.gather, needed, show=accelerator.is_local_main_process)
 
     start_size = results.weights_size(accelerator, model)  # did the weights move? (results.json says)
     metrics, logits, runtime = train(

@@ -20,6 +20,7 @@ from common.checkpoint import load_trainable
 from common.data import Collator
 from tests.helpers import (
     ROOT,
+    args_for,
     check_load_trained,
     check_ok,
     eval_batches,
@@ -372,3 +373,24 @@ def test_encoder_dropout_changes_r_every_training_forward(encoder_dropout):
         model.eval()  # evaluation: dropout off, the same r every time
         c, d = (model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits for _ in range(2))
         assert torch.equal(c, d)
+
+
+def test_idpg_encodes_only_the_rows_its_steps_use(tiny_gpt2, glue_dir, tmp_path, monkeypatch):
+    """A frozen encoder's table holds r of the rows the run trains on: 2 steps of 8 rows encode 16 of the 32, not the
+    whole training set before step 1; an epoch or more encodes every row."""
+    import train_idpg
+
+    cached = []
+    fill = train_idpg.IDPG.cache_states
+
+    def counting(self, *args, **kwargs):
+        fill(self, *args, **kwargs)
+        cached.append(len(self.keys))
+
+    monkeypatch.setattr(train_idpg.IDPG, "cache_states", counting)
+    flags = ["--encoder_name_or_path", "self", "--num_virtual_tokens", "4", "--max_train_samples", "32"]
+    for out, steps in (("short", "2"), ("epoch", "4")):
+        run_in_process(
+            "train_idpg.py", args_for(tiny_gpt2, glue_dir, tmp_path / out, *flags, "--max_train_steps", steps)
+        )
+    assert cached == [16, 32]
