@@ -65,6 +65,7 @@ if __name__ == "__main__":
     args = parse_command_line(parse_args)  # --help and bad flags answer before the imports below take seconds
 
 import math
+import os
 import time
 
 import torch
@@ -89,6 +90,8 @@ def load_encoder(name, tokenizer, dtype=torch.float32):
 
     if name == "self":
         return None
+    if not os.path.isdir(name):
+        models.hub_reachable()
     try:
         encoder = AutoModel.from_pretrained(name, dtype=dtype)
         theirs = AutoTokenizer.from_pretrained(name)

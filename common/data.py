@@ -223,6 +223,9 @@ def load_glue(task, data_dir=None):
         return {split: datasets.Dataset.from_dict(read_table(task, path, split)) for split, path in task.files}
     splits = ("train",) + task.eval_splits + task.test_splits
     if data_dir is None:
+        from common.models import hub_reachable
+
+        hub_reachable()  # (no network: offline at once, the hub's cache still serves)
         try:
             hub = datasets.load_dataset("nyu-mll/glue", task.name)
         except Exception as e:  # offline, no cache, hub down

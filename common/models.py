@@ -1,13 +1,36 @@
 """The model: loading it with its tokenizer, freezing it, counting and grouping what trains, and running it with
 vectors put before the input embeddings (a prompt), with the mask and positions extended."""
 
+import functools
 import inspect
 import os
+import socket
+import urllib.parse
 
 import torch
 
 from common.errors import UsageError
 from common.tasks import get_task
+
+
+@functools.cache
+def hub_reachable(timeout=3.0):
+    """Whether the Hugging Face Hub answers within `timeout` seconds (one check). When it does not (no network), this
+    process goes offline: the hub's cache still serves what it holds, and a model or data set it lacks fails at once,
+    not after minutes of retries. Behind a proxy, or with HF_HUB_OFFLINE=1 set, the libraries decide."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HF_HUB_OFFLINE")):
+        return os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false")
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        import datasets.config
+        import huggingface_hub.constants
+
+        os.environ["HF_HUB_OFFLINE"] = "1"  # (and for the libraries that read it at import)
+        huggingface_hub.constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+        return False
 
 
 def load_tokenizer(name):
@@ -44,10 +67,13 @@ def load_model(
     a method puts before the input (virtual tokens). `fast_gelu`: GPT-2's gelu_new runs as about 8 elementwise
     kernels; gelu_pytorch_tanh is the same formula in one (logits within 1e-6, tested), so GPT-2 models load with
     it."""
+    import transformers
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     name = model_name_or_path
     task = get_task(task)
+    if not os.path.isdir(name):
+        hub_reachable()
     try:
         config = AutoConfig.from_pretrained(name)
         limit = getattr(config, "max_position_embeddings", None)
@@ -67,7 +93,14 @@ def load_model(
             options["label2id"] = {n: i for i, n in enumerate(task.label_names)}
         if fast_gelu and getattr(config, "activation_function", None) == "gelu_new":
             options["activation_function"] = "gelu_pytorch_tanh"
-        model = AutoModelForSequenceClassification.from_pretrained(name, **options)
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # (its load report calls the new head "MISSING ... train it")
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(name, output_loading_info=True, **options)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        new = [k if isinstance(k, str) else k[0] for k in [*info["missing_keys"], *info["mismatched_keys"]]]
+        model.new_weights = sorted({k.split(".")[0] for k in new})  # (mismatched: (name, shapes))
     except RuntimeError as e:
         if "ignore_mismatched_sizes" not in str(e):
             raise
@@ -78,7 +111,7 @@ def load_model(
         ) from None
     except OSError as e:
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-            hint = "HF_HUB_OFFLINE=1 is set: pass a local model directory or unset it"
+            hint = "offline (HF_HUB_OFFLINE=1, or the hub did not answer): pass a local model directory"
         else:
             hint = "pass a local model directory, or check the name and your network (HF_HUB_OFFLINE=1 fails fast)"
         first = str(e).strip().splitlines()[0][:160]
@@ -170,9 +203,12 @@ def count_params(model):
 
 
 def describe(model):
-    """How many of the model's parameters train, as a line to print."""
+    """How many of the model's parameters train, and which modules the checkpoint did not hold (a new head), as a line
+    to print."""
     trainable, total = count_params(model)
-    return f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.3f}%)"
+    new = sorted({n for m in model.modules() for n in getattr(m, "new_weights", [])})
+    fresh = f"; new, not in the checkpoint, trained by this run: {', '.join(new)}" if new else ""
+    return f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.3f}%){fresh}"
 
 
 def adamw(groups, lr, eps, accelerator):

@@ -52,30 +52,46 @@ def learning_warnings(metrics, majority, metric, labels, moved, learning_rates, 
     return warnings
 
 
-def draw_curves(log_history, metric, path):
-    """`path` (a PNG): the training loss at every logged step and the eval `metric` at every evaluation, against the
-    step. False when matplotlib is not installed."""
+def curves_figure(log_history, metric, majority=None, title=""):
+    """A matplotlib figure of a run: the training loss at every logged step (its axis from 0, so a small change looks
+    small) and the eval `metric` at every evaluation, with the `majority` class's score as a dashed line; None when
+    matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return False
+        return None
     losses = [(h["step"], h["loss"]) for h in log_history if h.get("loss") is not None]
     evals = [(h["step"], h[metric]) for h in log_history if h.get(metric) is not None]
     fig, left = plt.subplots(figsize=(6, 3.5), dpi=100)
     if losses:
         left.plot(*zip(*losses), color="C0", label="training loss")
+    left.set_ylim(bottom=0)
     left.set_xlabel("optimizer step")
     left.set_ylabel("training loss", color="C0")
     right = left.twinx()
     if evals:
         right.plot(*zip(*evals), "o-", color="C1", label=metric)
+    if majority is not None:
+        right.axhline(majority, color="C1", linestyle="--", linewidth=1, label="always the majority class")
+        right.legend(loc="lower right", fontsize=8)
     right.set_ylabel(f"eval {metric}", color="C1")
+    left.set_title(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def draw_curves(path, *args, **kwargs):
+    """curves_figure(*args, **kwargs) written to `path` (a PNG); False when matplotlib is not installed."""
+    fig = curves_figure(*args, **kwargs)
+    if fig is None:
+        return False
     with replacing(path) as tmp:
         fig.savefig(tmp, format="png")
+    import matplotlib.pyplot as plt
+
     plt.close(fig)
     return True
 
@@ -112,7 +128,7 @@ def write_results(
     sure = intervals(logits, eval_loaders, task)
     warnings = learning_warnings(metrics, majority, metric, labels, moved, learning_rates, state.max_steps)
     low, high = sure.get(metric, [0.0, 0.0])
-    if high - low > 0.2:  # (wider than 20 points: SST-2's 872 dev rows give about 5)
+    if high - low > 0.2 or len(labels) < 100:  # (SST-2's 872 dev rows know an accuracy to about 5 points)
         warnings.append(
             f"the eval split's {len(labels)} rows know {metric} only to within [{low:.2f}, {high:.2f}] (95%): too few "
             "to tell this run from another; evaluate on more rows"
@@ -148,7 +164,9 @@ def write_results(
             "train_tokens_per_s": per_second(tokens),
         }
         atomic_write_json(os.path.join(output_dir, "results.json"), results)
-        if not draw_curves(state.log_history, metric, os.path.join(output_dir, "curves.png")):
+        title = f"train_{method}.py on {task.name}: {os.path.basename(os.path.abspath(output_dir))}"
+        curves = os.path.join(output_dir, "curves.png")
+        if not draw_curves(curves, state.log_history, metric, majority.get(metric), title):
             accelerator.print("curves.png not written: matplotlib is not installed")
         os.remove(os.path.join(output_dir, LOCK))
     shown = [f"{k} {v:.4f}" + (" [{:.4f}, {:.4f}]".format(*sure[k]) if k in sure else "") for k, v in metrics.items()]

@@ -26,7 +26,7 @@ def real_glue():
     if not os.path.isfile(os.path.join(REAL_GLUE, "RTE", "dev.tsv")):
         message = (
             f"the real GLUE files are not at {REAL_GLUE}: set GLUE_DIR to a folder in GLUE's TSV layout "
-            "(python download_glue_data.py, or ../shared/glue beside the repository)"
+            "(GLUE's files from gluebenchmark.com, unpacked; or ../shared/glue beside the repository)"
         )
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)

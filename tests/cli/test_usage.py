@@ -68,3 +68,23 @@ def test_predict_and_summarize_read_a_finished_run(tiny_gpt2, glue_dir, tmp_path
     accuracy = 100 * results(out)["metrics"]["accuracy"]
     assert "| lora | lora | sst2 |" in table and f"| accuracy | {accuracy:.2f} |" in table
     assert (tmp_path / "runs.png").exists() and os.path.getsize(tmp_path / "runs.png") > 1000
+
+
+def test_the_load_report_names_the_new_head_once(tiny_gpt2, glue_dir, tmp_path, capsys):
+    """transformers' load report calls the new head "MISSING ... Consider training": the run says instead, once, that
+    it is new and that this run trains it."""
+    run_in_process("train_lora.py", args_for(tiny_gpt2, glue_dir, tmp_path / "o", "--max_train_steps", "1"))
+    printed = capsys.readouterr()
+    assert "MISSING" not in printed.out + printed.err
+    assert printed.out.count("new, not in the checkpoint, trained by this run: score") == 1
+
+
+def test_curves_have_honest_axes_the_majority_line_and_a_title():
+    from common.results import curves_figure
+
+    history = [{"step": s, "loss": 0.70 - 0.001 * s} for s in range(1, 21)] + [{"step": 20, "accuracy": 0.55}]
+    fig = curves_figure(history, "accuracy", majority=0.5, title="train_lora.py on sst2: lora-sst2")
+    loss_axis, metric_axis = fig.axes
+    assert loss_axis.get_ylim()[0] == 0  # a 0.02 change of the loss looks like one
+    assert any(list(line.get_ydata()) == [0.5, 0.5] for line in metric_axis.lines)  # the majority class's score
+    assert loss_axis.get_title() == "train_lora.py on sst2: lora-sst2"

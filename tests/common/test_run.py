@@ -263,11 +263,14 @@ def test_a_run_that_learns_nothing_says_so(tiny_gpt2, glue_dir, tmp_path):
             ),
         )
         runs[name] = results(tmp_path / name)
-    stuck = runs["stuck"]["warnings"]
+    small = "too few to tell this run from another"  # (32 dev rows: every run here says so too)
+    stuck = [w for w in runs["stuck"]["warnings"] if small not in w]
     assert runs["stuck"]["majority_metrics"] == {"accuracy": 0.5}
     assert len(stuck) == 1 and all("--learning_rate 1e-09" in line for line in stuck), stuck
     assert "within 1 point of always predicting the majority class (0.5000)" in stuck[0]
-    assert runs["learns"]["warnings"] == [] and runs["learns"]["metrics"]["accuracy"] > 0.6
+    assert [w for w in runs["learns"]["warnings"] if small not in w] == [] and runs["learns"]["metrics"][
+        "accuracy"
+    ] > 0.6
 
     # The curve: an entry per logged step (the epoch as a fraction), an evaluation every epoch.
     history = runs["learns"]["log_history"]
