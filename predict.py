@@ -35,9 +35,10 @@ def load_run(output_dir, best=False):
 
     try:
         flags = read_json(os.path.join(output_dir, "args.json"))
+        assert isinstance(flags, dict) and "max_length" in flags, "args.json is not a run's flags"
         task = run_task(flags)
         add_method = importlib.import_module(f"train_{flags['method']}").add_method
-    except (OSError, ValueError, KeyError, TypeError, ImportError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError, ImportError) as e:
         raise UsageError(
             f"{output_dir} holds no run of these scripts ({type(e).__name__}: {e}); pass a run's --output_dir"
         )

@@ -82,7 +82,7 @@ def main(args):
     train_loader, eval_loaders = data.make_dataloaders(
         accelerator,
         tokenizer,
-        models.takes_position_ids(model),
+        position_ids=models.takes_position_ids(model),
         task=task,
         data_dir=args.data_dir,
         max_length=args.max_length,
@@ -98,8 +98,6 @@ def main(args):
         fixed_lengths=args.torch_compile,
         do_predict=args.do_predict,
     )
-    # Only now, the model and the data loaded, does an earlier run's output make way for this run's.
-    loop.take_output_dir(accelerator, state, train_loader, eval_loaders)
     groups = models.optimizer_groups(model.parameters(), args.weight_decay)
     optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
     state.steps_per_epoch, state.max_steps = loop.count_steps(
@@ -111,7 +109,9 @@ def main(args):
     )
     eval_loaders = dict(zip(eval_loaders, loaders))
     if state.resume_from:  # the model, optimizer, scheduler, random states and the loop's state
-        checkpoint.load_checkpoint(accelerator, state, loop.best_path(args.output_dir))
+        checkpoint.load_checkpoint(accelerator, state)
+    # Only now, everything loaded and checked, does an earlier run's output make way for this run's.
+    loop.take_output_dir(accelerator, state, train_loader, eval_loaders)
 
     start_size = results.weights_size(accelerator, model)  # did the weights move? (results.json says)
     metrics, logits, runtime = train(
@@ -144,17 +144,17 @@ def main(args):
 def train(args, task, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names):
     """The loop: every epoch, less what a resumed run did, until the last step or early stopping. Returns the last
     evaluation (metrics, logits) and the seconds spent training. `names`: the trainable weights, kept in best/."""
-    best = loop.best_path(args.output_dir)
+    best_file = loop.best_path(args.output_dir)
     select = evaluation.selected_metric(task, eval_loaders)  # the metric that picks best/ and stops early
     eval_every = args.eval_steps or state.steps_per_epoch
     bar = tqdm(total=state.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
     started, metrics = time.perf_counter(), None
     for epoch in range(state.step // state.steps_per_epoch, math.ceil(state.max_steps / state.steps_per_epoch)):
-        if state.finished:  # (a resumed run that had stopped)
+        if state.finished:  # early stopping (or a resumed run that had stopped)
             break
         model.train()
         train_loader.set_epoch(epoch)  # a new shuffle, the same on every rank and after a resume
-        done = (state.step - epoch * state.steps_per_epoch) * accelerator.gradient_accumulation_steps
+        done = (state.step - epoch * state.steps_per_epoch) * accelerator.gradient_accumulation_steps  # batches
         for batch in accelerator.skip_first_batches(train_loader, done) if done else train_loader:
             batch.pop("idx")  # the rows' positions in their file: not an input of the model
             with accelerator.accumulate(model):  # syncs the gradients and steps only every Nth batch
@@ -163,8 +163,8 @@ def train(args, task, accelerator, state, model, optimizer, scheduler, train_loa
                 if accelerator.sync_gradients and args.max_grad_norm:  # (DeepSpeed clips in its own step)
                     state.grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()  # (between those, accumulate makes this and zero_grad no-ops)
-                if accelerator.sync_gradients:
-                    scheduler.step()  # once per optimizer step
+                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()  # once per optimizer step (fp16: not after a step its scaler skipped)
                 optimizer.zero_grad()
             state.count(loss, batch["attention_mask"])
             if not accelerator.sync_gradients:
@@ -177,17 +177,18 @@ def train(args, task, accelerator, state, model, optimizer, scheduler, train_loa
             if state.step % eval_every == 0 or state.step == state.max_steps:
                 metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, task)
                 if loop.log_evaluation(accelerator, state, metrics, select, bar):  # the best so far
-                    checkpoint.save_trainable(accelerator, model, names, best)
+                    checkpoint.save_trainable(accelerator, model, names, best_file)
                 loop.stop_early(state, args.early_stopping_patience, select, bar)
             if loop.checkpoint_due(state, args.checkpointing_steps):
-                state.last_saved = checkpoint.save_checkpoint(accelerator, args.output_dir, state, best)
+                state.last_saved = checkpoint.save_checkpoint(accelerator, args.output_dir, state, best_file)
             state.aside += time.perf_counter() - paused
             if state.finished:
                 break
     bar.close()
+    runtime = time.perf_counter() - started - state.aside
     if metrics is None:  # a resumed run that had no step left
         metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, task)
-    return metrics, logits, time.perf_counter() - started - state.aside
+    return metrics, logits, runtime
 
 
 if __name__ == "__main__":

@@ -430,7 +430,11 @@ def main():
             "smollm2-grid": smollm2,
             "smollm2": [smollm2_sweep_table(os.path.join(results, "accuracy-smollm2-sweep.json"))],
             "accuracy": [accuracy_table(p) for p in minilm],
-            "speed": [speed_table(os.path.join(results, "speed.json"))],
+            "speed": [
+                speed_table(p)
+                for p in (os.path.join(results, f) for f in ("speed.json", "speed-gc.json"))
+                if os.path.exists(p)
+            ],
             "gpu": [gpu_table(p) for p in sorted(glob.glob(os.path.join(results, "gpu*.json")))],
             "gpu-plan": gpu_plan(os.path.join(results, "gpu-grid")),
         },

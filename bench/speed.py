@@ -42,6 +42,9 @@ CONFIGS = {
     "adapters_houlsby": ("adapters_houlsby", 0, "ref"),
     "pfeiffer": ("pfeiffer", 0, "ours"),
     "adapters_pfeiffer": ("adapters_pfeiffer", 0, "ref"),
+    # --gradient_checkpointing (python bench/speed.py --configs full,full_gc,lora,lora_gc --out .../speed-gc.json)
+    "full_gc": ("full_gc", 0, "ours"),
+    "lora_gc": ("lora_gc", 0, "ours"),
 }
 # (config, baseline, target ratio)
 RATIOS = [
@@ -58,10 +61,18 @@ RATIOS = [
     ("prefix", "peft_prefix", 1.0),
     ("houlsby", "adapters_houlsby", 1.0),
     ("pfeiffer", "adapters_pfeiffer", 1.0),
+    ("full_gc", "full", None),
+    ("lora_gc", "lora", None),
 ]
 
 
 def build(method, layers):
+    if method.endswith("_gc"):  # the same, with gradient checkpointing (as --gradient_checkpointing)
+        from common.models import checkpoint_activations
+
+        model = build(method[:-3], layers)
+        checkpoint_activations(model)
+        return model
     import torch
     from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2Model
 

@@ -4,9 +4,10 @@ parses its flags before it imports torch, so --help answers at once)."""
 import argparse
 import math
 import os
+import re
 
 from common.errors import fail
-from common.outputs import writable
+from common.outputs import why_not_writable
 from common.tasks import TASKS, get_task
 
 SCHEDULES = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
@@ -21,6 +22,7 @@ class Parser(argparse.ArgumentParser):
         pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         pre.add_argument("--config", default=None)
         path = pre.parse_known_args(args)[0].config
+        self.script_defaults = {a.dest: a.default for a in self._actions}  # (before a config file's replace them)
         if path:
             self.set_defaults(**self.read_config(path))
         return super().parse_known_args(args, namespace)
@@ -42,11 +44,13 @@ class Parser(argparse.ArgumentParser):
         try:
             with open(path) as f:
                 values = yaml.load(f, Loader=Loader) or {}
-        except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+        except (OSError, yaml.YAMLError, ValueError, RecursionError) as e:  # (ValueError: a 5,000-digit number)
             fail(f"cannot read --config {path} ({type(e).__name__}); pass a YAML file of flags")
         if not isinstance(values, dict):
             fail(f"--config {path} must hold flags as `name: value` lines")
         actions = {a.dest: a for a in self._actions}
+        if any(not isinstance(k, str) for k in values):
+            fail(f"--config {path}: every flag's name must be text, got {sorted(map(repr, values))[0]}")
         unknown = sorted(set(values) - set(actions) - {"config"})
         if unknown:
             fail(f"--config {path} names flags this script does not have: {', '.join(unknown)}")
@@ -60,14 +64,16 @@ def typed(path, action, value):
         action.required = False  # (--task in a file: the command line need not repeat it)
         return value
     ok = isinstance(value, bool) if switch else not isinstance(value, (bool, list, dict)) and value is not None
-    if ok and not switch and action.type is not None:
+    if ok and not switch and action.type is None:  # a path, a name, a count: text (not YAML's dates or floats)
+        ok, value = isinstance(value, (str, int)), str(value)
+    elif ok and not switch:
         try:
             value = action.type(value) if isinstance(value, str) or action.type is float else value
             ok = isinstance(value, action.type) or (action.type is float and isinstance(value, int))
-        except ValueError:
+        except (ValueError, OverflowError):
             ok = False
     if not ok:
-        kind = "true or false" if switch else {int: "a whole number", float: "a number"}.get(action.type, "a value")
+        kind = "true or false" if switch else {int: "a whole number", float: "a number"}.get(action.type, "text")
         fail(f"--config {path}: {name} takes {kind}, got {value!r}")
     if action.choices is not None and value not in action.choices:
         fail(f"--config {path}: {name} must be one of {', '.join(map(str, action.choices))}")
@@ -150,7 +156,7 @@ def require(parser, args, rule, *names):
     for name in names:
         value = getattr(args, name)
         if value is not None and not ok(value):
-            default = parser.get_default(name)
+            default = getattr(parser, "script_defaults", {}).get(name, parser.get_default(name))
             fail(
                 f"--{name} must be {want}, got {value}; "
                 + ("leave it out" if default is None else f"the default is {default}")
@@ -179,6 +185,8 @@ def check_args(parser, argv, script):
         "ddp_timeout"
     )
     require(parser, args, "at least 1", *at_least_1.split())
+    if args.ddp_timeout > 10**6 or (args.pad_to_multiple_of or 1) > args.max_length:
+        fail("--ddp_timeout is at most 1000000 seconds, and --pad_to_multiple_of at most --max_length")
     if args.validation_size is not None and args.validation_dev_half:
         fail("--validation_size and --validation_dev_half both choose the validation set; pass one of them")
     if args.base_dtype != "float32" and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "no":
@@ -187,7 +195,7 @@ def check_args(parser, argv, script):
             "--mixed_precision bf16 (fp16), or drop --base_dtype"
         )
     every = args.checkpointing_steps
-    if every not in (None, "epoch") and not (str(every).isdigit() and int(every) >= 1):
+    if every not in (None, "epoch") and not (re.fullmatch(r"[0-9]+", str(every)) and int(every) >= 1):
         fail(f"--checkpointing_steps takes a number of steps (at least 1) or 'epoch', got '{every}'")
     if not 0 <= args.seed < 2**32:
         fail(f"--seed must be from 0 to 2**32 - 1 (numpy's range), got {args.seed}")
@@ -196,7 +204,7 @@ def check_args(parser, argv, script):
     if os.path.isdir(args.model_name_or_path):  # one folder, one name: DIR and DIR/ are the same run's
         args.model_name_or_path = os.path.normpath(args.model_name_or_path)
     args.output_dir = args.output_dir or os.path.join("runs", f"{script}-{args.task or 'files'}")
-    why = writable(args.output_dir)
+    why = why_not_writable(args.output_dir)
     if why:
         fail(f"cannot write to --output_dir {args.output_dir} ({why}); pass a folder you can write to")
     return args

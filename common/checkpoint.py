@@ -180,8 +180,10 @@ def damage(path):
     try:
         written = read_json(os.path.join(path, "trainer_state.json"))["files"]
         written = {name: (int(size), str(sha)) for name, (size, sha) in written.items()}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return "it has no readable trainer_state.json (its run stopped while saving it)"
+    if not any(name.startswith("random_states") for name in written):  # (every save writes them)
+        return "its trainer_state.json lists no random states: it was not written by a run's save"
     for name, (size, sha) in written.items():
         file = os.path.join(path, name)
         if not os.path.isfile(file):
@@ -265,23 +267,19 @@ def check_resume(accelerator, output_dir, which, identity):
     return path
 
 
-def load_checkpoint(accelerator, state, best_path):
-    """Restore the prepared objects and the loop's `state` (TrainState) from the checkpoint state.resume_from, and its
-    best weights to `best_path` (a new file: the checkpoint's stays as it is). A file that cannot be read (damaged
-    after it was written) is a one-line error."""
+def load_checkpoint(accelerator, state):
+    """Restore the prepared objects and the loop's `state` (TrainState) from the checkpoint state.resume_from. A file
+    that cannot be read (damaged after it was written) is a one-line error; nothing of the output folder changes (its
+    best weights come back in take_output_dir)."""
     path = state.resume_from
     try:
         accelerator.load_state(path)
-    except Exception as e:  # a corrupt pickle or tensor file: what torch and DeepSpeed raise varies
+        state.load_state_dict(read_json(os.path.join(path, "trainer_state.json")), accelerator)
+    except Exception as e:  # a corrupt pickle or tensor file, an edited state: what torch and DeepSpeed raise varies
         first = (str(e).strip().splitlines() or [""])[0][:160]
         raise UsageError(
             f"cannot resume from {path} ({type(e).__name__}: {first}): pass an earlier checkpoint, "
             "or start over with --overwrite_output_dir"
         ) from None
-    state.load_state_dict(read_json(os.path.join(path, "trainer_state.json")), accelerator)
-    kept = os.path.join(path, "best.safetensors")  # best/ as it was then
-    if accelerator.is_main_process and os.path.exists(kept):
-        with replacing(best_path) as tmp:
-            shutil.copyfile(kept, tmp)
     state.last_saved = path
     accelerator.print(f"resumed from {path} at step {state.step}")

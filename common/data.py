@@ -5,6 +5,7 @@ in order, whatever the file's own index column says."""
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -21,6 +22,23 @@ HELD_OUT = "heldout"
 DEV_HALF_SEED = 0  # --validation_dev_half: the same halves for every run, whatever its --seed
 
 
+def read_text(path):
+    """A file's text (UTF-8, a byte-order mark dropped); a UsageError naming the line of a byte that is not UTF-8, or
+    why the file cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read {path} ({e.strerror}); pass a file you can read") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UsageError(
+            f"{path}, line {line}: byte 0x{data[e.start]:02x} is not UTF-8; save the file as UTF-8"
+        ) from None
+
+
 def read_tsv(task, path, labeled=True):
     """One GLUE TSV file as a dict of hub-style columns: the texts, label, idx (the row's position in the file, 0..n-1:
     the key the scripts use) and index (the file's own index column, written back in prediction files; the position
@@ -33,14 +51,8 @@ def read_tsv(task, path, labeled=True):
     is a UsageError naming the file and the line."""
     task = get_task(task)
     csv.field_size_limit(sys.maxsize)
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = [(n, r) for n, r in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1) if r]
-    except UnicodeDecodeError as e:
-        line = open(path, "rb").read()[: e.start].count(b"\n") + 1
-        raise UsageError(
-            f"{path}, line {line}: byte 0x{e.object[e.start]:02x} is not UTF-8; save the file as UTF-8"
-        ) from None
+    text = io.StringIO(read_text(path), newline="")
+    rows = [(n, r) for n, r in enumerate(csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE), 1) if r]
     if not rows:
         raise UsageError(f"{path} is empty; it must hold GLUE's {task.tsv_dir} rows")
     header = [h.strip() for h in rows[0][1]]
@@ -93,7 +105,7 @@ def _label(task, raw, path, line):
     if raw in task.label_names:
         return task.label_names.index(raw)
     # CoLA, SST-2, MRPC, QQP, WNLI store the id
-    if raw.strip().isdigit() and int(raw) < task.num_labels:
+    if raw.strip().isascii() and raw.strip().isdecimal() and int(raw) < task.num_labels:
         return int(raw)
     raise UsageError(
         f"{path}, line {line}: label '{raw}' is not one of {', '.join(task.label_names)} (or 0-{task.num_labels - 1})"
@@ -101,7 +113,7 @@ def _label(task, raw, path, line):
 
 
 def _index(raw, path, line):
-    if not raw.strip().isdigit():
+    if not (raw.strip().isascii() and raw.strip().isdecimal()):
         raise UsageError(f"{path}, line {line}: the index column holds '{raw[:40]}', not a row number")
     return int(raw)
 
@@ -114,27 +126,27 @@ def read_rows(path):
     kind = os.path.splitext(path)[1].lower()
     if kind not in (".csv", ".tsv", ".jsonl", ".json"):
         raise UsageError(f"{path}: pass a .csv, .tsv or .jsonl file (one row a line)")
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            if kind in (".jsonl", ".json"):
-                rows = [(n, json.loads(t)) for n, t in enumerate(f, 1) if t.strip()]
-                for n, row in rows:
-                    if not isinstance(row, dict):
-                        raise UsageError(f"{path}, line {n}: not a JSON object of columns")
-            else:
-                reader = csv.reader(f, **({"delimiter": "\t", "quoting": csv.QUOTE_NONE} if kind == ".tsv" else {}))
-                lines = [(reader.line_num, r) for r in reader if r]
-                header, width = lines[0][1] if lines else [], len(lines[0][1]) if lines else 0
-                for n, r in lines[1:]:
-                    if len(r) != width:
-                        raise UsageError(f"{path}, line {n}: {len(r)} fields where the header has {width}")
-                rows = [(n, dict(zip(header, r))) for n, r in lines[1:]]
-    except OSError as e:
-        raise UsageError(f"cannot read {path} ({e.strerror}); pass a file you can read") from None
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path}: byte 0x{e.object[e.start]:02x} is not UTF-8; save the file as UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path}, line {e.doc.count(chr(10)) + 1}: not a JSON object ({e.msg})") from None
+    text = read_text(path)
+    if kind in (".jsonl", ".json"):
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except (ValueError, RecursionError):
+                row = []
+            if row is not None and not isinstance(row, dict):
+                raise UsageError(f"{path}, line {n}: not a JSON object of columns (one object a line)")
+            rows += [(n, row)] if row is not None else []
+    else:
+        reader = csv.reader(
+            io.StringIO(text, newline=""), **({"delimiter": "\t", "quoting": csv.QUOTE_NONE} if kind == ".tsv" else {})
+        )
+        lines = [(reader.line_num, r) for r in reader if r]
+        header, width = lines[0][1] if lines else [], len(lines[0][1]) if lines else 0
+        for n, r in lines[1:]:
+            if len(r) != width:
+                raise UsageError(f"{path}, line {n}: {len(r)} fields where the header has {width}")
+        rows = [(n, dict(zip(header, r))) for n, r in lines[1:]]
     if not rows:
         raise UsageError(f"{path} has no rows")
     return rows
@@ -158,6 +170,8 @@ def file_task(train_file, validation_file, test_file=None, text_columns=None, la
     columns = rows[0][1].keys()
     if text_columns:
         texts = tuple(text_columns.split(","))
+        if not 1 <= len(texts) <= 2:
+            raise UsageError(f"--text_columns names one column or two (a pair), got {len(texts)}: {text_columns}")
     else:
         texts = ("sentence1", "sentence2") if {"sentence1", "sentence2"} <= columns else ("sentence",)
     for line, row in rows:
@@ -166,8 +180,8 @@ def file_task(train_file, validation_file, test_file=None, text_columns=None, la
             hint = " (name them with --text_columns and --label_column)" if line == rows[0][0] else ""
             raise UsageError(f"{train_file}, line {line}: no {missing[0]} column, or it is empty{hint}")
     labels = {str(row[label_column]).strip() for _, row in rows}
-    numbers = all(re.fullmatch(r"-?\d+(\.\d*)?([eE][-+]?\d+)?", v) for v in labels)
-    if numbers and not all(v.lstrip("-").isdigit() for v in labels):
+    numbers = all(re.fullmatch(r"-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?", v) for v in labels)
+    if numbers and not all(re.fullmatch(r"-?[0-9]+", v) for v in labels):
         names, metric = (), "pearson"  # scores: a regression
     else:
         names, metric = tuple(sorted(labels, key=int) if numbers else sorted(labels)), "accuracy"
@@ -408,8 +422,8 @@ def load_splits(
 def make_dataloaders(
     accelerator,
     tokenizer,
-    position_ids=True,
     *,
+    position_ids=True,
     task,
     data_dir=None,
     max_length=128,

@@ -65,8 +65,9 @@ def say_once(code, message):
     prints it (whichever rank failed first is heard), and a process stopped after another's error (the launcher
     terminates the others) stays silent and leaves with that error's status. Returns the exit status."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        port = os.environ.get("MASTER_PORT", "")
-        said = os.path.join(tempfile.gettempdir(), f"peft-scripts-{os.getppid()}-{port}.said")  # the launcher's pid
+        launch = [os.getppid(), *(os.environ.get(k, "") for k in ("MASTER_PORT", "TORCHELASTIC_RUN_ID"))]
+        launch.append(os.environ.get("TORCHELASTIC_RESTART_COUNT", ""))  # (a restarted group speaks again)
+        said = os.path.join(tempfile.gettempdir(), "peft-scripts-" + "-".join(map(str, launch)) + ".said")
         try:
             with open(said, "x") as f:
                 f.write(str(code))

@@ -7,6 +7,7 @@ import datetime
 import importlib.util
 import math
 import os
+import shutil
 import uuid
 
 import torch
@@ -14,7 +15,7 @@ import torch
 from common.checkpoint import check_resume, run_identity
 from common.data import fingerprint
 from common.errors import NO_CHECKPOINT, UsageError, agree
-from common.outputs import atomic_write_json, claim, inside, read_json, take_over
+from common.outputs import atomic_write_json, claim, inside, read_json, replacing, take_over
 
 # What every run writes in OUTPUT_DIR (a script names its own outputs beside these).
 OUTPUTS = ("args.json", "results.json", "eval_logits.safetensors", "trainable.safetensors", "best")
@@ -114,11 +115,11 @@ def start_run(
 
 
 def take_output_dir(accelerator, state, train_loader, eval_loaders):
-    """What start_run claimed, carried out once everything the run needs has loaded (a model that lived in the earlier
-    run's folder, say): a resumed checkpoint must have been trained on the same rows (their fingerprint, from the
-    loaders' training and labelled eval sets, is part of the run's identity); then the earlier run's files are
-    removed, this run's manifest and args.json (what predict.py rebuilds the model from) written, the trackers
-    started."""
+    """What start_run claimed, carried out once everything the run needs has loaded and been checked (a model that
+    lived in the earlier run's folder, say, and the resumed checkpoint's states): a resumed checkpoint must have been
+    trained on the same rows (their fingerprint, from the loaders' training and labelled eval sets, is part of the
+    run's identity); then the earlier run's files are removed, this run's manifest and args.json (what predict.py
+    rebuilds the model from) written, the checkpoint's best weights put back in best/, the trackers started."""
     output_dir, earlier, outputs, flags, tracking = state.claim
     labelled = [loader.dataset for split, loader in eval_loaders.items() if not split.startswith("test")]
     state.data = fingerprint([train_loader.dataset, *labelled])
@@ -132,6 +133,10 @@ def take_output_dir(accelerator, state, train_loader, eval_loaders):
     if accelerator.is_main_process:
         take_over(output_dir, earlier, outputs, state.run_id)
         atomic_write_json(os.path.join(output_dir, "args.json"), flags)
+        kept = os.path.join(state.resume_from or "", "best.safetensors")  # best/ as it was at the checkpoint
+        if state.resume_from and os.path.exists(kept):
+            with replacing(best_path(output_dir)) as tmp:  # (a new file: the checkpoint's stays as it is)
+                shutil.copyfile(kept, tmp)
     accelerator.wait_for_everyone()
     if tracking:
         scalars = {k: v for k, v in flags.items() if isinstance(v, (int, float, str))}
@@ -161,6 +166,7 @@ class TrainState:
         self.identity = identity  # what a checkpoint must match to be resumed (run_identity)
         self.resume_from = resume_from  # the checkpoint to resume (checkpoint.load_checkpoint), or None
         self.data = None  # the fingerprint of the rows it trains and chooses on (take_output_dir)
+        self.claim = None  # what start_run claimed in OUTPUT_DIR, for take_output_dir to carry out
         self.steps_per_epoch = self.max_steps = None  # the run's length (count_steps)
         self.step = 0  # optimizer steps taken
         self.log_history = []  # the loss every --logging_steps, and every evaluation

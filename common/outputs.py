@@ -122,7 +122,7 @@ def owner(path):
     return None
 
 
-def writable(path):
+def why_not_writable(path):
     """Why `path` cannot become a folder this process writes to ('' when it can), without making anything: it is a
     file, lies under a file, or its nearest existing folder is read-only."""
     if os.path.exists(path) and not os.path.isdir(path):
@@ -153,21 +153,29 @@ def take_lock(output_dir, run_id):
     live process's lock is a UsageError."""
     lock = os.path.join(output_dir, LOCK)
     me, host = os.getpid(), socket.gethostname()
-    for _ in range(2):
+    for _ in range(3):
         try:
             with open(lock, "x") as f:
                 f.write(f"{me} {host} {run_id}\n")
             return lock
         except FileExistsError:
-            fields = open(lock, errors="replace").read().split()
-            pid = int(fields[0]) if fields and fields[0].isdigit() else None
+            try:
+                fields = open(lock, errors="replace").read().split()
+            except FileNotFoundError:  # (another run took it over just now: try again)
+                continue
+            pid = int(fields[0]) if fields and fields[0].isascii() and fields[0].isdecimal() else None
             theirs = fields[1] if len(fields) > 1 else ""
-            if pid is not None and theirs == host and pid != me and alive(pid):
+            if pid is not None and pid != me and (theirs != host or alive(pid)):
+                where = "" if theirs == host else f" on {theirs}; if it is not running there, remove {lock}"
                 raise UsageError(
-                    f"another run (pid {pid}) is writing to {output_dir}: wait for it to end, "
+                    f"another run (pid {pid}{where}) is writing to {output_dir}: wait for it to end, "
                     "or pass another --output_dir"
                 ) from None
-            os.remove(lock)
+            try:  # taken over by renaming (atomic: of two runs taking over at once, one does)
+                os.rename(lock, f"{lock}.stale-{me}")
+                os.remove(f"{lock}.stale-{me}")
+            except FileNotFoundError:
+                pass
     raise UsageError(f"cannot take {lock}: another run keeps taking it; pass another --output_dir")
 
 
@@ -185,7 +193,8 @@ def manifest_entries(output_dir):
         raise UsageError(f"{path} is not a run's manifest (no list of outputs); move it away") from None
     for name in names:
         parent = os.path.dirname(os.path.join(output_dir, name))
-        if os.path.isabs(name) or ".." in name.split("/") or not inside(parent, output_dir):
+        outside = os.path.isabs(name) or ".." in name.split("/") or os.path.normpath(name or ".") == "."
+        if outside or not inside(parent, output_dir):
             raise UsageError(
                 f"{path} names '{name}', outside {output_dir}: a run never writes there, so nothing of it is "
                 "removed; move the folder's manifest away if you trust the rest"
@@ -201,6 +210,11 @@ def claim(output_dir, outputs, run_id, overwrite=False, resuming_here=False):
     or checkpoints (unless `overwrite`, or `resuming_here`: the same run continues), or when one of `outputs` exists
     and no run made it."""
     paths = [os.path.join(output_dir, name) for name in outputs if name]
+    for path in paths:  # a link where the run writes would take its writes (and removals) elsewhere
+        if os.path.islink(path):
+            raise UsageError(
+                f"{path} is a link ({os.readlink(path)}): a run writes in its own folder; remove the link"
+            )
     outputs = [os.path.relpath(p, output_dir) for p in paths if inside(p, output_dir)]
     try:
         os.makedirs(output_dir, exist_ok=True)
@@ -214,7 +228,11 @@ def claim(output_dir, outputs, run_id, overwrite=False, resuming_here=False):
             *steps(output_dir)[:1],
             *[p for p in (os.path.join(output_dir, f) for f in files) if os.path.exists(p)],
         ]
-        if resuming_here:
+        if resuming_here:  # (the same run goes on: its files stay; nobody else's may stand in its way)
+            ours = {*(earlier or []), LOCK, MANIFEST}
+            foreign = [n for n in outputs if n not in ours and os.path.lexists(os.path.join(output_dir, n))]
+            if foreign:
+                raise UsageError(f"{output_dir}/{foreign[0]} exists and no run wrote it; move it away")
             return lock, [], sorted(set(outputs) | set(earlier or []))
         if saved and not overwrite:
             what = "checkpoints" if steps(output_dir) else "results"

@@ -1,6 +1,7 @@
 """Nothing silently wrong, part three: the holes a hostile test found in the protections themselves. Each case ends
 right through the command line (`cli`: a script's main() under run_main, as `python train_X.py` runs it)."""
 
+import hashlib
 import json
 import math
 import os
@@ -289,3 +290,130 @@ def current_umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# What a hostile reading of the protections found next, each case closed.
+def test_a_link_where_the_run_writes_is_refused(tiny_gpt2, glue_dir, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "trainable.safetensors").write_text("a user's file")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "best").symlink_to(elsewhere)
+    message = one_line(*cli("train_full.py", args_for(tiny_gpt2, glue_dir, out)))
+    assert f"{out}/best is a link" in message
+    assert (elsewhere / "trainable.safetensors").read_text() == "a user's file"
+
+
+@pytest.mark.parametrize("entry", ["", ".", "./"])
+def test_a_manifest_naming_the_folder_itself_removes_nothing(entry, tiny_gpt2, glue_dir, tmp_path):
+    out = finished(tiny_gpt2, glue_dir, tmp_path / "out")
+    (out / "my_notes.txt").write_text("mine")
+    manifest = json.load(open(out / "manifest.json"))
+    (out / "manifest.json").write_text(json.dumps({**manifest, "outputs": [entry, *manifest["outputs"]]}))
+    message = one_line(*cli("train_full.py", args_for(tiny_gpt2, glue_dir, out, "--overwrite_output_dir")))
+    assert "nothing of it is removed" in message and (out / "my_notes.txt").read_text() == "mine"
+
+
+def test_a_resume_does_not_write_over_a_users_folder(tiny_gpt2, glue_dir, tmp_path):
+    flags = ["--max_train_steps", "2", "--checkpointing_steps", "1"]
+    run_in_process("train_full.py", args_for(tiny_gpt2, glue_dir, tmp_path / "out", *flags))
+    (tmp_path / "out" / "results.json").unlink()
+    (tmp_path / "out" / "predictions").mkdir()  # a user's, where --do_predict would write
+    resume = args_for(tiny_gpt2, glue_dir, tmp_path / "out", *flags, "--do_predict", resume_from_checkpoint="latest")
+    assert "predictions exists and no run wrote it" in one_line(*cli("train_full.py", resume))
+
+
+def test_a_resume_that_does_not_load_keeps_the_earlier_run(tiny_gpt2, glue_dir, tmp_path):
+    flags = ["--max_train_steps", "2", "--checkpointing_steps", "1"]
+    run_in_process("train_full.py", args_for(tiny_gpt2, glue_dir, tmp_path / "a", *flags))
+    earlier = finished(tiny_gpt2, glue_dir, tmp_path / "b")
+    step = tmp_path / "a" / "checkpoints" / "step_1"
+    state = json.load(open(step / "trainer_state.json"))
+    (step / "optimizer.bin").write_bytes(b"\0" * 64)  # listed as it is now: it passes the hash, then fails to load
+    state["files"]["optimizer.bin"] = [64, hashlib.sha256(b"\0" * 64).hexdigest()]
+    (step / "trainer_state.json").write_text(json.dumps(state))
+    resume = args_for(tiny_gpt2, glue_dir, earlier, *flags, "--overwrite_output_dir", resume_from_checkpoint=step)
+    assert one_line(*cli("train_full.py", resume)).startswith(f"error: cannot resume from {step} (")
+    assert (earlier / "results.json").exists() and (earlier / "model").exists()
+
+
+@pytest.mark.parametrize(
+    "name,text,expected",
+    [
+        ("t.jsonl", '{"sentence": "a", "label": "x"}\n' * 9 + "[1, 2\n", "line 10: not a JSON object"),
+        ("t.jsonl", '{"sentence": "a", "label": "x"}\n' + "[" * 100000 + "\n", "line 2: not a JSON object"),
+        ("t.csv", "sentence,label\n" + "a,x\n" * 2000 + "caf\xe9,x\n", "line 2002: byte 0xe9 is not UTF-8"),
+    ],
+)
+def test_your_files_errors_name_the_right_line(name, text, expected, tiny_gpt2, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1") if "\xe9" in text else text.encode())
+    good = tmp_path / "dev.csv"
+    good.write_text("sentence,label\na,x\nb,y\n")
+    flags = ["--train_file", path, "--validation_file", good, "--model_name_or_path", tiny_gpt2]
+    message = one_line(*cli("train_full.py", [*flags, "--output_dir", tmp_path / "o"]))
+    assert f"{path}, {expected}" in message, message
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("output_dir: 2024-05-01", "output_dir takes text"),
+        ("1: 2", "every flag's name must be text"),
+        ("learning_rate: 1e400", "--learning_rate must be positive, got inf; the default is 0.0005"),
+        ("seed: " + "9" * 5000, "cannot read --config"),
+    ],
+    ids=["date", "number as name", "overflow", "5000 digits"],
+)
+def test_config_values_yaml_would_give_another_type(text, expected, tiny_gpt2, glue_dir, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(text + "\n")
+    message = one_line(*cli("train_lora.py", args_for(tiny_gpt2, glue_dir, tmp_path / "o", "--config", config)))
+    assert expected in message, message
+
+
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--checkpointing_steps", "\u00b2"], "--checkpointing_steps takes a number of steps"),
+        (["--ddp_timeout", "100000000000000"], "--ddp_timeout is at most 1000000 seconds"),
+        (["--pad_to_multiple_of", "1000000000"], "--pad_to_multiple_of at most --max_length"),
+        (["--text_columns", "a,b,c", "--train_file", "TRAIN", "--validation_file", "TRAIN"], "one column or two"),
+    ],
+)
+def test_more_numbers_and_names_out_of_their_domain(flags, expected, tiny_gpt2, glue_dir, tmp_path):
+    train = tmp_path / "train.csv"
+    train.write_text("a,b,c,label\nx,y,z,p\nx,y,z,q\n")
+    flags = [str(train) if f == "TRAIN" else f for f in flags]
+    base = args_for(tiny_gpt2, glue_dir, tmp_path / "o")
+    if "--train_file" in flags:
+        base = base[2:]  # (no --task)
+    message = one_line(*cli("train_full.py", [*base, *flags]))
+    assert expected in message, message
+
+
+def test_a_listing_of_nothing_is_no_checkpoint(tiny_gpt2, glue_dir, tmp_path):
+    flags = ["--max_train_steps", "2", "--checkpointing_steps", "1"]
+    run_in_process("train_full.py", args_for(tiny_gpt2, glue_dir, tmp_path / "out", *flags))
+    step = tmp_path / "out" / "checkpoints" / "step_2"
+    for files in ([], {}):
+        state = json.load(open(step / "trainer_state.json"))
+        (step / "trainer_state.json").write_text(json.dumps({**state, "files": files}))
+        resume = args_for(tiny_gpt2, glue_dir, tmp_path / "out", *flags, resume_from_checkpoint=step)
+        assert f"{step} cannot be resumed" in one_line(*cli("train_full.py", resume))
+
+
+def test_predict_refuses_args_json_that_is_not_a_runs(tiny_gpt2, glue_dir, tmp_path):
+    out = finished(tiny_gpt2, glue_dir, tmp_path / "o", "train_lora.py", "--lora_r", "2")
+    (out / "args.json").write_text("[]")
+    assert "holds no run of these scripts" in one_line(*predict_cli(out, "a film"))
+
+
+def test_a_lock_of_another_machine_is_not_taken_over(tmp_path):
+    from common.errors import UsageError
+    from common.outputs import take_lock
+
+    (tmp_path / ".lock").write_text("1 some-other-host abc\n")
+    with pytest.raises(UsageError, match="pid 1 on some-other-host; if it is not running there, remove"):
+        take_lock(str(tmp_path), "mine")
