@@ -44,6 +44,27 @@ def add_method(model, tokenizer):
     return model
 
 
+def build(args, accelerator):
+    """The task, the tokenizer and the model, as the flags ask; its weights in fp32 (AdamW's state too), whatever the
+    checkpoint's dtype."""
+    task = data.load_task(
+        args.task, args.train_file, args.validation_file, args.test_file, args.text_columns, args.label_column
+    )  # GLUE's, or your own data's
+    tokenizer, model = models.load_model(
+        args.model_name_or_path,
+        task,
+        args.max_length,
+        dtype=args.base_dtype,
+        ignore_mismatched_sizes=args.ignore_mismatched_sizes,
+    )
+
+    # The method: nothing to add. Every parameter trains and is saved.
+    if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
+        models.checkpoint_activations(model)
+    models.upcast_trainable(model, accelerator)
+    return task, tokenizer, model
+
+
 def main(args):
     accelerator = loop.make_accelerator(
         args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
@@ -61,21 +82,7 @@ def main(args):
     )
     stop_on_signals(state.note)  # Ctrl-C and SIGTERM say where the last checkpoint is
     set_seed(args.seed)
-    task = data.load_task(
-        args.task, args.train_file, args.validation_file, args.test_file, args.text_columns, args.label_column
-    )  # GLUE's, or your own data's
-    tokenizer, model = models.load_model(
-        args.model_name_or_path,
-        task,
-        args.max_length,
-        dtype=args.base_dtype,
-        ignore_mismatched_sizes=args.ignore_mismatched_sizes,
-    )
-
-    # The method: nothing to add. Every parameter trains and is saved.
-    if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
-        models.checkpoint_activations(model)
-    models.upcast_trainable(model, accelerator)  # trained in fp32 (AdamW's state too), whatever the checkpoint
+    task, tokenizer, model = build(args, accelerator)
     names = checkpoint.trainable_names(model)
     accelerator.print(models.describe(model))
 

@@ -124,23 +124,9 @@ def peft_export(path, prompt, head, config, base_model):
     checkpoint.atomic_save_tensors(f"{path}/adapter_model.safetensors", tensors)
 
 
-def main(args):
-    accelerator = loop.make_accelerator(
-        args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
-    )
-    state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
-        accelerator,
-        "prompt",
-        vars(args),
-        output_dir=args.output_dir,
-        outputs=["peft"],
-        overwrite=args.overwrite_output_dir,
-        resume=args.resume_from_checkpoint,
-        predict=args.do_predict,
-        tracking=args.with_tracking,
-    )
-    stop_on_signals(state.note)  # Ctrl-C and SIGTERM say where the last checkpoint is
-    set_seed(args.seed)
+def build(args, accelerator):
+    """The task, the tokenizer and the model with the method added (the backbone frozen), as the flags ask; the
+    trainable weights in fp32 (AdamW's state too), whatever the checkpoint's dtype. Also the head's module names."""
     task = data.load_task(
         args.task, args.train_file, args.validation_file, args.test_file, args.text_columns, args.label_column
     )  # GLUE's, or your own data's
@@ -159,7 +145,28 @@ def main(args):
         model = add_method(model, tokenizer, args.num_virtual_tokens, args.prompt_init, args.prompt_init_text)
     if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
         models.checkpoint_activations(model.model)
-    models.upcast_trainable(model, accelerator)  # trained in fp32 (AdamW's state too), whatever the checkpoint
+    models.upcast_trainable(model, accelerator)
+    return task, tokenizer, model, heads
+
+
+def main(args):
+    accelerator = loop.make_accelerator(
+        args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
+    )
+    state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
+        accelerator,
+        "prompt",
+        vars(args),
+        output_dir=args.output_dir,
+        outputs=["peft"],
+        overwrite=args.overwrite_output_dir,
+        resume=args.resume_from_checkpoint,
+        predict=args.do_predict,
+        tracking=args.with_tracking,
+    )
+    stop_on_signals(state.note)  # Ctrl-C and SIGTERM say where the last checkpoint is
+    set_seed(args.seed)
+    task, tokenizer, model, heads = build(args, accelerator)
     names = checkpoint.trainable_names(model)
     accelerator.print(models.describe(model))
 
