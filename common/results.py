@@ -83,9 +83,9 @@ def curves_figure(log_history, metric, majority=None, title=""):
     return fig
 
 
-def draw_curves(path, *args, **kwargs):
-    """curves_figure(*args, **kwargs) written to `path` (a PNG); False when matplotlib is not installed."""
-    fig = curves_figure(*args, **kwargs)
+def draw_curves(path, log_history, metric, majority=None, title=""):
+    """curves_figure of these, written to `path` (a PNG); False when matplotlib is not installed."""
+    fig = curves_figure(log_history, metric, majority, title)
     if fig is None:
         return False
     with replacing(path) as tmp:
