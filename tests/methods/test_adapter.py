@@ -21,9 +21,18 @@ from tests.helpers import (
     run_in_process,
     saved_eval_logits,
 )
-from train_adapter import add_adapters
+from train_adapter import add_adapters, parse_args
 
 IDS = torch.tensor([[5, 17, 42, 9, 3, 8], [7, 8, 9, 10, 11, 12]])
+
+
+def test_default_rate_by_variant(tmp_path, monkeypatch):
+    """Houlsby's default rate is 3e-3 (at 1e-3 under clipping SmolLM2 predicted one class), Pfeiffer's 1e-3;
+    a rate on the command line wins over both."""
+    monkeypatch.chdir(tmp_path)
+    assert parse_args(["--task", "sst2"]).learning_rate == 3e-3
+    assert parse_args(["--task", "sst2", "--variant", "pfeiffer"]).learning_rate == 1e-3
+    assert parse_args(["--task", "sst2", "--learning_rate", "5e-4"]).learning_rate == 5e-4
 
 
 def tiny_model(kind):
