@@ -15,11 +15,14 @@ import os
 
 
 def run_task(flags):
-    """The Task a run trained on, from its flags (your own data: read again from its training file, for its labels)."""
-    from common.data import load_task
+    """The Task a run trained on, from its args.json: GLUE's by name; your own data's from the text columns and
+    labels the run wrote there (its files are not read again)."""
+    from common.tasks import Task, get_task
 
-    files = [flags.get(k) for k in ("train_file", "validation_file")]
-    return load_task(flags["task"], *files, None, flags.get("text_columns"), flags.get("label_column", "label"))
+    if flags["task"]:
+        return get_task(flags["task"])
+    texts, labels = tuple(flags["task_texts"]), tuple(flags["task_labels"])
+    return Task("files", texts, labels, "accuracy" if labels else "pearson", "", ())
 
 
 def load_run(output_dir, best=False):

@@ -446,7 +446,7 @@ def main(args):
     if state.resume_from:  # the model, optimizer, scheduler, random states and the loop's state
         checkpoint.load_checkpoint(accelerator, state)
     # Only now, everything loaded and checked, does an earlier run's output make way for this run's.
-    loop.take_output_dir(accelerator, state, train_loader, eval_loaders)
+    loop.take_output_dir(accelerator, state, task, train_loader, eval_loaders)
 
     plain = accelerator.unwrap_model(model)
     if plain.cache:  # r of every training row the run will use, once (FSDP2: outside a forward, made whole)

@@ -114,12 +114,13 @@ def start_run(
     return state
 
 
-def take_output_dir(accelerator, state, train_loader, eval_loaders):
+def take_output_dir(accelerator, state, task, train_loader, eval_loaders):
     """What start_run claimed, carried out once everything the run needs has loaded and been checked (a model that
     lived in the earlier run's folder, say, and the resumed checkpoint's states): a resumed checkpoint must have been
     trained on the same rows (their fingerprint, from the loaders' training and labelled eval sets, is part of the
     run's identity); then the earlier run's files are removed, this run's manifest and args.json (what predict.py
-    rebuilds the model from) written, the checkpoint's best weights put back in best/, the trackers started."""
+    rebuilds the model from: the flags, and the `task`'s text columns and labels) written, the checkpoint's best
+    weights put back in best/, the trackers started."""
     output_dir, earlier, outputs, flags, tracking = state.claim
     labelled = [loader.dataset for split, loader in eval_loaders.items() if not split.startswith("test")]
     state.data = fingerprint([train_loader.dataset, *labelled])
@@ -132,7 +133,8 @@ def take_output_dir(accelerator, state, train_loader, eval_loaders):
             )
     if accelerator.is_main_process:
         take_over(output_dir, earlier, outputs, state.run_id)
-        atomic_write_json(os.path.join(output_dir, "args.json"), flags)
+        labels = {"task_texts": list(task.text_keys), "task_labels": list(task.label_names)}
+        atomic_write_json(os.path.join(output_dir, "args.json"), {**flags, **labels})
         kept = os.path.join(state.resume_from or "", "best.safetensors")  # best/ as it was at the checkpoint
         if state.resume_from and os.path.exists(kept):
             with replacing(best_path(output_dir)) as tmp:  # (a new file: the checkpoint's stays as it is)

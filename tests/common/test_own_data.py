@@ -34,12 +34,14 @@ def test_a_csv_of_your_own_trains_and_predicts(tiny_gpt2, tmp_path, capsys):
     assert (
         res["task"] == "files" and set(res["metrics"]) == {"accuracy"} and res["majority_metrics"] == {"accuracy": 0.5}
     )
-    assert json.load(open(tmp_path / "out" / "args.json"))["train_file"] == str(train)
+    saved = json.load(open(tmp_path / "out" / "args.json"))
+    assert saved["train_file"] == str(train) and saved["task_labels"] == ["bad", "good"]
     rows = (tmp_path / "out" / "predictions" / "test.tsv").read_text().splitlines()
     assert (
         rows[0] == "index\tprediction" and {r.split("\t")[1] for r in rows[1:]} <= {"bad", "good"} and len(rows) == 7
     )
     capsys.readouterr()
+    train.unlink()  # predict.py needs the run's folder only, not its data
     predict.main([str(tmp_path / "out"), "a charming film"])
     assert capsys.readouterr().out.split("\t")[0] in ("bad", "good")
 
