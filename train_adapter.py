@@ -5,8 +5,9 @@ Pfeiffer et al. 2020, "AdapterFusion", https://arxiv.org/abs/2005.00247 (the one
 
 An adapter maps a hidden state h to h + up(act(down(h))), with down: d -> m and up: m -> d,
 m = d / --reduction_factor (16). Its weights start near zero, so a fresh adapter is nearly the
-identity and training starts at the pretrained model. The backbone is frozen. The default rate is
-3e-3 for Houlsby and 1e-3 for Pfeiffer: under clipping at 1.0 Houlsby's at 1e-3 barely moves.
+identity and training starts at the pretrained model. The backbone is frozen. The rate is 1e-3;
+Houlsby's default is no gradient clipping (Pfeiffer's: at 1.0, as every script's): on SmolLM2 SST-2
+clipped at 1.0 it predicted one class at 1e-3 and 3e-3, and reached 82% at 1e-4, 88% unclipped.
 
   --variant houlsby  two adapters per layer (swish): after the attention output projection and
                      after the feed-forward output projection, before their residual adds; the
@@ -33,7 +34,7 @@ from common.errors import parse_command_line
 
 def parse_args(argv=None):
     parser = base_parser(__doc__)
-    parser.set_defaults(learning_rate=None)  # by variant, below
+    parser.set_defaults(learning_rate=1e-3, max_grad_norm=None)  # clipping by variant, below
     add = parser.add_argument
     add("--variant", choices=["houlsby", "pfeiffer"], default="houlsby", help="where the adapters go")
     add("--reduction_factor", type=int, default=16, help="the bottleneck m = d / reduction_factor")
@@ -47,8 +48,8 @@ def parse_args(argv=None):
     )
     args = check_args(parser, argv, "adapter")
     require(parser, args, "at least 1", "reduction_factor", "adapter_size")
-    if args.learning_rate is None:  # Houlsby's adapters and layer norms learn slower under clipping: a larger rate
-        args.learning_rate = 3e-3 if args.variant == "houlsby" else 1e-3
+    if args.max_grad_norm is None:  # clipped at 1.0, Houlsby learned nothing (the docstring's numbers)
+        args.max_grad_norm = 0.0 if args.variant == "houlsby" else 1.0
     return args
 
 

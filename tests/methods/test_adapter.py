@@ -26,13 +26,15 @@ from train_adapter import add_adapters, parse_args
 IDS = torch.tensor([[5, 17, 42, 9, 3, 8], [7, 8, 9, 10, 11, 12]])
 
 
-def test_default_rate_by_variant(tmp_path, monkeypatch):
-    """Houlsby's default rate is 3e-3 (at 1e-3 under clipping SmolLM2 predicted one class), Pfeiffer's 1e-3;
-    a rate on the command line wins over both."""
+def test_default_clipping_by_variant(tmp_path, monkeypatch):
+    """Houlsby trains unclipped by default (clipped at 1.0 SmolLM2 predicted one class), Pfeiffer clipped at 1.0,
+    both at 1e-3; a value on the command line wins over both."""
     monkeypatch.chdir(tmp_path)
-    assert parse_args(["--task", "sst2"]).learning_rate == 3e-3
-    assert parse_args(["--task", "sst2", "--variant", "pfeiffer"]).learning_rate == 1e-3
-    assert parse_args(["--task", "sst2", "--learning_rate", "5e-4"]).learning_rate == 5e-4
+    houlsby, pfeiffer = parse_args(["--task", "sst2"]), parse_args(["--task", "sst2", "--variant", "pfeiffer"])
+    assert (houlsby.max_grad_norm, houlsby.learning_rate) == (0.0, 1e-3)
+    assert (pfeiffer.max_grad_norm, pfeiffer.learning_rate) == (1.0, 1e-3)
+    assert parse_args(["--task", "sst2", "--max_grad_norm", "0.5"]).max_grad_norm == 0.5
+    assert parse_args(["--task", "sst2", "--variant", "pfeiffer", "--max_grad_norm", "0"]).max_grad_norm == 0.0
 
 
 def tiny_model(kind):
