@@ -5,7 +5,8 @@ https://arxiv.org/abs/2104.08691
 
 t trainable vectors P (t x d, the "soft prompt") are put in front of every input's token
 embeddings; the attention mask and positions are extended to cover them. The backbone is
-frozen; only P and the classification head train: t x d numbers (20 x 1600 on GPT2-XL).
+frozen; only P and the classification head train: t x d numbers (20 x 1600 on GPT2-XL). Its
+gradients are not clipped by default: on SmolLM2 SST-2 clipping at 1.0 cost 16.5 points (68.2, 84.8).
 
     [p_1 ... p_t][pad ... pad][x_1 ... x_n]  ->  frozen model  ->  head on x_n
      trainable    masked       token embeddings
@@ -26,7 +27,7 @@ from common.errors import fail, parse_command_line
 
 def parse_args(argv=None):
     parser = base_parser(__doc__)
-    parser.set_defaults(learning_rate=1e-3)
+    parser.set_defaults(learning_rate=1e-3, max_grad_norm=0.0)  # (the docstring says why)
     add = parser.add_argument
     add("--num_virtual_tokens", type=int, default=20, help="t, the prompt's length")
     add("--prompt_init", choices=["random", "vocab", "text"], default="vocab", help="its start")

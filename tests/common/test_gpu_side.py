@@ -82,7 +82,7 @@ def test_gradient_checkpointing_gives_the_same_run(script, tiny_gpt2, glue_dir, 
     """Non-reentrant checkpointing with frozen inputs: the same losses, norms and trained weights (dropout is on in
     the tiny GPT-2: the recomputation replays its masks)."""
     extra = SELF.get(script, []) + (["--prompt_layers", "all"] if script == "train_idpg.py" else [])
-    extra += ["--max_grad_norm", "1"]  # (Houlsby's default is none: its norms are compared too)
+    extra += ["--max_grad_norm", "1"]  # (prompt tuning and Houlsby clip by default not at all)
     for name, switch in (("plain", []), ("checkpointed", ["--gradient_checkpointing"])):
         run_in_process(script, short(tiny_gpt2, glue_dir, tmp_path / name, *extra, *switch, steps=3))
     a, b = results(tmp_path / "plain"), results(tmp_path / "checkpointed")

@@ -33,7 +33,18 @@ from tests.helpers import (
     saved_eval_logits,
 )
 from train_idpg import IDPG
+from train_idpg import parse_args as idpg_args
 from train_prompt import PromptTuning, initial_prompt
+from train_prompt import parse_args as prompt_args
+
+
+def test_prompt_tuning_trains_unclipped_by_default_and_idpg_clipped(tmp_path, monkeypatch):
+    """Clipped at 1.0 prompt tuning lost 16.5 points on SmolLM2 SST-2: its default is no clipping; IDPG's is 1.0
+    (it learned as well clipped). A value on the command line wins."""
+    monkeypatch.chdir(tmp_path)
+    assert prompt_args(["--task", "sst2"]).max_grad_norm == 0.0
+    assert idpg_args(["--task", "sst2"]).max_grad_norm == 1.0
+    assert prompt_args(["--task", "sst2", "--max_grad_norm", "1"]).max_grad_norm == 1.0
 
 
 def test_prompt_tuning_equals_peft_at_the_same_prompt():
