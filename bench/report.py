@@ -383,8 +383,8 @@ def grid_targets(path):
         for name in ("lora", "houlsby", "pfeiffer"):
             if name in summary:
                 gap = mean(name) - mean("full")
-                verdict = "within" if abs(gap) <= 2 or gap > 0 else "more than"
-                lines.append(f"- {name} against full fine-tuning: {gap:+.2f} points ({verdict} 2).")
+                verdict = "within 2" if abs(gap) <= 2 else "better by more than 2" if gap > 0 else "more than 2"
+                lines.append(f"- {name} against full fine-tuning: {gap:+.2f} points ({verdict}).")
     for idpg in ("idpg", "idpg-self"):
         if idpg in summary and "prompt" in summary:
             gap = mean(idpg) - mean("prompt")

@@ -64,3 +64,18 @@ def test_the_targets_say_what_is_missed(tmp_path):
     assert "Less than 10 points above the majority class: prompt (55.00)" in text
     assert "lora against full fine-tuning: -6.00 points (more than 2)" in text
     assert "Fewer than 3 seeds so far: full, lora, prompt" in text
+
+
+def test_the_targets_do_not_call_a_method_far_above_full_within_2(tmp_path):
+    import json
+
+    grid_file = tmp_path / "grid.json"
+    runs = {
+        "full/0": {"method": "full", "metrics": {"accuracy": 0.86}, "trainable_params": 100},
+        "pfeiffer/0": {"method": "pfeiffer", "metrics": {"accuracy": 0.89}, "trainable_params": 1},
+        "lora/0": {"method": "lora", "metrics": {"accuracy": 0.855}, "trainable_params": 1},
+    }
+    grid_file.write_text(json.dumps({"summary": grid.summarise(runs, "grid"), "runs": runs, "dev_majority": 50.92}))
+    text = report.grid_targets(grid_file)
+    assert "pfeiffer against full fine-tuning: +3.00 points (better by more than 2)" in text
+    assert "lora against full fine-tuning: -0.50 points (within 2)" in text
