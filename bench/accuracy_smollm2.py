@@ -54,7 +54,7 @@ METHODS = {
         ["--encoder_name_or_path", "{model}", "--prompt_only"],
         ("--prompt_learning_rate", [1e-4, 1e-3, 1e-2]),
     ),
-    # The references, at our scripts' default rates (head, method): peft's LoRA and prompt tuning.
+    # The references, at our scripts' default rates (head, method) and clipping: peft's LoRA and prompt tuning.
     # peft's prompt goes before the pads, [prompt][pads][text], at positions counted from the first:
     # each row then reads its prompt from another distance. Rows of similar lengths in a batch
     # (few pads) keep it near [prompt][text], as ours packs it: how a peft user runs it.
@@ -94,12 +94,12 @@ def dev_majority(data_dir, task):
 
 
 def default_rates(script):
-    """The script's default learning rates (head, method's own flag), read from its parser."""
+    """The script's default learning rates (head, method's own flag) and clipping, read from its parser."""
     import importlib
 
     args = importlib.import_module(script[:-3]).parse_args(["--task", "sst2"])
     method = getattr(args, "prefix_learning_rate", None) or getattr(args, "prompt_learning_rate", None)
-    return args.learning_rate, method
+    return args.learning_rate, method, args.max_grad_norm
 
 
 def command(name, seed, model, data_dir, out_dir, part, rate=None, task="sst2"):
@@ -142,7 +142,7 @@ def command(name, seed, model, data_dir, out_dir, part, rate=None, task="sst2"):
     ours = {"peft:lora": "train_lora.py", "peft:prompt": "train_prompt.py", "peft:prompt-padded": "train_prompt.py"}[
         name
     ]
-    head, method = default_rates(ours)
+    head, method, max_grad_norm = default_rates(ours)
     return [
         sys.executable,
         os.path.join(ROOT, "bench", "reference_train.py"),
@@ -154,6 +154,8 @@ def command(name, seed, model, data_dir, out_dir, part, rate=None, task="sst2"):
         str(head),
         "--method_learning_rate",
         str(method or head),
+        "--max_grad_norm",
+        str(max_grad_norm),
     ]
 
 
@@ -182,7 +184,7 @@ def run(name, seed, model, data_dir, part, rate, threads, task="sst2", deadline=
         if METHODS[name][0] == "peft":
             return json.loads(proc.stdout.strip().splitlines()[-1])
         res = json.load(open(os.path.join(out_dir, "results.json")))
-        keep = ("metrics", "validation_metrics", "trainable_params", "train_runtime_s", "log_history")
+        keep = ("metrics", "validation_metrics", "trainable_params", "train_runtime_s", "log_history", "warnings")
         return {k: res[k] for k in keep if k in res}
 
 

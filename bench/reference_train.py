@@ -24,7 +24,7 @@ from common.metrics import glue_metrics  # noqa: E402
 from common.tasks import TASKS, TSV_FILES  # noqa: E402
 
 LORA_TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}  # as train_lora.py's defaults
-HEAD = {"bert": "classifier", "llama": "score"}
+HEAD = {"bert": "classifier", "gpt2": "score", "llama": "score"}
 
 
 def parse_args():
@@ -51,6 +51,7 @@ def parse_args():
         action="store_true",
         help="batches of rows of similar lengths (common.data.LengthGroupedSampler)",
     )
+    p.add_argument("--max_grad_norm", type=float, default=0.0, help="clip the gradients' norm to this; 0: no clipping")
     return p.parse_args()
 
 
@@ -143,6 +144,8 @@ def main():
             batch.pop("idx")
             batch = {k: v.to(device) for k, v in batch.items()}
             model(**batch).loss.backward()
+            if args.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()

@@ -146,7 +146,11 @@ def accuracy_table(path):
             cells.append("" if gap is None else f"{gap:+.2f} ({'within' if abs(gap) <= 0.5 else 'outside'} 0.5)")
         lines.append(f"| {name} | {runs[0]['trainable_params']:,} | " + " | ".join(cells) + " |")
     errors = [f"- {k}: {x['error']}" for k, x in r["runs"].items() if "error" in x]
-    return "\n".join(lines + (["", "Failed runs:", *errors] if errors else []))
+    # what a run said of itself (results.json's warnings, advice cut): a run that learned nothing stays in the table
+    warned = [f"- {k}: {w.split('; ')[0]}" for k, x in r["runs"].items() for w in x.get("warnings", [])]
+    return "\n".join(
+        lines + (["", "Failed runs:", *errors] if errors else []) + (["", "Warnings:", *warned] if warned else [])
+    )
 
 
 def smollm2_sweep_table(path):
@@ -230,7 +234,11 @@ def smollm2_grid_table(path):
             f"| {round(row['mean'] - majority, 2) + 0.0:+.2f} | {gap} | {minutes} |"
         )
     errors = [f"- {k}: {x['error']}" for k, x in r["runs"].items() if "error" in x]
-    return "\n".join(lines + (["", "Failed runs:", *errors] if errors else []))
+    # what a run said of itself (results.json's warnings, advice cut): a run that learned nothing stays in the table
+    warned = [f"- {k}: {w.split('; ')[0]}" for k, x in r["runs"].items() for w in x.get("warnings", [])]
+    return "\n".join(
+        lines + (["", "Failed runs:", *errors] if errors else []) + (["", "Warnings:", *warned] if warned else [])
+    )
 
 
 def smollm2_figure(path, png):

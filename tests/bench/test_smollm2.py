@@ -3,6 +3,8 @@ README's grid table, which must be the one the committed results render."""
 
 import os
 
+import pytest
+
 from bench import accuracy_smollm2 as grid
 from bench import report
 from tests.helpers import ROOT
@@ -79,3 +81,52 @@ def test_the_targets_do_not_call_a_method_far_above_full_within_2(tmp_path):
     text = report.grid_targets(grid_file)
     assert "pfeiffer against full fine-tuning: +3.00 points (better by more than 2)" in text
     assert "lora against full fine-tuning: -0.50 points (within 2)" in text
+
+
+def test_the_references_clip_as_our_script_does_by_default():
+    lora = grid.command("peft:lora", 0, "/m", "/glue", "/out", "grid")
+    prompt = grid.command("peft:prompt", 0, "/m", "/glue", "/out", "grid")
+    assert flag(lora, "--max_grad_norm") == "1.0" and flag(prompt, "--max_grad_norm") == "0.0"
+
+
+def test_a_run_that_warned_keeps_its_row_and_its_warning(tmp_path):
+    import json
+
+    runs = {
+        "full/0": {"method": "full", "metrics": {"accuracy": 0.86}, "trainable_params": 100},
+        "houlsby/0": {
+            "method": "houlsby",
+            "metrics": {"accuracy": 0.5092},
+            "trainable_params": 1,
+            "warnings": ["accuracy 0.5092 is within 1 point of always predicting the majority class; try other rates"],
+        },
+    }
+    grid_file = tmp_path / "grid.json"
+    head = {"model": "m", "task": "sst2", "threads_per_run": 1, "dev_majority": 50.92}
+    budget = {"rows": 4000, "epochs": 1, "batch": 16, "max_length": 64}
+    grid_file.write_text(json.dumps({**head, "budget": budget, "summary": grid.summarise(runs, "grid"), "runs": runs}))
+    table = report.smollm2_grid_table(grid_file)
+    assert "| houlsby | 1 | 50.92" in table
+    assert "Warnings:\n- houlsby/0: accuracy 0.5092 is within 1 point of always predicting the majority class" in table
+    assert "try other rates" not in table
+
+
+@pytest.mark.parametrize("max_grad_norm", ["0", "1.0"])
+def test_the_reference_clips_only_when_asked(max_grad_norm, tiny_gpt2, glue_dir, monkeypatch, capsys):
+    import json
+    import sys
+
+    import torch
+
+    from bench import reference_train
+
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, m: norms.append(m) or clip(p, m))
+    argv = ["--library", "peft", "--method", "prompt", "--model_name_or_path", tiny_gpt2, "--task", "sst2"]
+    argv += ["--data_dir", glue_dir, "--max_train_samples", "16", "--per_device_train_batch_size", "8"]
+    argv += ["--learning_rate", "1e-3", "--method_learning_rate", "1e-2", "--max_grad_norm", max_grad_norm]
+    monkeypatch.setattr(sys, "argv", ["reference_train.py", *argv])
+    reference_train.main()
+    assert norms == ([1.0, 1.0] if max_grad_norm == "1.0" else [])
+    assert "accuracy" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["metrics"]
