@@ -6,7 +6,7 @@ Pfeiffer et al. 2020, "AdapterFusion", https://arxiv.org/abs/2005.00247 (the one
 An adapter maps a hidden state h to h + up(act(down(h))), with down: d -> m and up: m -> d,
 m = d / --reduction_factor (16). Its weights start near zero, so a fresh adapter is nearly the
 identity and training starts at the pretrained model. The backbone is frozen. The rate is 1e-3;
-Houlsby's default is no gradient clipping (Pfeiffer's: at 1.0, as every script's): on SmolLM2 SST-2
+Houlsby's default is no gradient clipping (Pfeiffer's: at 1.0, the scripts' default): on SmolLM2 SST-2
 clipped at 1.0 it predicted one class at 1e-3 and 3e-3, and reached 82% at 1e-4, 88% unclipped.
 
   --variant houlsby  two adapters per layer (swish): after the attention output projection and
@@ -35,6 +35,7 @@ from common.errors import parse_command_line
 def parse_args(argv=None):
     parser = base_parser(__doc__)
     parser.set_defaults(learning_rate=1e-3, max_grad_norm=None)  # clipping by variant, below
+    parser._option_string_actions["--max_grad_norm"].help += "; none: 0 for houlsby, 1.0 for pfeiffer"
     add = parser.add_argument
     add("--variant", choices=["houlsby", "pfeiffer"], default="houlsby", help="where the adapters go")
     add("--reduction_factor", type=int, default=16, help="the bottleneck m = d / reduction_factor")

@@ -110,6 +110,10 @@ def command(name, task, seed, model, data_dir, out_dir, budget):
     flags = [f.replace("{model}", model) for f in flags]
     if runner.endswith(".py"):
         extra = [method_lr[0], str(method_lr[1])] if method_lr else []
+        extra += [
+            "--max_grad_norm",
+            "0",
+        ]  # unclipped, as the references' loop (and this table, which predates clipping)
         return [
             sys.executable,
             os.path.join(ROOT, runner),

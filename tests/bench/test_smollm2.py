@@ -130,3 +130,10 @@ def test_the_reference_clips_only_when_asked(max_grad_norm, tiny_gpt2, glue_dir,
     reference_train.main()
     assert norms == ([1.0, 1.0] if max_grad_norm == "1.0" else [])
     assert "accuracy" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["metrics"]
+
+
+def test_the_minilm_table_runs_ours_unclipped_as_its_references():
+    from bench import accuracy
+
+    ours = accuracy.command("lora", "sst2", 0, "/m", "/glue", "/out", accuracy.BUDGET)
+    assert flag(ours, "--max_grad_norm") == "0"

@@ -37,6 +37,16 @@ def test_default_clipping_by_variant(tmp_path, monkeypatch):
     assert parse_args(["--task", "sst2", "--variant", "pfeiffer", "--max_grad_norm", "0"]).max_grad_norm == 0.0
 
 
+def test_help_says_how_the_variant_picks_the_clipping(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert (
+        "--max_grad_norm MAX_GRAD_NORM clip the gradients' norm to this; 0: no clipping; none: 0 for houlsby, 1.0"
+        in text
+    )
+
+
 def tiny_model(kind):
     return tiny.gpt2(d=64) if kind == "gpt2" else tiny.bert(d=64)
 
