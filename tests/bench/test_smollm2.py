@@ -51,34 +51,36 @@ def test_the_docs_show_the_grid_and_the_readme_its_summary():
         assert report.methods_table(path) in f.read(), "run python bench/report.py"
 
 
-def test_the_targets_say_what_is_missed(tmp_path):
+def grid_file(tmp_path, accuracies, warnings=None):
+    """A grid's JSON of one seed-0 run per method (`accuracies`: method -> dev accuracy, full with 100 trainable
+    weights, the others 1), with `warnings` (method -> its run's) where given."""
     import json
 
-    grid_file = tmp_path / "grid.json"
     runs = {
-        "full/0": {"method": "full", "metrics": {"accuracy": 0.86}, "trainable_params": 100},
-        "lora/0": {"method": "lora", "metrics": {"accuracy": 0.80}, "trainable_params": 1},
-        "prompt/0": {"method": "prompt", "metrics": {"accuracy": 0.55}, "trainable_params": 1},
+        f"{name}/0": {
+            "method": name,
+            "metrics": {"accuracy": accuracy},
+            "trainable_params": 100 if name == "full" else 1,
+            **({"warnings": warnings[name]} if name in (warnings or {}) else {}),
+        }
+        for name, accuracy in accuracies.items()
     }
-    summary = grid.summarise(runs, "grid")
-    grid_file.write_text(json.dumps({"summary": summary, "runs": runs, "dev_majority": 50.92}))
-    text = report.grid_targets(grid_file)
+    head = {"model": "m", "task": "sst2", "threads_per_run": 1, "dev_majority": 50.92}
+    budget = {"rows": 4000, "epochs": 1, "batch": 16, "max_length": 64}
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps({**head, "budget": budget, "summary": grid.summarise(runs, "grid"), "runs": runs}))
+    return path
+
+
+def test_the_targets_say_what_is_missed(tmp_path):
+    text = report.grid_targets(grid_file(tmp_path, {"full": 0.86, "lora": 0.80, "prompt": 0.55}))
     assert "Less than 10 points above the majority class: prompt (55.00)" in text
     assert "lora against full fine-tuning: -6.00 points (more than 2)" in text
     assert "Fewer than 3 seeds so far: full, lora, prompt" in text
 
 
 def test_the_targets_do_not_call_a_method_far_above_full_within_2(tmp_path):
-    import json
-
-    grid_file = tmp_path / "grid.json"
-    runs = {
-        "full/0": {"method": "full", "metrics": {"accuracy": 0.86}, "trainable_params": 100},
-        "pfeiffer/0": {"method": "pfeiffer", "metrics": {"accuracy": 0.89}, "trainable_params": 1},
-        "lora/0": {"method": "lora", "metrics": {"accuracy": 0.855}, "trainable_params": 1},
-    }
-    grid_file.write_text(json.dumps({"summary": grid.summarise(runs, "grid"), "runs": runs, "dev_majority": 50.92}))
-    text = report.grid_targets(grid_file)
+    text = report.grid_targets(grid_file(tmp_path, {"full": 0.86, "pfeiffer": 0.89, "lora": 0.855}))
     assert "pfeiffer against full fine-tuning: +3.00 points (better by more than 2)" in text
     assert "lora against full fine-tuning: -0.50 points (within 2)" in text
 
@@ -90,22 +92,8 @@ def test_the_references_clip_as_our_script_does_by_default():
 
 
 def test_a_run_that_warned_keeps_its_row_and_its_warning(tmp_path):
-    import json
-
-    runs = {
-        "full/0": {"method": "full", "metrics": {"accuracy": 0.86}, "trainable_params": 100},
-        "houlsby/0": {
-            "method": "houlsby",
-            "metrics": {"accuracy": 0.5092},
-            "trainable_params": 1,
-            "warnings": ["accuracy 0.5092 is within 1 point of always predicting the majority class; try other rates"],
-        },
-    }
-    grid_file = tmp_path / "grid.json"
-    head = {"model": "m", "task": "sst2", "threads_per_run": 1, "dev_majority": 50.92}
-    budget = {"rows": 4000, "epochs": 1, "batch": 16, "max_length": 64}
-    grid_file.write_text(json.dumps({**head, "budget": budget, "summary": grid.summarise(runs, "grid"), "runs": runs}))
-    table = report.smollm2_grid_table(grid_file)
+    said = ["accuracy 0.5092 is within 1 point of always predicting the majority class; try other rates"]
+    table = report.smollm2_grid_table(grid_file(tmp_path, {"full": 0.86, "houlsby": 0.5092}, {"houlsby": said}))
     assert "| houlsby | 1 | 50.92" in table
     assert "Warnings:\n- houlsby/0: accuracy 0.5092 is within 1 point of always predicting the majority class" in table
     assert "try other rates" not in table
