@@ -110,10 +110,8 @@ def command(name, task, seed, model, data_dir, out_dir, budget):
     flags = [f.replace("{model}", model) for f in flags]
     if runner.endswith(".py"):
         extra = [method_lr[0], str(method_lr[1])] if method_lr else []
-        extra += [
-            "--max_grad_norm",
-            "0",
-        ]  # unclipped, as the references' loop (and this table, which predates clipping)
+        # unclipped, as the references' loop (and this table, which predates clipping)
+        extra += ["--max_grad_norm", "0"]
         return [
             sys.executable,
             os.path.join(ROOT, runner),

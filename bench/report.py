@@ -118,6 +118,14 @@ def sharding_table(path):
     return "\n".join(lines)
 
 
+def failed_and_warned(runs):
+    """The lines under a table: the runs that failed, and what a run said of itself (results.json's warnings, the
+    advice cut): a run that learned nothing stays in the table with its word."""
+    errors = [f"- {k}: {x['error']}" for k, x in runs.items() if "error" in x]
+    warned = [f"- {k}: {w.split('; ')[0]}" for k, x in runs.items() for w in x.get("warnings", [])]
+    return (["", "Failed runs:", *errors] if errors else []) + (["", "Warnings:", *warned] if warned else [])
+
+
 def accuracy_table(path):
     r = json.load(open(path))
     b = {t: r["budget"][t] for t in r["summary"]}
@@ -145,12 +153,7 @@ def accuracy_table(path):
             gap = row.get("minus_reference") if row else None
             cells.append("" if gap is None else f"{gap:+.2f} ({'within' if abs(gap) <= 0.5 else 'outside'} 0.5)")
         lines.append(f"| {name} | {runs[0]['trainable_params']:,} | " + " | ".join(cells) + " |")
-    errors = [f"- {k}: {x['error']}" for k, x in r["runs"].items() if "error" in x]
-    # what a run said of itself (results.json's warnings, advice cut): a run that learned nothing stays in the table
-    warned = [f"- {k}: {w.split('; ')[0]}" for k, x in r["runs"].items() for w in x.get("warnings", [])]
-    return "\n".join(
-        lines + (["", "Failed runs:", *errors] if errors else []) + (["", "Warnings:", *warned] if warned else [])
-    )
+    return "\n".join(lines + failed_and_warned(r["runs"]))
 
 
 def smollm2_sweep_table(path):
@@ -233,12 +236,7 @@ def smollm2_grid_table(path):
             f"| {name} | {runs[0]['trainable_params']:,} | {score(row, DEV_ROWS[r['task']])} "
             f"| {round(row['mean'] - majority, 2) + 0.0:+.2f} | {gap} | {minutes} |"
         )
-    errors = [f"- {k}: {x['error']}" for k, x in r["runs"].items() if "error" in x]
-    # what a run said of itself (results.json's warnings, advice cut): a run that learned nothing stays in the table
-    warned = [f"- {k}: {w.split('; ')[0]}" for k, x in r["runs"].items() for w in x.get("warnings", [])]
-    return "\n".join(
-        lines + (["", "Failed runs:", *errors] if errors else []) + (["", "Warnings:", *warned] if warned else [])
-    )
+    return "\n".join(lines + failed_and_warned(r["runs"]))
 
 
 def smollm2_figure(path, png):
