@@ -11,6 +11,7 @@ add_method and loaded with its trained weights (load_run). Prints one line a sen
 import argparse
 import importlib
 import inspect
+import json
 import os
 
 
@@ -50,14 +51,49 @@ def load_run(output_dir, best=False):
         raise UsageError(
             f"{output_dir} has no {weights}: its run has not finished (--best reads best/, written as it goes)"
         )
+    check_unchanged(output_dir, flags, weights)
+    if not os.path.isdir(flags["model_name_or_path"]):
+        from common.args import hub_or_offline
+
+        hub_or_offline(flags["model_name_or_path"])  # (no network: offline at once, or a one-line error)
     tokenizer, model = load_model(flags["model_name_or_path"], task, ignore_mismatched_sizes=True)
-    names = list(inspect.signature(add_method).parameters)[2:]  # after (model, tokenizer)
+    names = [n for n in list(inspect.signature(add_method).parameters)[1:] if n != "tokenizer"]  # (the flags)
     if set(names) - set(flags):
         missing = ", ".join(sorted(set(names) - set(flags)))
         raise UsageError(f"{output_dir}/args.json lacks {missing}, which train_{flags['method']}.py needs: edited?")
-    model = add_method(model, tokenizer, **{name: flags[name] for name in names})
+    given = {"tokenizer": tokenizer} if "tokenizer" in inspect.signature(add_method).parameters else {}
+    model = add_method(model, **given, **{name: flags[name] for name in names})
     load_trainable(model, weights, strict=True)
     return tokenizer, model.eval()
+
+
+def check_unchanged(output_dir, flags, weights):
+    """Refuse a run whose args.json was edited since its weights were saved (they keep its text), or whose base model
+    folder changed in place since it trained (args.json keeps each model folder's fingerprint): either would give
+    other outputs without a word."""
+    from safetensors import safe_open
+
+    from common.checkpoint import model_fingerprint
+    from common.errors import UsageError
+
+    try:
+        with safe_open(weights, "pt") as f:
+            saved = (f.metadata() or {}).get("args.json")
+    except Exception:  # a damaged file: load_trainable says so
+        saved = None
+    if saved is not None and json.loads(saved) != flags:
+        was = json.loads(saved)
+        key = next(k for k in sorted(set(was) | set(flags)) if was.get(k) != flags.get(k))
+        raise UsageError(
+            f"{output_dir}/args.json was edited since the run ({key}: {flags.get(key)!r}, trained with "
+            f"{was.get(key)!r}): put it back as it was"
+        )
+    for flag, fingerprint in flags.get("models", {}).items():
+        if os.path.isdir(flags[flag]) and model_fingerprint(flags[flag]) != fingerprint:
+            raise UsageError(
+                f"the model folder {flags[flag]} changed since the run trained on it (its files' fingerprint "
+                "differs): put the model it trained from back there"
+            )
 
 
 def main(argv=None):
@@ -79,6 +115,8 @@ def main(argv=None):
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise UsageError(f"text {i} is not UTF-8 (bytes your terminal could not decode); pass it as UTF-8")
+        if not all(part.strip() for part in text.split("|||")):
+            raise UsageError(f"text {i} is empty (or a half of its pair is); pass a sentence")
     tokenizer, model = load_run(args.output_dir, best=args.best)
     flags = read_json(f"{args.output_dir}/args.json")
     task = run_task(flags)

@@ -39,17 +39,30 @@ from common import checkpoint, data, evaluation, loop, models, results
 from common.errors import run_main, stop_on_signals
 
 
-def add_method(model, tokenizer):
+def add_method(model):
     """Full fine-tuning adds nothing: every parameter trains (predict.py rebuilds a run with this)."""
     return model
 
 
 def build(args, accelerator):
-    """The task, the tokenizer and the model, as the flags ask; its weights in fp32 (AdamW's state too), whatever the
-    checkpoint's dtype."""
-    task = data.load_task(
-        args.task, args.train_file, args.validation_file, args.test_file, args.text_columns, args.label_column
-    )  # GLUE's, or your own data's
+    """The task and its splits (every file read and checked first), the tokenizer and the model, as the flags ask; its
+    weights in fp32 (AdamW's state too), whatever the checkpoint's dtype."""
+    task, splits = data.load_data(
+        accelerator,
+        args.task,  # GLUE's, or your own data's files
+        data_dir=args.data_dir,
+        train_file=args.train_file,
+        validation_file=args.validation_file,
+        test_file=args.test_file,
+        text_columns=args.text_columns,
+        label_column=args.label_column,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+        validation_size=args.validation_size,
+        validation_dev_half=args.validation_dev_half,
+        seed=args.seed,
+        do_predict=args.do_predict,
+    )
     tokenizer, model = models.load_model(
         args.model_name_or_path,
         task,
@@ -58,101 +71,103 @@ def build(args, accelerator):
         ignore_mismatched_sizes=args.ignore_mismatched_sizes,
     )
 
-    # The method: nothing to add. Every parameter trains and is saved.
+    # Full fine-tuning: nothing to add. Every parameter trains and is saved.
     if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
         models.checkpoint_activations(model)
     models.upcast_trainable(model, accelerator)
-    return task, tokenizer, model
+    return task, splits, tokenizer, model
 
 
 def main(args):
+    # (under DeepSpeed, its JSON found from any folder; on a CPU without GPUs, FSDP2 over gloo: make_accelerator says)
     accelerator = loop.make_accelerator(
         args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
     )
-    state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
+    with loop.OutputDir(  # claimed: OUTPUT_DIR's lock held until this block ends, the checkpoint to resume checked
         accelerator,
         "full",
         vars(args),
         output_dir=args.output_dir,
-        outputs=["model"],
+        outputs=["model"],  # Full fine-tuning: its export, a transformers folder
         overwrite=args.overwrite_output_dir,
         resume=args.resume_from_checkpoint,
         predict=args.do_predict,
         tracking=args.with_tracking,
-    )
-    stop_on_signals(state.note)  # Ctrl-C and SIGTERM say where the last checkpoint is
-    set_seed(args.seed)
-    task, tokenizer, model = build(args, accelerator)
-    names = checkpoint.trainable_names(model)
-    accelerator.print(models.describe(model))
+    ) as run_dir:
+        set_seed(args.seed)
+        task, splits, tokenizer, model = build(args, accelerator)
+        names = checkpoint.trainable_names(model)
+        accelerator.print(models.describe(model))
 
-    train_loader, eval_loaders = data.make_dataloaders(
-        accelerator,
-        tokenizer,
-        position_ids=models.takes_position_ids(model),
-        task=task,
-        data_dir=args.data_dir,
-        max_length=args.max_length,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        per_device_eval_batch_size=args.per_device_eval_batch_size,
-        seed=args.seed,
-        max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples,
-        validation_size=args.validation_size,
-        validation_dev_half=args.validation_dev_half,
-        group_by_length=args.group_by_length,
-        pad_to_multiple_of=args.pad_to_multiple_of,
-        fixed_lengths=args.torch_compile,
-        do_predict=args.do_predict,
-    )
-    groups = models.optimizer_groups(model.parameters(), args.weight_decay)
-    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
-    state.steps_per_epoch, state.max_steps = loop.count_steps(
-        len(train_loader), accelerator, args.num_train_epochs, args.max_train_steps
-    )
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, state.max_steps)
-    model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
-        model, optimizer, train_loader, scheduler, *eval_loaders.values()
-    )
-    eval_loaders = dict(zip(eval_loaders, loaders))
-    if state.resume_from:  # the model, optimizer, scheduler, random states and the loop's state
-        checkpoint.load_checkpoint(accelerator, state)
-    # Only now, everything loaded and checked, does an earlier run's output make way for this run's.
-    loop.take_output_dir(accelerator, state, task, train_loader, eval_loaders)
+        train_loader, eval_loaders = data.make_dataloaders(
+            accelerator,
+            tokenizer,
+            splits,
+            position_ids=models.takes_position_ids(model),
+            task=task,
+            max_length=args.max_length,
+            per_device_train_batch_size=args.per_device_train_batch_size,
+            per_device_eval_batch_size=args.per_device_eval_batch_size,
+            seed=args.seed,
+            group_by_length=args.group_by_length,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+            fixed_lengths=args.torch_compile,
+            do_predict=args.do_predict,
+        )
+        groups = models.optimizer_groups(model.parameters(), args.weight_decay)
+        optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
+        state = loop.TrainState(  # what the loop carries: the step, the log, the best evaluation, ...
+            accelerator.device,
+            *loop.count_steps(len(train_loader), accelerator, args.num_train_epochs, args.max_train_steps),
+        )
+        stop_on_signals(state.note)  # Ctrl-C and SIGTERM say where the last checkpoint is
+        scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, state.max_steps)
+        model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
+            model, optimizer, train_loader, scheduler, *eval_loaders.values()
+        )
+        eval_loaders = dict(zip(eval_loaders, loaders))
+        if run_dir.resume_from:  # the model, optimizer, scheduler, random states and the loop's state
+            checkpoint.load_checkpoint(accelerator, run_dir.resume_from, state)
+        # Only now, everything loaded and checked, does an earlier run's output make way for this run's.
+        run_dir.take(task, train_loader, eval_loaders)
+        evaluation.preflight(model, eval_loaders, accelerator, task)  # two batches: a broken evaluation fails now
 
-    start_size = results.weights_size(accelerator, model)  # did the weights move? (results.json says)
-    metrics, logits, runtime = train(
-        args, task, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names
-    )
-    trained = checkpoint.save_trainable(accelerator, model, names, f"{args.output_dir}/trainable.safetensors")
-    if args.do_predict:  # GLUE submission files for the test split
-        evaluation.write_predictions(model, eval_loaders, accelerator, task, args.output_dir)
-    if accelerator.is_main_process:  # OUTPUT_DIR/model: a standard transformers folder
-        config = accelerator.unwrap_model(model).config
-        checkpoint.transformers_folder(f"{args.output_dir}/model", trained, config, tokenizer)
-    results.write_results(
-        accelerator,
-        state,
-        model,
-        args.output_dir,
-        method="full",
-        task=task,
-        model_name=args.model_name_or_path,
-        metrics=metrics,
-        logits=logits,
-        eval_loaders=eval_loaders,
-        start_size=start_size,
-        runtime=runtime,
-        extra={"precision": models.precision(accelerator, model, optimizer)},
-        learning_rates={"learning_rate": args.learning_rate},
-    )
+        start_size = results.weights_size(accelerator, model)  # did the weights move? (results.json says)
+        metrics, logits, runtime = train(
+            args, task, accelerator, run_dir, state, model, optimizer, scheduler, train_loader, eval_loaders, names
+        )
+        trained = checkpoint.save_trainable(
+            accelerator, model, names, f"{args.output_dir}/trainable.safetensors", run_dir.args_json
+        )
+        if args.do_predict:  # GLUE submission files for the test split
+            evaluation.write_predictions(model, eval_loaders, accelerator, task, args.output_dir)
+        if accelerator.is_main_process:  # Full fine-tuning: OUTPUT_DIR/model, a standard transformers folder
+            config = accelerator.unwrap_model(model).config
+            checkpoint.transformers_folder(f"{args.output_dir}/model", trained, config, tokenizer)
+        results.write_results(
+            accelerator,
+            state,
+            model,
+            args.output_dir,
+            method="full",
+            task=task,
+            model_name=args.model_name_or_path,
+            metrics=metrics,
+            logits=logits,
+            eval_loaders=eval_loaders,
+            start_size=start_size,
+            runtime=runtime,
+            learning_rates={"learning_rate": args.learning_rate},
+            max_grad_norm=args.max_grad_norm,
+            extra={"precision": models.precision(accelerator, model, optimizer)},
+        )
 
 
-def train(args, task, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names):
+def train(args, task, accelerator, run_dir, state, model, optimizer, scheduler, train_loader, eval_loaders, names):
     """The loop: every epoch, less what a resumed run did, until the last step or early stopping. Returns the last
     evaluation (metrics, logits) and the seconds spent training. `names`: the trainable weights, kept in best/."""
     best_file = loop.best_path(args.output_dir)
-    select = evaluation.selected_metric(task, eval_loaders)  # the metric that picks best/ and stops early
+    best_metric = evaluation.selected_metric(task, eval_loaders)  # the metric that picks best/ and stops early
     eval_every = args.eval_steps or state.steps_per_epoch
     bar = tqdm(total=state.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
     started, metrics = time.perf_counter(), None
@@ -161,8 +176,8 @@ def train(args, task, accelerator, state, model, optimizer, scheduler, train_loa
             break
         model.train()
         train_loader.set_epoch(epoch)  # a new shuffle, the same on every rank and after a resume
-        done = (state.step - epoch * state.steps_per_epoch) * accelerator.gradient_accumulation_steps  # batches
-        for batch in accelerator.skip_first_batches(train_loader, done) if done else train_loader:
+        batches_done = (state.step - epoch * state.steps_per_epoch) * accelerator.gradient_accumulation_steps
+        for batch in accelerator.skip_first_batches(train_loader, batches_done) if batches_done else train_loader:
             batch.pop("idx")  # the rows' positions in their file: not an input of the model
             with accelerator.accumulate(model):  # syncs the gradients and steps only every Nth batch
                 loss = model(**batch).loss
@@ -183,11 +198,11 @@ def train(args, task, accelerator, state, model, optimizer, scheduler, train_loa
             paused = time.perf_counter()  # evaluating and saving is not training time
             if state.step % eval_every == 0 or state.step == state.max_steps:
                 metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, task)
-                if loop.log_evaluation(accelerator, state, metrics, select, bar):  # the best so far
-                    checkpoint.save_trainable(accelerator, model, names, best_file)
-                loop.stop_early(state, args.early_stopping_patience, select, bar)
+                if loop.log_evaluation(accelerator, state, metrics, best_metric, bar):  # the best so far
+                    checkpoint.save_trainable(accelerator, model, names, best_file, run_dir.args_json)
+                loop.stop_early(state, args.early_stopping_patience, best_metric, bar)
             if loop.checkpoint_due(state, args.checkpointing_steps):
-                state.last_saved = checkpoint.save_checkpoint(accelerator, args.output_dir, state, best_file)
+                checkpoint.save_checkpoint(accelerator, run_dir, state, best_file, args.checkpoints_total_limit)
             state.aside += time.perf_counter() - paused
             if state.finished:
                 break

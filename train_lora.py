@@ -78,7 +78,7 @@ from transformers import get_scheduler
 from transformers.pytorch_utils import Conv1D
 
 from common import checkpoint, data, evaluation, loop, models, results
-from common.checkpoint import full, gathered
+from common.checkpoint import whole
 from common.errors import run_main, stop_on_signals, usage_errors
 from common.outputs import atomic_write_text
 
@@ -111,12 +111,15 @@ class LoRALinear(nn.Module):
         self.n_parts = n_parts
         self.slices = tuple(slices)
         self.part = d_out // n_parts  # the width of one slice of the output
-        # ZeRO-3 + bf16 loads the model in bf16 and casts nothing after
+        # One pair per adapted slice, stacked: A [slices, r, d_in], B [slices, part, r], held by this layer itself.
+        # ZeRO-3 gathers the weights a module owns when it runs; one it uses but does not own (a ParameterList's)
+        # joins the module's list late, and a resumed run then broke in its backward ("tracing error").
+        # ZeRO-3 + bf16 loads the model in bf16 and casts nothing after.
         dtype = base_layer.weight.dtype
-        self.lora_A = nn.ParameterList([nn.Parameter(torch.empty(r, d_in, dtype=dtype)) for _ in slices])
-        self.lora_B = nn.ParameterList([nn.Parameter(torch.zeros(self.part, r, dtype=dtype)) for _ in slices])
-        for A in self.lora_A:
-            nn.init.kaiming_uniform_(A, a=math.sqrt(5))  # as nn.Linear and peft
+        self.lora_A = nn.Parameter(torch.empty(len(slices), r, d_in, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(len(slices), self.part, r, dtype=dtype))
+        for A in self.lora_A.data:
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5))  # each A as nn.Linear and peft start theirs
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         # The adapted slices' output columns, in order (q, v of [q | k | v]: 0..d-1, 2d..3d-1).
         columns = torch.cat([torch.arange(s * self.part, (s + 1) * self.part) for s in self.slices])
@@ -135,7 +138,7 @@ class LoRALinear(nn.Module):
 
     def add_delta(self, weight, lora_A, lora_B):
         """Add (alpha / r) B A, per slice, to a full weight in the base layer's layout; lora_A and
-        lora_B: this layer's pairs, whole."""
+        lora_B: this layer's pairs, whole ([slices, r, d_in], [slices, part, r])."""
         for s, A, B in zip(self.slices, lora_A, lora_B):
             delta = (B.to(weight) @ A.to(weight)) * self.scale  # [part, d_in]
             rows = slice(s * self.part, (s + 1) * self.part)
@@ -185,7 +188,7 @@ def resolve_targets(model, targets=None, slices=None):
     return targets, slices.split(",")
 
 
-def add_method(model, tokenizer, lora_targets, lora_slices, lora_r, lora_alpha, lora_dropout):
+def add_method(model, lora_targets, lora_slices, lora_r, lora_alpha, lora_dropout):
     """LoRA on a loaded model as the flags of the same names ask (predict.py rebuilds a run with this): the backbone
     frozen, the targets wrapped."""
     targets, slices = resolve_targets(model, lora_targets, lora_slices)
@@ -198,17 +201,17 @@ def merged_state(accelerator, model):
     """The weights of a plain transformers model with every update folded into its base weight (no
     LoRA left), on the main process ({} on the others). Every rank calls this: under ZeRO-3 and
     FSDP2 each weight is gathered in turn with its pair (a collective, one weight at a time)."""
-    plain = accelerator.unwrap_model(model, keep_torch_compile=False)
-    lora = {f"{n}.base_layer.weight": m for n, m in plain.named_modules() if isinstance(m, LoRALinear)}
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    lora = {f"{n}.base_layer.weight": m for n, m in unwrapped.named_modules() if isinstance(m, LoRALinear)}
     state = {}
-    for name, param in plain.named_parameters():
+    for name, param in unwrapped.named_parameters():
         if ".lora_" in name:
             continue
         m = lora.get(name)
-        with gathered([param, *m.lora_A, *m.lora_B] if m else [param]):
-            weight = full(param).detach().float().clone()
+        with whole([param, m.lora_A, m.lora_B] if m else [param]) as (weight, *pair):
+            weight = weight.detach().float().clone()
             if m is not None:
-                m.add_delta(weight, [full(A) for A in m.lora_A], [full(B) for B in m.lora_B])
+                m.add_delta(weight, *pair)
             if accelerator.is_main_process:
                 state[name.replace(".base_layer.", ".")] = weight.to(param.dtype).cpu()
     return state
@@ -216,7 +219,7 @@ def merged_state(accelerator, model):
 
 def peft_export(path, layers, trained, head, base_model):
     """OUTPUT_DIR/peft: the pairs and the head as a peft adapter, for PeftModel.from_pretrained(base, path). `layers`
-    {module name: LoRALinear}, `trained` their tensors (lora_A.i, lora_B.i), `head` the head's by their names in the
+    {module name: LoRALinear}, `trained` their tensors (lora_A, lora_B), `head` the head's by their names in the
     transformers model. k adapted slices of a fused q|k|v projection, each of rank r, are one pair of rank k r: A
     stacked, B placed block by block (zeros for the slices left alone), alpha scaled by k so that alpha / rank stays
     the same (peft's rank_pattern and alpha_pattern)."""
@@ -226,10 +229,10 @@ def peft_export(path, layers, trained, head, base_model):
     ranks = {}
     for name, m in layers.items():
         k = len(m.slices)
-        A = torch.cat([trained[f"{name}.lora_A.{i}"] for i in range(k)])
+        A = trained[f"{name}.lora_A"].reshape(k * r, -1)
         B = torch.zeros(m.part * m.n_parts, r * k, dtype=A.dtype)
         for i, s in enumerate(m.slices):
-            B[s * m.part : (s + 1) * m.part, i * r : (i + 1) * r] = trained[f"{name}.lora_B.{i}"]
+            B[s * m.part : (s + 1) * m.part, i * r : (i + 1) * r] = trained[f"{name}.lora_B"][i]
         state[f"base_model.model.{name}.lora_A.weight"] = A
         state[f"base_model.model.{name}.lora_B.weight"] = B
         ranks[name] = k
@@ -253,11 +256,25 @@ def peft_export(path, layers, trained, head, base_model):
 
 
 def build(args, accelerator):
-    """The task, the tokenizer and the model with the method added (the backbone frozen), as the flags ask; the
-    trainable weights in fp32 (AdamW's state too), whatever the checkpoint's dtype. Also the head's module names."""
-    task = data.load_task(
-        args.task, args.train_file, args.validation_file, args.test_file, args.text_columns, args.label_column
-    )  # GLUE's, or your own data's
+    """The task and its splits (every file read and checked first), the tokenizer and the model with the method added
+    (the backbone frozen), as the flags ask; the trainable weights in fp32 (AdamW's state too), whatever the
+    checkpoint's dtype. Also the head's module names."""
+    task, splits = data.load_data(
+        accelerator,
+        args.task,  # GLUE's, or your own data's files
+        data_dir=args.data_dir,
+        train_file=args.train_file,
+        validation_file=args.validation_file,
+        test_file=args.test_file,
+        text_columns=args.text_columns,
+        label_column=args.label_column,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+        validation_size=args.validation_size,
+        validation_dev_half=args.validation_dev_half,
+        seed=args.seed,
+        do_predict=args.do_predict,
+    )
     tokenizer, model = models.load_model(
         args.model_name_or_path,
         task,
@@ -265,13 +282,11 @@ def build(args, accelerator):
         dtype=args.base_dtype,
         ignore_mismatched_sizes=args.ignore_mismatched_sizes,
     )
-
-    # The method: freeze the backbone, wrap the target projections, train the pairs and the head.
     heads = models.head_names(model)
+    # LoRA: freeze the backbone, wrap the target projections; the pairs and the head train.
     with usage_errors():  # a model without the targets: a one-line error
         model = add_method(
             model,
-            tokenizer,
             lora_targets=args.lora_targets,
             lora_slices=args.lora_slices,
             lora_r=args.lora_r,
@@ -281,105 +296,108 @@ def build(args, accelerator):
     if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
         models.checkpoint_activations(model)
     models.upcast_trainable(model, accelerator)
-    return task, tokenizer, model, heads
+    return task, splits, tokenizer, model, heads
 
 
 def main(args):
+    # (under DeepSpeed, its JSON found from any folder; on a CPU without GPUs, FSDP2 over gloo: make_accelerator says)
     accelerator = loop.make_accelerator(
         args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
     )
-    state = loop.start_run(  # claims OUTPUT_DIR, checks the checkpoint to resume; the state the loop carries
+    with loop.OutputDir(  # claimed: OUTPUT_DIR's lock held until this block ends, the checkpoint to resume checked
         accelerator,
         "lora",
         vars(args),
         output_dir=args.output_dir,
-        outputs=["peft", args.merge_and_save],  # (the merged folder is the run's only if it lies in OUTPUT_DIR)
+        outputs=["peft", args.merge_and_save],  # LoRA: its exports (the merged folder is the run's only if inside)
         overwrite=args.overwrite_output_dir,
         resume=args.resume_from_checkpoint,
         predict=args.do_predict,
         tracking=args.with_tracking,
-    )
-    stop_on_signals(state.note)  # Ctrl-C and SIGTERM say where the last checkpoint is
-    set_seed(args.seed)
-    task, tokenizer, model, heads = build(args, accelerator)
-    names = checkpoint.trainable_names(model)
-    lora_params = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
-    wrapped = [m for m in model.modules() if isinstance(m, LoRALinear)]
-    accelerator.print(f"LoRA: {lora_params:,} weights in {len(wrapped)} modules; {models.describe(model)}")
+    ) as run_dir:
+        set_seed(args.seed)
+        task, splits, tokenizer, model, heads = build(args, accelerator)
+        names = checkpoint.trainable_names(model)
+        lora_params = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)  # LoRA: its size
+        wrapped = [m for m in model.modules() if isinstance(m, LoRALinear)]
+        accelerator.print(f"LoRA: {lora_params:,} weights in {len(wrapped)} modules; {models.describe(model)}")
 
-    train_loader, eval_loaders = data.make_dataloaders(
-        accelerator,
-        tokenizer,
-        position_ids=models.takes_position_ids(model),
-        task=task,
-        data_dir=args.data_dir,
-        max_length=args.max_length,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        per_device_eval_batch_size=args.per_device_eval_batch_size,
-        seed=args.seed,
-        max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples,
-        validation_size=args.validation_size,
-        validation_dev_half=args.validation_dev_half,
-        group_by_length=args.group_by_length,
-        pad_to_multiple_of=args.pad_to_multiple_of,
-        fixed_lengths=args.torch_compile,
-        do_predict=args.do_predict,
-    )
-    groups = models.optimizer_groups(model.parameters(), args.weight_decay)
-    optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
-    state.steps_per_epoch, state.max_steps = loop.count_steps(
-        len(train_loader), accelerator, args.num_train_epochs, args.max_train_steps
-    )
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, state.max_steps)
-    model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
-        model, optimizer, train_loader, scheduler, *eval_loaders.values()
-    )
-    eval_loaders = dict(zip(eval_loaders, loaders))
-    if state.resume_from:  # the model, optimizer, scheduler, random states and the loop's state
-        checkpoint.load_checkpoint(accelerator, state)
-    # Only now, everything loaded and checked, does an earlier run's output make way for this run's.
-    loop.take_output_dir(accelerator, state, task, train_loader, eval_loaders)
+        train_loader, eval_loaders = data.make_dataloaders(
+            accelerator,
+            tokenizer,
+            splits,
+            task=task,
+            position_ids=models.takes_position_ids(model),
+            max_length=args.max_length,
+            per_device_train_batch_size=args.per_device_train_batch_size,
+            per_device_eval_batch_size=args.per_device_eval_batch_size,
+            seed=args.seed,
+            group_by_length=args.group_by_length,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+            fixed_lengths=args.torch_compile,
+            do_predict=args.do_predict,
+        )
+        groups = models.optimizer_groups(model.parameters(), args.weight_decay)
+        optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
+        state = loop.TrainState(  # what the loop carries: the step, the log, the best evaluation, ...
+            accelerator.device,
+            *loop.count_steps(len(train_loader), accelerator, args.num_train_epochs, args.max_train_steps),
+        )
+        stop_on_signals(state.note)  # Ctrl-C and SIGTERM say where the last checkpoint is
+        scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, state.max_steps)
+        model, optimizer, train_loader, scheduler, *loaders = accelerator.prepare(
+            model, optimizer, train_loader, scheduler, *eval_loaders.values()
+        )
+        eval_loaders = dict(zip(eval_loaders, loaders))
+        if run_dir.resume_from:  # the model, optimizer, scheduler, random states and the loop's state
+            checkpoint.load_checkpoint(accelerator, run_dir.resume_from, state)
+        # Only now, everything loaded and checked, does an earlier run's output make way for this run's.
+        run_dir.take(task, train_loader, eval_loaders)
+        evaluation.preflight(model, eval_loaders, accelerator, task)  # two batches: a broken evaluation fails now
 
-    start_size = results.weights_size(accelerator, model)  # did the weights move? (results.json says)
-    metrics, logits, runtime = train(
-        args, task, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names
-    )
-    trained = checkpoint.save_trainable(accelerator, model, names, f"{args.output_dir}/trainable.safetensors")
-    if args.do_predict:  # GLUE submission files for the test split
-        evaluation.write_predictions(model, eval_loaders, accelerator, task, args.output_dir)
-    plain = accelerator.unwrap_model(model, keep_torch_compile=False)
-    if args.merge_and_save:  # a plain model, the update merged in (every rank gathers the weights: a collective)
-        merged = merged_state(accelerator, model)
+        start_size = results.weights_size(accelerator, model)  # did the weights move? (results.json says)
+        metrics, logits, runtime = train(
+            args, task, accelerator, run_dir, state, model, optimizer, scheduler, train_loader, eval_loaders, names
+        )
+        trained = checkpoint.save_trainable(
+            accelerator, model, names, f"{args.output_dir}/trainable.safetensors", run_dir.args_json
+        )
+        if args.do_predict:  # GLUE submission files for the test split
+            evaluation.write_predictions(model, eval_loaders, accelerator, task, args.output_dir)
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+        # LoRA: a plain model, the update merged in (every rank gathers the weights: a collective); the peft adapter.
+        if args.merge_and_save:
+            merged = merged_state(accelerator, model)
+            if accelerator.is_main_process:
+                checkpoint.transformers_folder(args.merge_and_save, merged, unwrapped.config, tokenizer)
         if accelerator.is_main_process:
-            checkpoint.transformers_folder(args.merge_and_save, merged, plain.config, tokenizer)
-    if accelerator.is_main_process:  # OUTPUT_DIR/peft: the pairs and the head as a peft adapter
-        layers = {n: m for n, m in plain.named_modules() if isinstance(m, LoRALinear)}
-        head = checkpoint.head_of(trained, heads)
-        peft_export(f"{args.output_dir}/peft", layers, trained, head, args.model_name_or_path)
-    results.write_results(
-        accelerator,
-        state,
-        model,
-        args.output_dir,
-        method="lora",
-        task=task,
-        model_name=args.model_name_or_path,
-        metrics=metrics,
-        logits=logits,
-        eval_loaders=eval_loaders,
-        start_size=start_size,
-        runtime=runtime,
-        learning_rates={"learning_rate": args.learning_rate},
-        extra={"precision": models.precision(accelerator, model, optimizer), "lora_params": lora_params},
-    )
+            layers = {n: m for n, m in unwrapped.named_modules() if isinstance(m, LoRALinear)}
+            head = checkpoint.head_of(trained, heads)
+            peft_export(f"{args.output_dir}/peft", layers, trained, head, args.model_name_or_path)
+        results.write_results(
+            accelerator,
+            state,
+            model,
+            args.output_dir,
+            method="lora",
+            task=task,
+            model_name=args.model_name_or_path,
+            metrics=metrics,
+            logits=logits,
+            eval_loaders=eval_loaders,
+            start_size=start_size,
+            runtime=runtime,
+            learning_rates={"learning_rate": args.learning_rate},
+            max_grad_norm=args.max_grad_norm,
+            extra={"precision": models.precision(accelerator, model, optimizer), "lora_params": lora_params},
+        )
 
 
-def train(args, task, accelerator, state, model, optimizer, scheduler, train_loader, eval_loaders, names):
+def train(args, task, accelerator, run_dir, state, model, optimizer, scheduler, train_loader, eval_loaders, names):
     """The loop: every epoch, less what a resumed run did, until the last step or early stopping. Returns the last
     evaluation (metrics, logits) and the seconds spent training. `names`: the trainable weights, kept in best/."""
     best_file = loop.best_path(args.output_dir)
-    select = evaluation.selected_metric(task, eval_loaders)  # the metric that picks best/ and stops early
+    best_metric = evaluation.selected_metric(task, eval_loaders)  # the metric that picks best/ and stops early
     eval_every = args.eval_steps or state.steps_per_epoch
     bar = tqdm(total=state.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
     started, metrics = time.perf_counter(), None
@@ -388,8 +406,8 @@ def train(args, task, accelerator, state, model, optimizer, scheduler, train_loa
             break
         model.train()
         train_loader.set_epoch(epoch)  # a new shuffle, the same on every rank and after a resume
-        done = (state.step - epoch * state.steps_per_epoch) * accelerator.gradient_accumulation_steps  # batches
-        for batch in accelerator.skip_first_batches(train_loader, done) if done else train_loader:
+        batches_done = (state.step - epoch * state.steps_per_epoch) * accelerator.gradient_accumulation_steps
+        for batch in accelerator.skip_first_batches(train_loader, batches_done) if batches_done else train_loader:
             batch.pop("idx")  # the rows' positions in their file: not an input of the model
             with accelerator.accumulate(model):  # syncs the gradients and steps only every Nth batch
                 loss = model(**batch).loss
@@ -410,11 +428,11 @@ def train(args, task, accelerator, state, model, optimizer, scheduler, train_loa
             paused = time.perf_counter()  # evaluating and saving is not training time
             if state.step % eval_every == 0 or state.step == state.max_steps:
                 metrics, logits = evaluation.evaluate(model, eval_loaders, accelerator, task)
-                if loop.log_evaluation(accelerator, state, metrics, select, bar):  # the best so far
-                    checkpoint.save_trainable(accelerator, model, names, best_file)
-                loop.stop_early(state, args.early_stopping_patience, select, bar)
+                if loop.log_evaluation(accelerator, state, metrics, best_metric, bar):  # the best so far
+                    checkpoint.save_trainable(accelerator, model, names, best_file, run_dir.args_json)
+                loop.stop_early(state, args.early_stopping_patience, best_metric, bar)
             if loop.checkpoint_due(state, args.checkpointing_steps):
-                state.last_saved = checkpoint.save_checkpoint(accelerator, args.output_dir, state, best_file)
+                checkpoint.save_checkpoint(accelerator, run_dir, state, best_file, args.checkpoints_total_limit)
             state.aside += time.perf_counter() - paused
             if state.finished:
                 break

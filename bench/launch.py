@@ -45,10 +45,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(script, config, args, timeout=900, cwd=ROOT):
-    """Run `script` under `config` (a name in CONFIGS, or accelerate launch's own arguments), from
-    the folder `cwd` (the paths of the script and the config are made absolute); returns the
-    CompletedProcess (stdout and stderr captured)."""
+def launch_command(script, config, args):
+    """(the command line, its environment) that runs `script` under `config` (a name in CONFIGS, or accelerate
+    launch's own arguments); the paths of the script and the config are made absolute."""
     launch_args = list(config if isinstance(config, list) else CONFIGS[config] or [])
     if "--config_file" in launch_args:
         at = launch_args.index("--config_file") + 1
@@ -69,4 +68,11 @@ def launch(script, config, args, timeout=900, cwd=ROOT):
     # PYTHONPATH: helper programs outside the root (tests/launch/shard_probe.py) import common/ too.
     path = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=path)
-    return subprocess.run(cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return cmd + [str(a) for a in args], env
+
+
+def launch(script, config, args, timeout=900, cwd=ROOT):
+    """Run `script` under `config` (launch_command) from the folder `cwd`; returns the CompletedProcess (stdout and
+    stderr captured)."""
+    cmd, env = launch_command(script, config, args)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

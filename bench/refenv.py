@@ -1,8 +1,12 @@
 """The reference libraries that cannot live beside our transformers 5.x: AdapterHub `adapters` 1.3
 pins transformers 4.57, and peft's prefix tuning needs it too. They get their own virtual
-environment (.cache/refvenv, reusing this torch), built once on first use; the programs that run
-there (bench/reference_train.py, tests/reference/*.py) get the repository on PYTHONPATH."""
+environment (.cache/refvenv), built once on first use (`python -m pytest -m reference` runs the tests
+that need it). It reuses the running torch, whatever environment runs it: the venv sees only torch's own
+folders (linked, listed by a .pth file), so pip installs the pins and torch's small dependencies, never a
+second torch (bench/refenv.py --size prints what it holds). The programs that run there
+(bench/reference_train.py, tests/reference/*.py) get the repository on PYTHONPATH."""
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -13,17 +17,45 @@ PINS = ["adapters==1.3.0", "transformers==4.57.6", "peft==0.17.1"]
 
 
 def python():
-    """The reference environment's python, built first if it is missing or has other pins."""
+    """The reference environment's python, built first if it is missing or has other pins (or another torch)."""
     exe = os.path.join(VENV, "bin", "python")
+    torch = importlib.metadata.distribution("torch")
+    wanted = " ".join([*PINS, f"torch=={torch.version}"])
     stamp = os.path.join(VENV, "pins.txt")
-    if not (os.path.exists(stamp) and open(stamp).read() == " ".join(PINS)):
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--clear", VENV], check=True)
-        subprocess.run([exe, "-m", "pip", "install", "-q", *PINS], check=True)
+    if not (os.path.exists(stamp) and open(stamp).read() == wanted):
+        subprocess.run([sys.executable, "-m", "venv", "--clear", VENV], check=True)
+        site = subprocess.run(
+            [exe, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True
+        ).stdout.strip()
+        link = os.path.join(VENV, "running-torch")  # torch's folders and its dist-info, and nothing else
+        os.makedirs(link)
+        for top in {f.parts[0] for f in torch.files if f.parts[0] != ".."}:
+            os.symlink(torch.locate_file(top), os.path.join(link, top))
+        with open(os.path.join(site, "running-torch.pth"), "w") as f:
+            f.write(link + "\n")
+        needs = [r for r in torch.requires or [] if "extra ==" not in r]  # (filelock, sympy, ...: small)
+        subprocess.run([exe, "-m", "pip", "install", "-q", *PINS, *needs], check=True)
         with open(stamp, "w") as f:
-            f.write(" ".join(PINS))
+            f.write(wanted)
     return exe
 
 
 def env():
     """The environment its programs run in: offline, the repository importable."""
     return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
+
+
+def size():
+    """The venv's size in MB, torch left out (it is the running one's, linked)."""
+    total = 0
+    for folder, dirs, files in os.walk(VENV):
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
+        total += sum(
+            os.path.getsize(os.path.join(folder, f)) for f in files if not os.path.islink(os.path.join(folder, f))
+        )
+    return total / 1e6
+
+
+if __name__ == "__main__":
+    python()
+    print(f"{VENV}: {size():.0f} MB (torch reused from {importlib.metadata.distribution('torch').locate_file('')})")

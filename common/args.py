@@ -2,9 +2,12 @@
 parses its flags before it imports torch, so --help answers at once)."""
 
 import argparse
+import datetime
 import math
 import os
 import re
+import socket
+import urllib.parse
 
 from common.errors import fail
 from common.outputs import why_not_writable
@@ -51,7 +54,9 @@ class Parser(argparse.ArgumentParser):
         actions = {a.dest: a for a in self._actions}
         if any(not isinstance(k, str) for k in values):
             fail(f"--config {path}: every flag's name must be text, got {sorted(map(repr, values))[0]}")
-        unknown = sorted(set(values) - set(actions) - {"config"})
+        if "config" in values:
+            fail(f"--config {path} names another config file; a config file holds flags, not files of flags")
+        unknown = sorted(set(values) - set(actions))
         if unknown:
             fail(f"--config {path} names flags this script does not have: {', '.join(unknown)}")
         return {name: typed(path, actions[name], value) for name, value in values.items() if name != "config"}
@@ -65,6 +70,8 @@ def typed(path, action, value):
         return value
     ok = isinstance(value, bool) if switch else not isinstance(value, (bool, list, dict)) and value is not None
     if ok and not switch and action.type is None:  # a path, a name, a count: text (not YAML's dates or floats)
+        if isinstance(value, (datetime.date, datetime.datetime)):
+            fail(f"--config {path}: {name} takes text, and YAML reads this as a date; write it in quotes: '{value}'")
         ok, value = isinstance(value, (str, int)), str(value)
     elif ok and not switch:
         try:
@@ -130,6 +137,7 @@ def base_parser(doc):
     add("--validation_dev_half", action="store_true", help="half of dev validates, half tests")
     add("--early_stopping_patience", type=int, default=None, help="evaluations without a gain")
     add("--checkpointing_steps", default=None, help="a resumable checkpoint every N steps, or epoch")
+    add("--checkpoints_total_limit", type=int, default=None, help="keep the newest N checkpoints; none: all")
     add("--resume_from_checkpoint", default=None, help="OUTPUT_DIR/checkpoints/step_N, or latest")
     add("--do_predict", action="store_true", help="GLUE submission files for the test split")
     add("--torch_compile", action="store_true", help="compile the model (inductor)")
@@ -163,6 +171,33 @@ def require(parser, args, rule, *names):
             )
 
 
+def hub_or_offline(name, timeout=3.0):
+    """The hub model `name`, reachable: if the Hugging Face Hub does not answer within `timeout` seconds, this process
+    goes offline (HF_HUB_OFFLINE=1, which the libraries read when they load: the hub's cache still serves), and a
+    model the cache lacks is refused now. Behind a proxy, or with HF_HUB_OFFLINE set, the libraries decide."""
+    if os.path.isabs(name) or name.startswith((".", "~")):
+        fail(f"--model_name_or_path {name}: no such folder; pass a model folder or a hub id")
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HF_HUB_OFFLINE")):
+        return
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except Exception:  # (not a valid hub id)
+        cached = None
+    if not isinstance(cached, str):
+        fail(
+            f"cannot load model '{name}': the Hugging Face Hub does not answer and it is not in your cache; "
+            "pass a local model directory as --model_name_or_path"
+        )
+
+
 def check_args(parser, argv, script):
     """The command line `argv` (None: sys.argv), parsed; a bad value is refused with one line before any work."""
     args = parser.parse_args(argv)
@@ -170,8 +205,17 @@ def check_args(parser, argv, script):
         fail("pass --task (a GLUE task), or --train_file and --validation_file (your own data)")
     if args.task:
         get_task(args.task)
+        if args.train_file or args.validation_file or args.test_file or args.text_columns:
+            fail("--task reads GLUE's files: drop --train_file, --validation_file, --test_file and --text_columns")
     elif not args.validation_file:
         fail("--train_file goes with --validation_file (the rows that score the run and pick best/)")
+    texts = args.text_columns.split(",") if args.text_columns else []
+    if args.text_columns is not None and not 1 <= len(texts) <= 2:
+        fail(f"--text_columns names one column or two (a pair), got {len(texts)}: {args.text_columns}")
+    if len(set(texts)) < len(texts) or args.label_column in texts:
+        fail(f"--text_columns {args.text_columns} names a column twice (with --label_column {args.label_column}?)")
+    if args.train_file and args.data_dir is not None:
+        fail("--data_dir holds GLUE's files: with --train_file (your own data) drop it")
     for path in (args.train_file, args.validation_file, args.test_file):
         if path and not os.path.isfile(path):
             fail(f"no file {path}; pass your data's .csv, .tsv or .jsonl file")
@@ -182,18 +226,24 @@ def check_args(parser, argv, script):
     at_least_1 = (
         "num_train_epochs per_device_train_batch_size per_device_eval_batch_size max_train_steps max_train_samples "
         "max_eval_samples eval_steps validation_size early_stopping_patience logging_steps pad_to_multiple_of "
-        "ddp_timeout"
+        "ddp_timeout checkpoints_total_limit"
     )
     require(parser, args, "at least 1", *at_least_1.split())
     if args.ddp_timeout > 10**6 or (args.pad_to_multiple_of or 1) > args.max_length:
         fail("--ddp_timeout is at most 1000000 seconds, and --pad_to_multiple_of at most --max_length")
     if args.validation_size is not None and args.validation_dev_half:
         fail("--validation_size and --validation_dev_half both choose the validation set; pass one of them")
-    if args.base_dtype != "float32" and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "no":
+    wanted = {"bfloat16": "bf16", "float16": "fp16"}.get(args.base_dtype)  # the autocast the frozen weights need
+    if wanted and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") != wanted:
         fail(
-            f"--base_dtype {args.base_dtype} computes under mixed precision: launch with accelerate launch "
-            "--mixed_precision bf16 (fp16), or drop --base_dtype"
+            f"--base_dtype {args.base_dtype} computes under mixed precision {wanted}: launch with accelerate launch "
+            f"--mixed_precision {wanted}, or drop --base_dtype"
         )
+    if wanted == "fp16" and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true":
+        import torch  # (only here: --help stays instant)
+
+        if not torch.cuda.is_available():
+            fail("--base_dtype float16: accelerate runs fp16 as fp32 without a GPU; use bfloat16 under bf16 here")
     every = args.checkpointing_steps
     if every not in (None, "epoch") and not (re.fullmatch(r"[0-9]+", str(every)) and int(every) >= 1):
         fail(f"--checkpointing_steps takes a number of steps (at least 1) or 'epoch', got '{every}'")
@@ -201,8 +251,10 @@ def check_args(parser, argv, script):
         fail(f"--seed must be from 0 to 2**32 - 1 (numpy's range), got {args.seed}")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         fail(f"--data_dir {args.data_dir} is not a folder; point it at GLUE's TSV layout")
-    if os.path.isdir(args.model_name_or_path):  # one folder, one name: DIR and DIR/ are the same run's
-        args.model_name_or_path = os.path.normpath(args.model_name_or_path)
+    if os.path.isdir(args.model_name_or_path):  # one name for one folder, whatever the working folder
+        args.model_name_or_path = os.path.abspath(args.model_name_or_path)
+    else:  # a hub id: no network is found out now, in seconds, not after a minute of retries and a DeepSpeed build
+        hub_or_offline(args.model_name_or_path)
     args.output_dir = args.output_dir or os.path.join("runs", f"{script}-{args.task or 'files'}")
     why = why_not_writable(args.output_dir)
     if why:

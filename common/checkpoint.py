@@ -5,6 +5,7 @@ process list the files with their sizes and rename the folder into place; a resu
 match that list."""
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -14,12 +15,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from common.errors import UsageError
-from common.outputs import UMASK, atomic_write_json, read_json, remove, replacing, steps
+from common.outputs import UMASK, atomic_write_json, read_json, remove, replacing, same_path, steps
 
 
-def atomic_save_tensors(path, tensors):
+def atomic_save_tensors(path, tensors, metadata=None):
     with replacing(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata)
         os.chmod(tmp, 0o666 & ~UMASK)  # (safetensors makes its file private; every other file is as open() makes it)
 
 
@@ -28,21 +29,20 @@ def trainable_names(model):
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-def gathered(params):
-    """Context that makes ZeRO-3 partitioned parameters whole on every rank (a collective)."""
+@contextlib.contextmanager
+def whole(params):
+    """Context in which `params` are whole on every rank (a collective every rank enters): ZeRO-3's partitions are
+    gathered (DeepSpeed's GatheredParameters) and FSDP2's shards (DTensors) assembled. Yields the whole tensors, in
+    order; without ZeRO-3 or FSDP2 the parameters themselves."""
+    from torch.distributed.tensor import DTensor
+
+    gather = contextlib.nullcontext()
     if any(hasattr(p, "ds_id") for p in params):
         import deepspeed
 
-        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-    return contextlib.nullcontext()
-
-
-def full(param):
-    """A parameter whole: FSDP2 keeps a shard on each rank (a DTensor) and gathers it here, a collective that every
-    rank calls; any other parameter is returned as it is."""
-    from torch.distributed.tensor import DTensor
-
-    return param.full_tensor() if isinstance(param, DTensor) else param
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    with gather:
+        yield [p.full_tensor() if isinstance(p, DTensor) else p for p in params]
 
 
 def local_part(param):
@@ -61,19 +61,19 @@ def gather_tensors(accelerator, model, names):
     params = dict(accelerator.unwrap_model(model, keep_torch_compile=False).named_parameters())
     state = {}
     for name in names:
-        with gathered([params[name]]):
-            whole = full(params[name])
+        with whole([params[name]]) as (tensor,):
             if accelerator.is_main_process:
-                state[name] = whole.detach().cpu().clone().contiguous()
+                state[name] = tensor.detach().cpu().clone().contiguous()
     return state
 
 
-def save_trainable(accelerator, model, names, path):
-    """Write the parameters named in `names` to a safetensors file; returns them (main process: the tensors, others:
+def save_trainable(accelerator, model, names, path, run_args=None):
+    """Write the parameters named in `names` to a safetensors file, with the text of the run's args.json (`run_args`)
+    in its metadata: predict.py refuses an args.json edited since; returns them (main process: the tensors, others:
     {}). Every rank must call this; the main process writes."""
     state = gather_tensors(accelerator, model, names)
     if accelerator.is_main_process:
-        atomic_save_tensors(path, state)
+        atomic_save_tensors(path, state, {"args.json": run_args} if run_args else None)
     accelerator.wait_for_everyone()
     return state
 
@@ -125,16 +125,18 @@ def load_trainable(model, path, strict=False):
     return list(state)
 
 
-def save_checkpoint(accelerator, output_dir, state, best_path):
+def save_checkpoint(accelerator, run_dir, state, best_path, total_limit=None):
     """A resumable checkpoint at OUTPUT_DIR/checkpoints/step_N: the prepared objects (model, optimizer, scheduler,
-    random states), the loop's `state` (TrainState) and the best weights so far (`best_path`, hard-linked: it is
-    replaced, never rewritten, so the link is a snapshot). Every rank calls this. All ranks write into a new folder
-    named with the run's id; only when every rank is done does the main process list the files with their sizes in
-    trainer_state.json (written last) and rename the folder into place; a run stopped while saving (Ctrl-C, SIGTERM)
-    leaves no temporary folder. Returns its path."""
-    final = os.path.join(output_dir, "checkpoints", f"step_{state.step}")
-    tmp = f"{final}.tmp-{state.run_id}"
+    random states), the loop's `state` (TrainState), the run's identity (`run_dir`: loop.OutputDir) and the best
+    weights so far (`best_path`, hard-linked: it is replaced, never rewritten, so the link is a snapshot). Every rank
+    calls this. All ranks write into a new folder named with the run's id; only when every rank is done does the main
+    process list the files with their sizes in trainer_state.json (written last) and rename the folder into place; a
+    run stopped while saving (Ctrl-C, SIGTERM) leaves no temporary folder. Then, with `total_limit`, the oldest
+    checkpoints beyond it are removed (never the one this run resumed from). Sets state.last_checkpoint."""
+    final = os.path.join(run_dir.path, "checkpoints", f"step_{state.step}")
+    tmp = f"{final}.tmp-{run_dir.run_id}"
     saved = state.state_dict(accelerator)  # (a collective; a nan loss stops here)
+    saved.update(identity=run_dir.identity, data=run_dir.data, run_id=run_dir.run_id)
     try:
         if accelerator.is_main_process:
             remove(tmp)  # an earlier try of this run that died while saving
@@ -151,12 +153,20 @@ def save_checkpoint(accelerator, output_dir, state, best_path):
             atomic_write_json(os.path.join(tmp, "trainer_state.json"), {**saved, "files": listing(tmp)})
             remove(final)
             os.replace(tmp, final)
-    except BaseException:
+            state.last_checkpoint = final  # (at once: a Ctrl-C from now on names it)
+            kept = [p for p in steps(run_dir.path) if not run_dir.resume_from or not same_path(p, run_dir.resume_from)]
+            for old in kept[total_limit:] if total_limit else []:  # newest first: the oldest go
+                remove(old)
+    except BaseException as e:
         if accelerator.is_main_process:
             remove(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk: which, and what is left
+            raise UsageError(
+                f"no space left writing {final} (its partial files removed): free some space; {state.note()}"
+            )
         raise
     accelerator.wait_for_everyone()
-    return final
+    state.last_checkpoint = final
 
 
 def digest(path):
@@ -174,7 +184,7 @@ def listing(folder):
     return {os.path.relpath(f, folder): [os.path.getsize(f), digest(f)] for f in files}
 
 
-def damage(path):
+def why_incomplete(path):
     """Why the checkpoint folder `path` cannot be resumed ('' when it is complete): no trainer_state.json (never
     finished), or a file it lists missing, of another size or with other bytes (its SHA-256)."""
     try:
@@ -203,13 +213,13 @@ def find_checkpoint(output_dir, which):
         path = os.path.normpath(which)
         if not os.path.isdir(path):
             return None, []
-        why = damage(path)
+        why = why_incomplete(path)
         if why:
             raise UsageError(f"{path} cannot be resumed: {why}; pass an earlier checkpoint, or 'latest'")
         return path, []
     skipped = []
     for path in steps(output_dir):
-        why = damage(path)
+        why = why_incomplete(path)
         if not why:
             return path, skipped
         skipped.append(f"skipping {path}: {why}")
@@ -221,7 +231,7 @@ def find_checkpoint(output_dir, which):
 OPERATIONAL = set(
     "output_dir overwrite_output_dir resume_from_checkpoint checkpointing_steps with_tracking report_to do_predict "
     "per_device_eval_batch_size data_dir merge_and_save logging_steps no_cache torch_compile pad_to_multiple_of "
-    "config ddp_timeout gradient_checkpointing".split()
+    "config ddp_timeout gradient_checkpointing checkpoints_total_limit".split()
 )
 
 
@@ -236,7 +246,27 @@ def run_identity(flags, method, accelerator):
         "distributed_type": str(accelerator.distributed_type),
     }
     chosen = {k: v for k, v in sorted(flags.items()) if k not in OPERATIONAL}
-    return {"method": method, **launch, **chosen}
+    models = {k: model_fingerprint(v) for k, v in chosen.items() if k.endswith("_name_or_path") and os.path.isdir(v)}
+    return {"method": method, **launch, **chosen, "models": models}
+
+
+def model_fingerprint(folder, blocks=16, block=1 << 16):
+    """A cheap fingerprint of a model folder (not of a hub id): each file's name and size and `blocks` blocks of
+    `block` bytes spread over it (its start holds safetensors' header). Weights trained further or another model saved
+    in the same folder change it; reading a megabyte a file, not the file, it takes milliseconds for gigabytes
+    (bench/fingerprint.py). A model card (.md) may change."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(".") or name.endswith(".md") or not os.path.isfile(path):
+            continue
+        size = os.path.getsize(path)
+        h.update(f"{name} {size}\n".encode())
+        with open(path, "rb") as f:
+            for i in range(blocks):
+                f.seek(size * i // blocks)
+                h.update(f.read(block))
+    return h.hexdigest()[:16]
 
 
 def differences(saved, ours):
@@ -258,6 +288,12 @@ def check_resume(accelerator, output_dir, which, identity):
     if path is None:
         raise UsageError(f"no checkpoint at '{which}'; pass OUTPUT_DIR/checkpoints/step_N or 'latest'")
     saved = read_json(os.path.join(path, "trainer_state.json")).get("identity", {})
+    changed = [k for k, v in identity["models"].items() if saved.get("models", {}).get(k, v) != v]
+    if changed:
+        raise UsageError(
+            f"the model folder {identity[changed[0]]} changed since {path} was written (its files' fingerprint "
+            "differs): resume with the model it trained from, or start a new run"
+        )
     if saved != identity:
         theirs, ours = differences(saved, identity)
         raise UsageError(
@@ -267,11 +303,10 @@ def check_resume(accelerator, output_dir, which, identity):
     return path
 
 
-def load_checkpoint(accelerator, state):
-    """Restore the prepared objects and the loop's `state` (TrainState) from the checkpoint state.resume_from. A file
-    that cannot be read (damaged after it was written) is a one-line error; nothing of the output folder changes (its
-    best weights come back in take_output_dir)."""
-    path = state.resume_from
+def load_checkpoint(accelerator, path, state):
+    """Restore the prepared objects and the loop's `state` (TrainState) from the checkpoint at `path`. A file that
+    cannot be read (damaged after it was written) is a one-line error; nothing of the output folder changes (its best
+    weights come back in OutputDir.take)."""
     try:
         accelerator.load_state(path)
         state.load_state_dict(read_json(os.path.join(path, "trainer_state.json")), accelerator)
@@ -281,5 +316,5 @@ def load_checkpoint(accelerator, state):
             f"cannot resume from {path} ({type(e).__name__}: {first}): pass an earlier checkpoint, "
             "or start over with --overwrite_output_dir"
         ) from None
-    state.last_saved = path
+    state.last_checkpoint = path
     accelerator.print(f"resumed from {path} at step {state.step}")

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from common.errors import UsageError, agree
+from common.errors import UsageError, raise_on_every_rank
 from common.tasks import TSV_FILES, Task, get_task
 
 # The validation set's name among the eval loaders (--validation_size, --validation_dev_half).
@@ -62,6 +62,7 @@ def read_tsv(task, path, labeled=True):
         columns, body, width = task.tsv_columns, rows, 4
     else:
         names = ("sentence", "label") if positional else task.tsv_columns
+        twice(header, path)
         if not set(names[:-1]) <= set(header):
             raise UsageError(
                 f"{path}, line 1: expected a header with the columns {', '.join(names[:-1])}, found {header[:6]}"
@@ -75,6 +76,9 @@ def read_tsv(task, path, labeled=True):
                 f"{path}, line {line}: {len(row)} fields where the header has {width} (a tab inside a text?)"
             )
     out = {key: [r[c] for _, r in body] for key, c in zip(task.text_keys, columns)}
+    for key, c in zip(task.text_keys, columns):
+        for line, row in body:
+            not_empty(row[c], key, path, line)
     if columns[-1] is None and labeled:
         raise UsageError(f"{path}: no label column ('{task.tsv_columns[-1]}'); a train or dev file needs one")
     out["label"] = [
@@ -118,6 +122,30 @@ def _index(raw, path, line):
     return int(raw)
 
 
+def unique(pairs, path, line):
+    """A JSON object's {key: value}; a key written twice is refused (json keeps the last, silently)."""
+    keys = [k for k, _ in pairs]
+    for i, k in enumerate(keys):
+        if k in keys[:i]:
+            raise UsageError(f"{path}, line {line}: the object names '{k}' twice; keep one")
+    return dict(pairs)
+
+
+def twice(header, path):
+    """Refuse a header that names a column twice (which of the two would be read?)."""
+    seen = [h for i, h in enumerate(header) if h in header[:i]]
+    if seen:
+        raise UsageError(f"{path}, line 1: the header names the column '{seen[0]}' twice; rename one")
+
+
+def not_empty(text, key, path, line):
+    """Refuse a text that is empty once stripped: the model would read nothing but the special tokens."""
+    if not isinstance(text, str):
+        raise UsageError(f"{path}, line {line}: the {key} column holds {json.dumps(text)[:40]}, not a text; quote it")
+    if not text.strip():
+        raise UsageError(f"{path}, line {line}: the {key} text is empty; remove the row or give it a text")
+
+
 def read_rows(path):
     """Your own file as [(line, {column: text})]: CSV (.csv: quoted as spreadsheets write it), TSV (.tsv: no quoting,
     as GLUE's) or JSON lines (.jsonl, .json: an object a line). Text that does not fit is a UsageError naming the
@@ -131,7 +159,9 @@ def read_rows(path):
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
             try:
-                row = json.loads(line) if line.strip() else None
+                row = (
+                    json.loads(line, object_pairs_hook=lambda pairs: unique(pairs, path, n)) if line.strip() else None
+                )
             except (ValueError, RecursionError):
                 row = []
             if row is not None and not isinstance(row, dict):
@@ -143,6 +173,7 @@ def read_rows(path):
         )
         lines = [(reader.line_num, r) for r in reader if r]
         header, width = lines[0][1] if lines else [], len(lines[0][1]) if lines else 0
+        twice(header, path)
         for n, r in lines[1:]:
             if len(r) != width:
                 raise UsageError(f"{path}, line {n}: {len(r)} fields where the header has {width}")
@@ -161,30 +192,52 @@ def load_task(
     return file_task(train_file, validation_file, test_file, text_columns, label_column)
 
 
+# How a label is written decides what it is: a whole number (a class id), a number with a point or an exponent (a
+# score: a regression), or text (a class name). docs/data.md states the rule.
+WHOLE, SCORE = re.compile(r"[-+]?[0-9]+"), re.compile(r"[-+]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][-+]?[0-9]+)?")
+
+
+def label_kind(label):
+    """'whole number', 'score' or 'text', by how `label` (a stripped string) is written."""
+    return "whole number" if WHOLE.fullmatch(label) else "score" if SCORE.fullmatch(label) else "text"
+
+
 def file_task(train_file, validation_file, test_file=None, text_columns=None, label_column="label"):
     """The Task of your own data: its text columns (`text_columns`, a or a,b; by default sentence, or sentence1 and
-    sentence2, as transformers' run_glue reads them), its labels, read from the training file (strings or whole
-    numbers: classes, in sorted order; numbers with fractions: a regression), accuracy (a regression: Pearson) as its
-    metric."""
+    sentence2, as transformers' run_glue reads them) and its labels, read from the training file. Every label whole
+    numbers: classes, in numeric order; every label text: classes, in sorted order; every label a number written with
+    a point or an exponent (0.5, 1.0, .5, 2e-1): scores, a regression (its metric Pearson). A column that mixes these
+    kinds (whole numbers and one 1.0, numbers and nan or text) is refused with the rows that disagree."""
     rows = read_rows(train_file)
     columns = rows[0][1].keys()
-    if text_columns:
-        texts = tuple(text_columns.split(","))
-        if not 1 <= len(texts) <= 2:
-            raise UsageError(f"--text_columns names one column or two (a pair), got {len(texts)}: {text_columns}")
-    else:
+    texts = tuple(text_columns.split(",")) if text_columns else None
+    if texts is None:
         texts = ("sentence1", "sentence2") if {"sentence1", "sentence2"} <= columns else ("sentence",)
     for line, row in rows:
-        missing = [c for c in (*texts, label_column) if row.get(c) in (None, "")]
+        missing = [c for c in (*texts, label_column) if row.get(c) is None]
         if missing:
             hint = " (name them with --text_columns and --label_column)" if line == rows[0][0] else ""
             raise UsageError(f"{train_file}, line {line}: no {missing[0]} column, or it is empty{hint}")
-    labels = {str(row[label_column]).strip() for _, row in rows}
-    numbers = all(re.fullmatch(r"-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?", v) for v in labels)
-    if numbers and not all(re.fullmatch(r"-?[0-9]+", v) for v in labels):
+        if not str(row[label_column]).strip():
+            raise UsageError(f"{train_file}, line {line}: the label is empty; give every row its label")
+    labels = [(line, str(row[label_column]).strip()) for line, row in rows]
+    kinds = {}
+    for line, label in labels:
+        kinds.setdefault(label_kind(label), []).append((line, label))
+    if len(kinds) > 1:
+        most = max(kinds, key=lambda k: len(kinds[k]))
+        other = min(kinds, key=lambda k: len(kinds[k]))
+        shown = ", ".join(f"line {line}: '{label}'" for line, label in kinds[other][:5])
+        raise UsageError(
+            f"{train_file}: the {label_column} column mixes {len(kinds[most])} labels written as a {most} with "
+            f"{len(kinds[other])} written as a {other} ({shown}); write every class as a whole number or as text, "
+            "or every score with a point (5 -> 5.0) for a regression (docs/data.md)"
+        )
+    if "score" in kinds:
         names, metric = (), "pearson"  # scores: a regression
     else:
-        names, metric = tuple(sorted(labels, key=int) if numbers else sorted(labels)), "accuracy"
+        distinct = {label for _, label in labels}
+        names, metric = tuple(sorted(distinct, key=int) if "whole number" in kinds else sorted(distinct)), "accuracy"
         if len(names) < 2:
             raise UsageError(f"{train_file} holds one label only ({names[0]}): a classifier needs two or more")
     files = [("train", train_file), ("validation", validation_file)] + [("test", test_file)] * bool(test_file)
@@ -196,11 +249,13 @@ def read_table(task, path, split):
     of a regression; -1 in a test file, which needs none), idx and index (the row's position)."""
     rows = read_rows(path)
     out = {key: [] for key in (*task.text_keys, "label", "idx", "index")}
+    indexed = any("index" in row for _, row in rows)  # the file's own ids
     for i, (line, row) in enumerate(rows):
         for key in task.text_keys:
             if row.get(key) is None:
                 raise UsageError(f"{path}, line {line}: no {key} column")
-            out[key].append(str(row[key]))
+            not_empty(row[key], key, path, line)
+            out[key].append(row[key])
         raw = str(row.get(task.label_column, "")).strip()
         if split == "test":
             label = -1.0 if task.is_regression else -1
@@ -213,7 +268,12 @@ def read_table(task, path, split):
             raise UsageError(f"{path}, line {line}: label '{raw}' is not one of the training file's ({shown})")
         out["label"].append(label)
         out["idx"].append(i)
-        out["index"].append(i)
+        out["index"].append(str(row.get("index", i)) if indexed else i)  # (written back in a test's predictions)
+    if split == "test" and indexed and len(set(out["index"])) < len(rows):
+        seen = {}
+        for (line, _), index in zip(rows, out["index"]):
+            if seen.setdefault(index, line) != line:
+                raise UsageError(f"{path}, line {line}: index {index} is also on line {seen[index]}; ids must differ")
     return out
 
 
@@ -237,9 +297,6 @@ def load_glue(task, data_dir=None):
         return {split: datasets.Dataset.from_dict(read_table(task, path, split)) for split, path in task.files}
     splits = ("train",) + task.eval_splits + task.test_splits
     if data_dir is None:
-        from common.models import hub_reachable
-
-        hub_reachable()  # (no network: offline at once, the hub's cache still serves)
         try:
             hub = datasets.load_dataset("nyu-mll/glue", task.name)
         except Exception as e:  # offline, no cache, hub down
@@ -373,20 +430,49 @@ class Collator:
         return batch
 
 
-def load_splits(
-    tokenizer,
-    task,
-    data_dir,
-    max_length,
-    max_train_samples,
-    max_eval_samples,
-    validation_size,
-    validation_dev_half,
-    seed,
+def load_data(
+    accelerator,
+    task=None,
+    *,
+    data_dir=None,
+    train_file=None,
+    validation_file=None,
+    test_file=None,
+    text_columns=None,
+    label_column="label",
+    max_train_samples=None,
+    max_eval_samples=None,
+    validation_size=None,
+    validation_dev_half=False,
+    seed=42,
+    do_predict=False,
 ):
-    """The tokenized splits of the task as the flags choose them (rows kept, the validation set)."""
-    task = get_task(task)
-    raw = load_glue(task, data_dir)
+    """The run's Task and its splits (datasets of texts and labels), every file read, cut and checked before the model
+    loads, so that bad data is refused in seconds; prints what was read. The keywords are the flags of the same names:
+    GLUE's `task` from `data_dir` or the hub, or your own files; the rows kept, the validation set (HELD_OUT)."""
+    error = None
+    with accelerator.main_process_first():  # the hub's download once; then the others read its cache
+        try:
+            task = load_task(task, train_file, validation_file, test_file, text_columns, label_column)
+            raw = load_glue(task, data_dir)
+            raw = choose_rows(
+                raw, task, max_train_samples, max_eval_samples, validation_size, validation_dev_half, seed
+            )
+            if do_predict and not any(s in raw for s in task.test_splits):
+                where = "pass --test_file" if task.files else f"put {task.tsv_dir}/test.tsv under --data_dir"
+                raise UsageError(f"--do_predict labels the unlabeled test split, and there is none: {where}")
+        except UsageError as e:  # kept, not raised here: the main process would skip the others' barrier
+            error = str(e)
+    raise_on_every_rank(accelerator, error)  # every rank leaves with the same one line
+    rows = ", ".join(f"{len(d):,} {split}" for split, d in raw.items())
+    kind = f"a regression ({task.metric})" if task.is_regression else f"{task.num_labels} classes"
+    labels = f": {', '.join(task.label_names)}" if task.files and not task.is_regression else ""
+    accelerator.print(f"{'your data' if task.files else task.name}: {kind}{labels}; rows {rows}")
+    return task, raw
+
+
+def choose_rows(raw, task, max_train_samples, max_eval_samples, validation_size, validation_dev_half, seed):
+    """The splits `raw` cut as the flags choose: the first rows kept, the validation set held out."""
     if max_train_samples is not None:
         raw["train"] = raw["train"].select(range(min(max_train_samples, len(raw["train"]))))
     for split in task.eval_splits:
@@ -416,31 +502,27 @@ def load_splits(
                 f"{name} has {len(raw[split])} row(s); {task.name}'s {task.metric} needs at least "
                 f"{least} (raise --max_eval_samples or --validation_size)"
             )
-    return {s: tokenize(d, task, tokenizer, max_length) for s, d in raw.items()}
+    return raw
 
 
 def make_dataloaders(
     accelerator,
     tokenizer,
+    splits,
     *,
-    position_ids=True,
     task,
-    data_dir=None,
+    position_ids=True,
     max_length=128,
     per_device_train_batch_size=8,
     per_device_eval_batch_size=32,
     seed=42,
-    max_train_samples=None,
-    max_eval_samples=None,
-    validation_size=None,
-    validation_dev_half=False,
     group_by_length=False,
     pad_to_multiple_of=None,
     fixed_lengths=False,
     do_predict=False,
 ):
-    """Train loader (shuffled) and one loader per eval split; test loaders with `do_predict`. The keywords are the
-    flags of the same names.
+    """Train loader (shuffled) and one loader per eval split of `splits` (load_data's); test loaders with
+    `do_predict`. The keywords are the flags of the same names.
 
     Each batch holds input_ids, attention_mask, labels, `idx` (the row's position in its file: the key that puts
     predictions back in file order, whatever the file's own index column says; not a model input) and, with
@@ -448,24 +530,8 @@ def make_dataloaders(
     With --validation_size or --validation_dev_half the eval loaders include the validation set, named HELD_OUT."""
     from torch.utils.data import DataLoader
 
-    error = None
-    # the hub's download once; then the others read its cache
-    with accelerator.main_process_first():
-        try:
-            data = load_splits(
-                tokenizer,
-                task,
-                data_dir,
-                max_length,
-                max_train_samples,
-                max_eval_samples,
-                validation_size,
-                validation_dev_half,
-                seed,
-            )
-        except UsageError as e:  # kept, not raised here: the main process would skip the others' barrier
-            error = str(e)
-    agree(accelerator, error)  # every rank leaves with the same one line
+    with accelerator.main_process_first():  # (a hub dataset's map writes a cache file once)
+        data = {s: tokenize(d, task, tokenizer, max_length) for s, d in splits.items()}
     spec = get_task(task)
     multiple = pad_to_multiple_of or (8 if torch.cuda.is_available() else 1)
     # --torch_compile: every batch padded to one of a few lengths (16, 32, 64, ... up to max_length), so that the model
@@ -487,10 +553,6 @@ def make_dataloaders(
     names = [s for s in (*spec.eval_splits, HELD_OUT) if s in data]
     if do_predict:
         names += [s for s in spec.test_splits if s in data]
-        if not any(s in data for s in spec.test_splits):
-            raise UsageError(
-                f"--do_predict needs the unlabeled test split ({', '.join(spec.test_splits)}); none was found"
-            )
     evals = {
         s: DataLoader(
             data[s],

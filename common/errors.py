@@ -38,7 +38,7 @@ def usage_errors():
         raise UsageError(str(e)) from None
 
 
-def agree(accelerator, error):
+def raise_on_every_rank(accelerator, error):
     """Every rank's `error` (a message, or None), shared: if any rank has one, every rank raises the first as a
     UsageError, so that all of them leave the same way (a collective: every rank calls it)."""
     from accelerate.utils import gather_object
@@ -60,7 +60,7 @@ def stop_on_signals(note):
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
-def say_once(code, message):
+def print_once(code, message):
     """Print a run's final line, once per launch: under a distributed launch the first process of this machine to end
     prints it (whichever rank failed first is heard), and a process stopped after another's error (the launcher
     terminates the others) stays silent and leaves with that error's status. Returns the exit status."""
@@ -74,8 +74,8 @@ def say_once(code, message):
         except FileExistsError:
             earlier = open(said).read().strip()
             return 2 if earlier == "2" and code in (130, 143) else code
-    if message:
-        print(message, file=sys.stderr, flush=True)
+    if message:  # (under a distributed launch another rank's progress bar may be half a line: a line of its own)
+        print(("\n" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "") + message, file=sys.stderr, flush=True)
     return code
 
 
@@ -85,7 +85,7 @@ def parse_command_line(parse_args):
     try:
         return parse_args()
     except UsageError as e:
-        sys.exit(say_once(2, f"error: {e}"))
+        sys.exit(print_once(2, f"error: {e}"))
 
 
 def outcome(main):
@@ -98,13 +98,21 @@ def outcome(main):
         return e.code, e.message
     except KeyboardInterrupt:  # a Ctrl-C that came before stop_on_signals
         return 130, f"interrupted: {NO_CHECKPOINT}"
+    except RuntimeError as e:  # (torch.distributed's DistBackendError too)
+        if "timed out" not in str(e).lower() or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        return 2, (
+            f"error: a collective waited longer than --ddp_timeout for another rank ({first}): raise --ddp_timeout "
+            "if a rank is still busy (tokenizing, saving), or see the error another rank printed"
+        )
     return 0, None
 
 
 def run_main(main):
     """Run a script's main() as a command: a UsageError prints its one line and exits 2; Ctrl-C and SIGTERM print one
     line saying where the last checkpoint is and exit 130 and 143. Under a distributed launch the line is printed once
-    (say_once), the process group is destroyed on every way out, and the process then leaves without the interpreter's
+    (print_once), the process group is destroyed on every way out, and the process leaves without the interpreter's
     teardown, which frees gloo's C++ objects (still held by DDP or DeepSpeed) while Python is half gone and can abort a
     finished run with SIGABRT ('terminate called without an active exception'). Everything is written by then."""
     handlers = stop_on_signals(lambda: NO_CHECKPOINT)  # until a run says where its checkpoints are
@@ -117,7 +125,14 @@ def run_main(main):
             dist.destroy_process_group()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    code = say_once(code, message) if message else code
+    if message:  # open progress bars are closed, and the message starts a line of its own
+        from tqdm import tqdm
+
+        bars = list(getattr(tqdm, "_instances", ()))
+        for bar in bars:
+            bar.close()
+        print(end="\n" if bars else "", file=sys.stderr, flush=True)
+    code = print_once(code, message) if message else code
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         logging.shutdown()
         sys.stdout.flush()

@@ -1,36 +1,13 @@
 """The model: loading it with its tokenizer, freezing it, counting and grouping what trains, and running it with
 vectors put before the input embeddings (a prompt), with the mask and positions extended."""
 
-import functools
 import inspect
 import os
-import socket
-import urllib.parse
 
 import torch
 
 from common.errors import UsageError
 from common.tasks import get_task
-
-
-@functools.cache
-def hub_reachable(timeout=3.0):
-    """Whether the Hugging Face Hub answers within `timeout` seconds (one check). When it does not (no network), this
-    process goes offline: the hub's cache still serves what it holds, and a model or data set it lacks fails at once,
-    not after minutes of retries. Behind a proxy, or with HF_HUB_OFFLINE=1 set, the libraries decide."""
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HF_HUB_OFFLINE")):
-        return os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false")
-    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        import datasets.config
-        import huggingface_hub.constants
-
-        os.environ["HF_HUB_OFFLINE"] = "1"  # (and for the libraries that read it at import)
-        huggingface_hub.constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
-        return False
 
 
 def load_tokenizer(name):
@@ -72,8 +49,6 @@ def load_model(
 
     name = model_name_or_path
     task = get_task(task)
-    if not os.path.isdir(name):
-        hub_reachable()
     try:
         config = AutoConfig.from_pretrained(name)
         limit = getattr(config, "max_position_embeddings", None)
@@ -101,6 +76,7 @@ def load_model(
             transformers.logging.set_verbosity(verbosity)
         new = [k if isinstance(k, str) else k[0] for k in [*info["missing_keys"], *info["mismatched_keys"]]]
         model.new_weights = sorted({k.split(".")[0] for k in new})  # (mismatched: (name, shapes))
+        model.pretrained_params = count_params(model)[1]  # what a method's trainable share is a share of
     except RuntimeError as e:
         if "ignore_mismatched_sizes" not in str(e):
             raise
@@ -203,12 +179,14 @@ def count_params(model):
 
 
 def describe(model):
-    """How many of the model's parameters train, and which modules the checkpoint did not hold (a new head), as a line
-    to print."""
-    trainable, total = count_params(model)
+    """How many parameters train, as a share of the pretrained model's (its new head included: a separate frozen
+    encoder, as IDPG's, is not counted), and which modules the checkpoint did not hold (a new head), as a line."""
+    trainable, _ = count_params(model)
+    pretrained = next(m.pretrained_params for m in model.modules() if hasattr(m, "pretrained_params"))
     new = sorted({n for m in model.modules() for n in getattr(m, "new_weights", [])})
     fresh = f"; new, not in the checkpoint, trained by this run: {', '.join(new)}" if new else ""
-    return f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.3f}%){fresh}"
+    share = f"{100 * trainable / pretrained:.3g}% of the model's {pretrained:,}"
+    return f"trainable {trainable:,} parameters, {share}{fresh}"
 
 
 def adamw(groups, lr, eps, accelerator):

@@ -7,6 +7,7 @@ in OUTPUT_DIR before it writes anything (`manifest.json`), so that `--overwrite_
 earlier run wrote there, and a run never writes over a path it did not make. `.lock` holds the running run's pid."""
 
 import contextlib
+import errno
 import glob
 import json
 import math
@@ -34,6 +35,10 @@ def replacing(path):
         os.close(fd)
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UsageError(f"no space left writing {path} ({e.strerror}): free some space and run again") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -137,26 +142,39 @@ def why_not_writable(path):
     return ""
 
 
-def alive(pid):
+def started(pid):
+    """When process `pid` started (clock ticks since boot, /proc's field 22), or '' where there is no /proc: with its
+    pid, it tells a live run from an unrelated process that was given the same pid later."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def alive(pid, start=""):
+    """Whether process `pid` runs, and is the one that started at `start` (when known)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
-        return True
-    return True
+        pass
+    return not start or not started(pid) or started(pid) == start
 
 
 def take_lock(output_dir, run_id):
-    """OUTPUT_DIR/.lock with this process's pid, host and run id, created exclusively (of two runs starting at once,
-    one gets it). A lock whose process is gone, or that holds no pid (a file left by something else), is taken over; a
-    live process's lock is a UsageError."""
+    """OUTPUT_DIR/.lock with this process's pid, host, run id and start time, created exclusively (of two runs starting
+    at once, one gets it). A lock whose process is gone (or whose pid now names another process), or that holds no
+    pid (a file left by something else), is taken over; a live process's lock is a UsageError."""
     lock = os.path.join(output_dir, LOCK)
     me, host = os.getpid(), socket.gethostname()
+    if os.path.isdir(lock) or os.path.islink(lock):
+        raise UsageError(f"{lock} is a folder or a link, not a run's lock; move it away")
     for _ in range(3):
         try:
             with open(lock, "x") as f:
-                f.write(f"{me} {host} {run_id}\n")
+                f.write(f"{me} {host} {run_id} {started(me)}\n")
             return lock
         except FileExistsError:
             try:
@@ -164,8 +182,8 @@ def take_lock(output_dir, run_id):
             except FileNotFoundError:  # (another run took it over just now: try again)
                 continue
             pid = int(fields[0]) if fields and fields[0].isascii() and fields[0].isdecimal() else None
-            theirs = fields[1] if len(fields) > 1 else ""
-            if pid is not None and pid != me and (theirs != host or alive(pid)):
+            theirs, start = (fields[1] if len(fields) > 1 else ""), (fields[3] if len(fields) > 3 else "")
+            if pid is not None and pid != me and (theirs != host or alive(pid, start)):
                 where = "" if theirs == host else f" on {theirs}; if it is not running there, remove {lock}"
                 raise UsageError(
                     f"another run (pid {pid}{where}) is writing to {output_dir}: wait for it to end, "
@@ -184,6 +202,8 @@ def manifest_entries(output_dir):
     (an absolute path, `..`, a link on the way) is refused with one line: such a manifest is not a run's, and
     --overwrite_output_dir never follows it."""
     path = os.path.join(output_dir, MANIFEST)
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise UsageError(f"{path} is not a file (a folder or a link): no run wrote it; move it away")
     if not os.path.isfile(path):
         return None
     try:

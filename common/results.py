@@ -7,9 +7,8 @@ import torch
 
 from common.checkpoint import atomic_save_tensors, local_part
 from common.evaluation import constant_metrics, intervals
-from common.loop import comparable
 from common.models import count_params
-from common.outputs import LOCK, atomic_write_json, replacing
+from common.outputs import atomic_write_json, replacing
 from common.tasks import get_task
 
 
@@ -22,34 +21,56 @@ def weights_size(accelerator, model):
     return accelerator.reduce(total, "sum").item()
 
 
-def learning_warnings(metrics, majority, metric, labels, moved, learning_rates, max_steps):
-    """What to say when a run learned nothing, or worse: its trainable weights did not change at all (`moved`: they
-    did), or its `metric` is within 1 point of always predicting the majority class (`majority`), or below it by more
-    than the noise of an evaluation on these `labels` (the eval split's; two standard errors of an accuracy). A split
-    of one class says so instead: it cannot tell."""
+def learning_warnings(
+    metrics, majority, metric, labels, moved, learning_rates, max_steps, *, interval=None, regression=False, clip=None
+):
+    """What to say when a run learned nothing it shows. Returns (the warnings, the verdict for the final line or None).
+
+    Its trainable weights did not change at all (`moved`: they did; a tiny --max_grad_norm `clip` is named);
+    or its `metric` cannot be told from always predicting the majority class (`majority`): the metric's 95% `interval`
+    holds the majority's score, or the two are within the noise of an evaluation on these `labels` (two standard
+    errors of an accuracy); or it is below by more than that. A regression has no majority class: its correlation
+    must be above 0, its interval too. A split of one class says so instead: it cannot tell."""
     rates = ", ".join(f"--{k} {v:g}" for k, v in learning_rates.items())
     advice = (
         f"try other learning rates ({rates}) or more optimizer steps (this run: {max_steps}; "
         "--num_train_epochs, --max_train_samples)"
     )
-    warnings = [] if moved else [f"the trainable weights did not change at all: no gradient reached them; {advice}"]
+    warnings = []
+    if not moved:
+        # (AdamW's steps are scale-free, until a gradient clipped this small is lost below its eps)
+        why = f"; clipping the gradients to --max_grad_norm {clip:g} may be why" if clip and clip < 1e-3 else ""
+        warnings.append(f"the trainable weights did not change at all: no gradient reached them{why}; {advice}")
     if len(set(labels)) == 1:
-        return warnings + [
-            f"the eval split's labels are all {labels[0]}: its {metric} says nothing of what was learned"
-        ]
-    ours, theirs = comparable(metrics.get(metric)), comparable(majority.get(metric))
-    noise = 2 * math.sqrt(0.25 / len(labels))
-    if math.isfinite(ours) and math.isfinite(theirs) and abs(ours - theirs) <= 0.01:
-        warnings.append(
-            f"{metric} {ours:.4f} is within 1 point of always predicting the majority class ({theirs:.4f}): the run "
-            f"learned nothing it shows; {advice}"
-        )
-    elif math.isfinite(ours) and math.isfinite(theirs) and ours < theirs - noise:
-        warnings.append(
-            f"{metric} {ours:.4f} is below always predicting the majority class ({theirs:.4f}) by more than the "
-            f"noise of {len(labels)} eval rows ({noise:.3f}): the run learned the wrong thing; {advice}"
-        )
-    return warnings
+        one = f"the eval split's labels are all {labels[0]}: its {metric} says nothing of what was learned"
+        return [*warnings, one], None
+    ours = metrics.get(metric)
+    ours = None if ours is None or math.isnan(ours) else ours
+    shown = (
+        f"{metric} {ours:.4f}" + (" [{:.4f}, {:.4f}]".format(*interval) if interval else "")
+        if ours is not None
+        else metric
+    )
+    verdict = None
+    if regression:
+        if ours is None:
+            verdict = f"{metric} is undefined: every prediction is the same score"
+        elif (interval[0] if interval else ours) <= 0:
+            below = interval is not None and interval[1] < 0
+            verdict = f"{shown} is below 0" if below else f"{shown} cannot be told from no correlation (0)"
+    else:
+        theirs = majority.get(metric)
+        noise = 2 * math.sqrt(0.25 / len(labels)) if metric.endswith("accuracy") else 0.0
+        if ours is not None and theirs is not None and not math.isnan(theirs):
+            held = interval is not None and interval[0] <= theirs <= interval[1]
+            if held or abs(ours - theirs) <= noise:
+                verdict = f"{shown} cannot be told from always predicting the majority class ({theirs:.4f})"
+            elif ours < theirs:
+                verdict = f"{shown} is below always predicting the majority class ({theirs:.4f})"
+    if verdict:
+        why = "the run learned the wrong thing" if " below " in verdict else "the run learned nothing it shows"
+        warnings.append(f"{verdict}: {why}; {advice}")
+    return warnings, verdict
 
 
 def curves_figure(log_history, metric, majority=None, title=""):
@@ -111,24 +132,42 @@ def write_results(
     start_size,
     runtime,
     learning_rates,
+    max_grad_norm=None,
     extra=None,
 ):
     """results.json (the output contract every script follows, `extra` added), the final eval logits and curves.png;
-    print the warnings and the final line, close the trackers and free OUTPUT_DIR. Every rank calls this (collectives).
+    print the warnings and the final line, close the trackers. Every rank calls this (collectives).
     `start_size`: weights_size before training; `runtime`: the seconds of training (evaluation and saving left out);
-    `learning_rates` {flag: value}: named by a warning."""
-    counts = torch.stack([state.tokens, state.tokens.new_tensor(state.padded), state.tokens.new_tensor(state.rows)])
-    tokens, padded, rows = accelerator.reduce(counts).tolist()
+    `learning_rates` {flag: value}: named by a warning, as `max_grad_norm` (the clipping) where it may be why the
+    weights did not move."""
+    tokens, padded, rows = accelerator.reduce(state.seen).tolist()
     moved = rows == 0 or weights_size(accelerator, model) != start_size  # (exactly: a resumed run may have no step)
     majority = constant_metrics(eval_loaders, task)
     task = get_task(task)
     labels = list(eval_loaders[task.eval_splits[0]].dataset["label"])
-    trainable, total = count_params(accelerator.unwrap_model(model))
+    unwrapped = accelerator.unwrap_model(model)
+    trainable, total = count_params(unwrapped)
+    pretrained = next(m.pretrained_params for m in unwrapped.modules() if hasattr(m, "pretrained_params"))
     metric = task.metric
-    sure = intervals(logits, eval_loaders, task)
-    warnings = learning_warnings(metrics, majority, metric, labels, moved, learning_rates, state.max_steps)
-    low, high = sure.get(metric, [0.0, 0.0])
-    if high - low > 0.2 or len(labels) < 100:  # (SST-2's 872 dev rows know an accuracy to about 5 points)
+    sure, no_interval = intervals(logits, eval_loaders, task)
+    warnings, verdict = learning_warnings(
+        metrics,
+        majority,
+        metric,
+        labels,
+        moved,
+        learning_rates,
+        state.max_steps,
+        interval=sure.get(metric),
+        regression=task.is_regression,
+        clip=max_grad_norm,
+    )
+    low, high = sure.get(metric) or [None, None]
+    for reason in dict.fromkeys(no_interval.values()):
+        names = ", ".join(name for name, why in no_interval.items() if why == reason)
+        warnings.append(f"no 95% interval of {names}: {reason}; evaluate on more rows")
+    # (SST-2's 872 dev rows know an accuracy to about 5 points)
+    if low is not None and (high - low > 0.2 or len(labels) < 100):
         warnings.append(
             f"the eval split's {len(labels)} rows know {metric} only to within [{low:.2f}, {high:.2f}] (95%): too few "
             "to tell this run from another; evaluate on more rows"
@@ -144,6 +183,7 @@ def write_results(
         per_second = (lambda n: n / runtime) if runtime else (lambda n: 0.0)
         results = {
             "task": task.name,
+            "task_kind": "regression" if task.is_regression else "classification",
             "method": method,
             "model": model_name,
             "metrics": metrics,
@@ -156,6 +196,8 @@ def write_results(
             "log_history": state.log_history,
             "trainable_params": trainable,
             "total_params": total,
+            "pretrained_params": pretrained,  # (the model's; a trainable share is of this)
+            "trainable_share": trainable / pretrained,
             **(extra or {}),
             "train_runtime_s": runtime,
             "train_samples_per_s": per_second(rows),
@@ -168,7 +210,9 @@ def write_results(
         curves = os.path.join(output_dir, "curves.png")
         if not draw_curves(curves, state.log_history, metric, majority.get(metric), title):
             accelerator.print("curves.png not written: matplotlib is not installed")
-        os.remove(os.path.join(output_dir, LOCK))
-    shown = [f"{k} {v:.4f}" + (" [{:.4f}, {:.4f}]".format(*sure[k]) if k in sure else "") for k, v in metrics.items()]
-    accelerator.print(f"final {task.name} {method}: {' '.join(shown)} (95% intervals)")
+    shown = [
+        f"{k} {v:.4f}" + (" [{:.4f}, {:.4f}]".format(*sure[k]) if sure.get(k) else "") for k, v in metrics.items()
+    ]
+    warned = f"; warning: {verdict}" if verdict else ""
+    accelerator.print(f"final {task.name} {method}: {' '.join(shown)} (95% intervals){warned}")
     accelerator.end_training()  # closes the trackers and the process group

@@ -429,6 +429,34 @@ def test_kill_9_then_resume_is_bitwise_equal(tiny_gpt2, glue_dir, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow
+def test_zero3_kill_9_then_a_resume_that_evaluates_first_is_bitwise_equal(tiny_gpt2, glue_dir, tmp_path):
+    """LoRA under ZeRO-3 on 2 processes, killed with SIGKILL (the launcher and both ranks) after its checkpoint at
+    step 2, resumed from it in the same folder: the resumed run trains step 3 and evaluates first, where ZeRO-3's
+    parameter-fetch trace once broke the next backward ("tracing error")."""
+    from bench.launch import launch_command
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    flags = {"max_train_samples": 64, "num_train_epochs": 10, "checkpointing_steps": 2, "eval_steps": 3, "lora_r": 4}
+    proc = launch("train_lora.py", "zero3", args_for(tiny_gpt2, glue_dir, str(whole), **flags))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cmd, env = launch_command("train_lora.py", "zero3", args_for(tiny_gpt2, glue_dir, str(killed), **flags))
+    run = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    for _ in range(3000):  # killed at its first finished checkpoint, long before its 40 steps end
+        if steps(killed):
+            break
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert not (killed / "results.json").exists()
+    resume = ["--resume_from_checkpoint", str(killed / "checkpoints" / "step_2")]
+    proc = launch("train_lora.py", "zero3", args_for(tiny_gpt2, glue_dir, str(killed), *resume, **flags))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_same_run(whole, killed)
+
+
 # Part two: multi-process checkpoints, evaluation order, output folders.
 # 1. Checkpoints are complete on every rank before they get their final name.
 @pytest.mark.parametrize("config", [pytest.param("ddp", marks=pytest.mark.slow), "zero3"])

@@ -71,7 +71,13 @@ FIXTURE_ROWS = {
     ("stsb", "STS-B"): (24, 12),
     ("mnli", "MNLI"): (24, 12),
     ("qnli", "QNLI"): (16, 8),
+    ("qqp", "QQP"): (24, 12),
+    ("wnli", "WNLI"): (16, 8),
 }
+
+
+def test_every_task_the_scripts_accept_has_fixtures():
+    assert {task for task, _ in FIXTURE_ROWS} == set(TASKS)
 
 
 @pytest.mark.parametrize("task,folder", list(FIXTURE_ROWS))

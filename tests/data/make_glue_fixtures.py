@@ -7,7 +7,8 @@ The sentences are written here from templates (nothing is copied from GLUE). The
 GLUE's own: SST-2 with a header and a space before the tab; CoLA without a header (and its dev
 file without a final newline); MRPC with a byte-order mark before its header; STS-B's ten
 columns; MNLI's 12-column train and 16-column dev_matched with the label last; RTE and QNLI with
-label names; a bare double quote inside a field (GLUE's files are read with quoting off).
+label names; QQP's six columns; WNLI's ids; a bare double quote inside a field (GLUE's files are read
+with quoting off). Every task the scripts accept has its train and dev files.
 """
 
 import os
@@ -138,6 +139,18 @@ def main():
     ]
     write("QNLI", "train.tsv", "index\tquestion\tsentence\tlabel", qnli[:16])
     write("QNLI", "dev.tsv", "index\tquestion\tsentence\tlabel", [(i, *r[1:]) for i, r in enumerate(qnli[16:])])
+
+    qqp = [
+        (i, 2 * i, 2 * i + 1, f"Why {a.split(' last')[0].lower()}?", f"Why {b[:-1].lower()}?", int(e))
+        for i, (a, b, e) in enumerate(pairs(rng, 36))
+    ]
+    header = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate"
+    write("QQP", "train.tsv", header, qqp[:24])
+    write("QQP", "dev.tsv", header, qqp[24:])
+
+    wnli = [(i, a, b, int(e)) for i, (a, b, e) in enumerate(pairs(rng, 24))]
+    write("WNLI", "train.tsv", "index\tsentence1\tsentence2\tlabel", wnli[:16])
+    write("WNLI", "dev.tsv", "index\tsentence1\tsentence2\tlabel", [(i, *r[1:]) for i, r in enumerate(wnli[16:])])
 
 
 if __name__ == "__main__":

