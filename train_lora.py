@@ -13,6 +13,10 @@ thirds their own pair, `--lora_slices fused` one pair for the whole matrix (what
 `--merge_and_save DIR` writes a plain model with the update merged into W (no cost at inference);
 OUTPUT_DIR/peft/ loads with peft.PeftModel.from_pretrained.
 
+The variants peft has: `--use_dora` (DoRA, Liu et al. 2024: W' = m (W + s B A) / ||W + s B A||, a trained
+magnitude m per output column), `--use_rslora` (rsLoRA, Kalajdzievski 2023: s = alpha / sqrt(r)), and
+`--loraplus_lr_ratio 16` (LoRA+, Hayou et al. 2024: B learns 16 times faster than A).
+
     python train_lora.py --task rte --lora_r 8
     accelerate launch --config_file accelerate_configs/zero3.yaml train_lora.py --task rte \
         --model_name_or_path gpt2-xl --lora_r 24    # the original's 0.47%: 7,372,800 LoRA weights
@@ -34,10 +38,13 @@ def parse_args(argv=None):
     add("--lora_dropout", type=float, default=0.0, help="dropout on the update's input")
     add("--lora_targets", default=None, help="modules to adapt, a,b; none: the model type's")
     add("--lora_slices", default=None, help="GPT-2's c_attn: slices (q,v) or fused; none: q,v")
+    add("--use_dora", action="store_true", help="DoRA: a trained magnitude per adapted output column")
+    add("--use_rslora", action="store_true", help="rsLoRA: the update scaled by alpha / sqrt(r)")
+    add("--loraplus_lr_ratio", type=float, default=None, help="LoRA+: B's rate is this times --learning_rate")
     add("--merge_and_save", default=None, metavar="DIR", help="a plain model, the update merged in")
     args = check_args(parser, argv, "lora")
     require(parser, args, "at least 1", "lora_r")
-    require(parser, args, "positive", "lora_alpha")
+    require(parser, args, "positive", "lora_alpha", "loraplus_lr_ratio")
     require(parser, args, "fraction", "lora_dropout")
     if args.merge_and_save:
         check_merge_target(args.merge_and_save, args.model_name_or_path, args.output_dir)
@@ -96,18 +103,19 @@ class LoRALinear(nn.Module):
     """Wraps a frozen nn.Linear or GPT-2 Conv1D (weight stored [in, out]) and adds B A x. `slices`
     picks parts of the output (of a fused q|k|v projection), each with its own pair; by default one
     pair covers the whole output. Sizes come from the layer's attributes, never weight.shape ([0]
-    under ZeRO-3)."""
+    under ZeRO-3). `rslora`: the scale is alpha / sqrt(r). `dora`: a trained magnitude per adapted
+    output column (DoRA, below)."""
 
-    def __init__(self, base_layer, r, alpha, dropout=0.0, n_parts=1, slices=(0,)):
+    def __init__(self, base_layer, r, alpha, dropout=0.0, n_parts=1, slices=(0,), rslora=False, dora=False):
         super().__init__()
         self.base_layer = base_layer
         self.conv1d = isinstance(base_layer, Conv1D)
         if self.conv1d:
-            d_in, d_out = base_layer.nx, base_layer.nf
+            self.d_in, d_out = base_layer.nx, base_layer.nf
         else:
-            d_in, d_out = base_layer.in_features, base_layer.out_features
-        self.r = r
-        self.scale = alpha / r
+            self.d_in, d_out = base_layer.in_features, base_layer.out_features
+        self.r, self.alpha, self.rslora = r, alpha, rslora
+        self.scale = alpha / math.sqrt(r) if rslora else alpha / r
         self.n_parts = n_parts
         self.slices = tuple(slices)
         self.part = d_out // n_parts  # the width of one slice of the output
@@ -116,7 +124,7 @@ class LoRALinear(nn.Module):
         # joins the module's list late, and a resumed run then broke in its backward ("tracing error").
         # ZeRO-3 + bf16 loads the model in bf16 and casts nothing after.
         dtype = base_layer.weight.dtype
-        self.lora_A = nn.Parameter(torch.empty(len(slices), r, d_in, dtype=dtype))
+        self.lora_A = nn.Parameter(torch.empty(len(slices), r, self.d_in, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(len(slices), self.part, r, dtype=dtype))
         for A in self.lora_A.data:
             nn.init.kaiming_uniform_(A, a=math.sqrt(5))  # each A as nn.Linear and peft start theirs
@@ -124,28 +132,67 @@ class LoRALinear(nn.Module):
         # The adapted slices' output columns, in order (q, v of [q | k | v]: 0..d-1, 2d..3d-1).
         columns = torch.cat([torch.arange(s * self.part, (s + 1) * self.part) for s in self.slices])
         self.register_buffer("columns", columns, persistent=False)
+        self.lora_magnitude = None
+        if dora:  # DoRA: ||W||^2 of each output column, once (the weight whole: a collective under ZeRO-3)
+            with torch.no_grad(), whole([base_layer.weight]) as (weight,):
+                squares = weight.float().pow(2).sum(0 if self.conv1d else 1)
+            self.register_buffer("weight_squares", squares, persistent=False)  # [d_out]
+            self.lora_magnitude = nn.Parameter(squares[columns].sqrt().to(dtype))  # m = ||W||: the model as it was
 
     def forward(self, x):
         y = self.base_layer(x)
         x = self.dropout(x)
         updates = [F.linear(F.linear(x, A), B) * self.scale for A, B in zip(self.lora_A, self.lora_B)]  # thin matmuls
+        update = torch.cat(updates, -1)  # [..., adapted columns]
+        if self.lora_magnitude is not None:  # DoRA
+            update = self.dora(y, x, update)
         if self.n_parts == 1:  # one pair over the whole output
-            return y + updates[0]
+            return y + update
         # Each slice's update into its columns of y in one out-of-place index_add: y is neither
         # split nor concatenated (its backward passes y's gradient through and gathers only the
         # adapted columns').
-        return y.index_add(-1, self.columns, torch.cat(updates, -1))
+        return y.index_add(-1, self.columns, update)
 
-    def add_delta(self, weight, lora_A, lora_B):
-        """Add (alpha / r) B A, per slice, to a full weight in the base layer's layout; lora_A and
-        lora_B: this layer's pairs, whole ([slices, r, d_in], [slices, part, r])."""
-        for s, A, B in zip(self.slices, lora_A, lora_B):
+    def dora(self, y, x, update):
+        """DoRA (Liu et al. 2024, https://arxiv.org/abs/2402.09353): W' = m (W + s B A) / ||W + s B A||, the norm per
+        output column and detached (the paper's section 4.3, as peft), m trained. Returned as what adds to y = W x + b
+        in the adapted columns: (k - 1) W x + k s B A x, k = m / norm, with W x from the dropped-out x when dropout
+        is on (peft's). The norm never forms W or W + s B A: ||W + s B A||^2 = ||W||^2 + 2 s (B * (A W^T)^T).sum +
+        s^2 ||B A||^2, where ||W||^2 is kept from the start and A W^T comes from the base layer run on A's rows (so
+        ZeRO-3 and FSDP2 gather W as for any input); in fp32, floored at 1e-6 so that a zero column of W (m = 0)
+        trains with finite losses."""
+        with torch.no_grad():  # the norm is detached, and b is frozen
+            A, B = self.lora_A.float(), self.lora_B.float()
+            probe = torch.cat([self.lora_A.reshape(-1, self.d_in), self.lora_A.new_zeros(1, self.d_in)])
+            out = self.base_layer(probe.to(x.dtype)).float()  # [slices r + 1, d_out]: A W^T + b, and b
+            bias = out[-1, self.columns]
+            AW = (out[:-1] - out[-1]).reshape(len(self.slices), self.r, -1)  # [slices, r, d_out]
+            AW = torch.stack([AW[i, :, s * self.part : (s + 1) * self.part] for i, s in enumerate(self.slices)])
+            cross = (B * AW.transpose(1, 2)).sum(-1)  # [slices, part]: each column of W . each column of B A
+            BA = (B @ (A @ A.transpose(1, 2)) * B).sum(-1)  # ||B A||^2 of each column, from the r x r Gram matrix
+            norm2 = self.weight_squares[self.columns] + (2 * self.scale * cross + self.scale**2 * BA).reshape(-1)
+        k = self.lora_magnitude.float() / norm2.clamp(min=1e-12).sqrt()
+        base = (y[..., self.columns] if self.n_parts > 1 else y) - bias
+        if isinstance(self.dropout, nn.Dropout) and self.training:  # W x of the x the update read
+            base = (self.base_layer(x)[..., self.columns] if self.n_parts > 1 else self.base_layer(x)) - bias
+        return ((k - 1) * base.float() + k * update.float()).to(y.dtype)
+
+    def add_delta(self, weight, lora_A, lora_B, magnitude=None):
+        """Add (alpha / r) B A, per slice, to a full weight in the base layer's layout; lora_A and lora_B: this
+        layer's pairs, whole ([slices, r, d_in], [slices, part, r]). DoRA's `magnitude`: then each adapted column of
+        W + s B A is scaled to it (m / ||W + s B A||, floored as in the forward)."""
+        for i, (s, A, B) in enumerate(zip(self.slices, lora_A, lora_B)):
             delta = (B.to(weight) @ A.to(weight)) * self.scale  # [part, d_in]
             rows = slice(s * self.part, (s + 1) * self.part)
-            (weight[:, rows] if self.conv1d else weight[rows]).add_(delta.t() if self.conv1d else delta)
+            block = weight[:, rows] if self.conv1d else weight[rows]
+            block.add_(delta.t() if self.conv1d else delta)
+            if magnitude is not None:
+                norm = block.pow(2).sum(0 if self.conv1d else 1).clamp(min=1e-12).sqrt()
+                m = magnitude[i * self.part : (i + 1) * self.part].to(weight)
+                block.mul_((m / norm)[None] if self.conv1d else (m / norm)[:, None])
 
 
-def add_lora(model, targets, r=8, alpha=16, dropout=0.0, slices=None):
+def add_lora(model, targets, r=8, alpha=16, dropout=0.0, slices=None, rslora=False, dora=False):
     """Replace each target module (matched by the last part of its name) with a LoRALinear.
     `slices`: names of the fused parts to adapt (e.g. ['q', 'v']), or None for one pair."""
     wrapped = []
@@ -156,7 +203,7 @@ def add_lora(model, targets, r=8, alpha=16, dropout=0.0, slices=None):
         parts = FUSED.get(leaf) if slices else None
         kw = {"n_parts": len(parts), "slices": [parts.index(p) for p in slices]} if parts else {}
         parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-        setattr(parent, leaf, LoRALinear(module, r, alpha, dropout, **kw))
+        setattr(parent, leaf, LoRALinear(module, r, alpha, dropout, **kw, rslora=rslora, dora=dora))
         wrapped.append(name)
     return wrapped
 
@@ -188,12 +235,12 @@ def resolve_targets(model, targets=None, slices=None):
     return targets, slices.split(",")
 
 
-def add_method(model, lora_targets, lora_slices, lora_r, lora_alpha, lora_dropout):
+def add_method(model, lora_targets, lora_slices, lora_r, lora_alpha, lora_dropout, use_rslora, use_dora):
     """LoRA on a loaded model as the flags of the same names ask (predict.py rebuilds a run with this): the backbone
     frozen, the targets wrapped."""
     targets, slices = resolve_targets(model, lora_targets, lora_slices)
     models.freeze_backbone(model)
-    add_lora(model, targets, lora_r, lora_alpha, lora_dropout, slices)
+    add_lora(model, targets, lora_r, lora_alpha, lora_dropout, slices, rslora=use_rslora, dora=use_dora)
     return model
 
 
@@ -208,10 +255,11 @@ def merged_state(accelerator, model):
         if ".lora_" in name:
             continue
         m = lora.get(name)
-        with whole([param, m.lora_A, m.lora_B] if m else [param]) as (weight, *pair):
+        ours = [m.lora_A, m.lora_B] + ([m.lora_magnitude] if m.lora_magnitude is not None else []) if m else []
+        with whole([param, *ours]) as (weight, *pair):
             weight = weight.detach().float().clone()
             if m is not None:
-                m.add_delta(weight, *pair)
+                m.add_delta(weight, *pair)  # (DoRA: each column scaled to its magnitude)
             if accelerator.is_main_process:
                 state[name.replace(".base_layer.", ".")] = weight.to(param.dtype).cpu()
     return state
@@ -221,11 +269,13 @@ def peft_export(path, layers, trained, head, base_model):
     """OUTPUT_DIR/peft: the pairs and the head as a peft adapter, for PeftModel.from_pretrained(base, path). `layers`
     {module name: LoRALinear}, `trained` their tensors (lora_A, lora_B), `head` the head's by their names in the
     transformers model. k adapted slices of a fused q|k|v projection, each of rank r, are one pair of rank k r: A
-    stacked, B placed block by block (zeros for the slices left alone), alpha scaled by k so that alpha / rank stays
-    the same (peft's rank_pattern and alpha_pattern)."""
+    stacked, B placed block by block (zeros for the slices left alone), alpha scaled by k (rsLoRA: sqrt(k)) so that
+    the scale stays the same (peft's rank_pattern and alpha_pattern). DoRA's magnitudes under peft's name, over the
+    whole output: the columns left alone keep ||W||, so that their factor m / ||W|| is 1."""
     state = {f"base_model.model.{n}": t for n, t in head.items()}
     any_layer = next(iter(layers.values()))
-    r, alpha = any_layer.r, any_layer.scale * any_layer.r
+    r, alpha, rslora = any_layer.r, any_layer.alpha, any_layer.rslora
+    dora = any_layer.lora_magnitude is not None
     ranks = {}
     for name, m in layers.items():
         k = len(m.slices)
@@ -235,6 +285,10 @@ def peft_export(path, layers, trained, head, base_model):
             B[s * m.part : (s + 1) * m.part, i * r : (i + 1) * r] = trained[f"{name}.lora_B"][i]
         state[f"base_model.model.{name}.lora_A.weight"] = A
         state[f"base_model.model.{name}.lora_B.weight"] = B
+        if dora:
+            magnitude = m.weight_squares.detach().float().sqrt().cpu()
+            magnitude[m.columns.cpu()] = trained[f"{name}.lora_magnitude"].float()
+            state[f"base_model.model.{name}.lora_magnitude_vector"] = magnitude.to(A.dtype)
         ranks[name] = k
     config = {
         "peft_type": "LORA",
@@ -248,7 +302,9 @@ def peft_export(path, layers, trained, head, base_model):
         "bias": "none",
         "modules_to_save": sorted({n.split(".")[0] for n in head}),
         "rank_pattern": {n: r * k for n, k in ranks.items()},
-        "alpha_pattern": {n: alpha * k for n, k in ranks.items()},
+        "alpha_pattern": {n: alpha * (math.sqrt(k) if rslora else k) for n, k in ranks.items()},
+        "use_rslora": rslora,
+        "use_dora": dora,
         "inference_mode": True,
     }
     atomic_write_text(f"{path}/adapter_config.json", json.dumps(config, indent=2) + "\n")
@@ -292,6 +348,8 @@ def build(args, accelerator):
             lora_r=args.lora_r,
             lora_alpha=args.lora_alpha,
             lora_dropout=args.lora_dropout,
+            use_rslora=args.use_rslora,
+            use_dora=args.use_dora,
         )
     if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
         models.checkpoint_activations(model)
@@ -338,6 +396,14 @@ def main(args):
             do_predict=args.do_predict,
         )
         groups = models.optimizer_groups(model.parameters(), args.weight_decay)
+        if args.loraplus_lr_ratio:  # LoRA+: B and the 1-D weights (DoRA's magnitudes) at ratio x the rate, as peft
+            faster = [p for n, p in model.named_parameters() if n.endswith(".lora_B") or len(models.shape(p)) == 1]
+            rest = [p for p in model.parameters() if all(p is not q for q in faster)]
+            rate = args.learning_rate * args.loraplus_lr_ratio
+            groups = [
+                *models.optimizer_groups(rest, args.weight_decay),
+                *models.optimizer_groups(faster, args.weight_decay, rate),
+            ]
         optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
         state = loop.TrainState(  # what the loop carries: the step, the log, the best evaluation, ...
             accelerator.device,

@@ -31,6 +31,12 @@ sys.path.insert(0, ROOT)
 METHODS = {
     "full": ("train_full.py", [], ("--learning_rate", [2e-6, 2e-5, 2e-4])),
     "lora": ("train_lora.py", [], ("--learning_rate", [5e-5, 5e-4, 5e-3])),
+    # The LoRA variants at LoRA's defaults: DoRA; rsLoRA at a rank where its scale matters (r 64: alpha / sqrt(r)
+    # is 2, where LoRA's alpha / r is 0.25), beside LoRA at r 64; LoRA+ at the paper's ratio, 16.
+    "dora": ("train_lora.py", ["--use_dora"], ("--learning_rate", [5e-5, 5e-4, 5e-3])),
+    "lora-r64": ("train_lora.py", ["--lora_r", "64"], ("--learning_rate", [5e-5, 5e-4, 5e-3])),
+    "rslora-r64": ("train_lora.py", ["--use_rslora", "--lora_r", "64"], ("--learning_rate", [5e-5, 5e-4, 5e-3])),
+    "loraplus": ("train_lora.py", ["--loraplus_lr_ratio", "16"], ("--learning_rate", [5e-5, 5e-4, 5e-3])),
     "prefix": ("train_prefix.py", [], ("--prefix_learning_rate", [1e-4, 1e-3, 1e-2])),
     "prefix-random": ("train_prefix.py", ["--prefix_init", "random"], ("--prefix_learning_rate", [1e-4, 1e-3, 1e-2])),
     "houlsby": ("train_adapter.py", ["--variant", "houlsby"], ("--learning_rate", [1e-4, 1e-3, 1e-2])),

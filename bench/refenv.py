@@ -1,9 +1,9 @@
 """The reference libraries that cannot live beside our transformers 5.x: AdapterHub `adapters` 1.3
 pins transformers 4.57, and peft's prefix tuning needs it too. They get their own virtual
 environment (.cache/refvenv), built once on first use (`python -m pytest -m reference` runs the tests
-that need it). It reuses the running torch, whatever environment runs it: the venv sees only torch's own
-folders (linked, listed by a .pth file), so pip installs the pins and torch's small dependencies, never a
-second torch (bench/refenv.py --size prints what it holds). The programs that run there
+that need it). It reuses the running torch, whatever environment runs it: the venv sees torch and the
+packages torch needs, linked from where they are installed (a .pth file lists the links), and nothing
+else, so pip installs the pins beside them, never a second torch (`python bench/refenv.py` prints its size). The programs that run there
 (bench/reference_train.py, tests/reference/*.py) get the repository on PYTHONPATH."""
 
 import importlib.metadata
@@ -27,17 +27,35 @@ def python():
         site = subprocess.run(
             [exe, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True
         ).stdout.strip()
-        link = os.path.join(VENV, "running-torch")  # torch's folders and its dist-info, and nothing else
+        link = os.path.join(VENV, "running-torch")  # torch and what it needs (sympy, ...), and nothing else
         os.makedirs(link)
-        for top in {f.parts[0] for f in torch.files if f.parts[0] != ".."}:
-            os.symlink(torch.locate_file(top), os.path.join(link, top))
+        for dist in needed(torch):
+            for top in {f.parts[0] for f in dist.files or [] if f.parts[0] not in ("..", "__pycache__")}:
+                if not os.path.lexists(os.path.join(link, top)):
+                    os.symlink(dist.locate_file(top), os.path.join(link, top))
         with open(os.path.join(site, "running-torch.pth"), "w") as f:
             f.write(link + "\n")
-        needs = [r for r in torch.requires or [] if "extra ==" not in r]  # (filelock, sympy, ...: small)
-        subprocess.run([exe, "-m", "pip", "install", "-q", *PINS, *needs], check=True)
+        subprocess.run([exe, "-m", "pip", "install", "-q", *PINS], check=True)
         with open(stamp, "w") as f:
             f.write(wanted)
     return exe
+
+
+def needed(dist, seen=None):
+    """`dist` and the installed distributions it requires, at any depth (no extras)."""
+    import re
+
+    seen = {} if seen is None else seen
+    if dist.metadata["Name"].lower() not in seen:
+        seen[dist.metadata["Name"].lower()] = dist
+        for requirement in dist.requires or []:
+            if "extra ==" in requirement:
+                continue
+            try:
+                needed(importlib.metadata.distribution(re.split(r"[ ;<>=!~\[(]", requirement)[0]), seen)
+            except importlib.metadata.PackageNotFoundError:
+                pass  # (a requirement of another platform)
+    return list(seen.values())
 
 
 def env():

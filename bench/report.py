@@ -328,6 +328,10 @@ def support_table(path):
 METHODS = [
     ("train_full.py", "full fine-tuning", "full"),
     ("train_lora.py", "LoRA (Hu et al. 2021)", "lora"),
+    ("train_lora.py --use_dora", "DoRA (Liu et al. 2024)", "dora"),
+    ("train_lora.py --use_rslora --lora_r 64", "rsLoRA (Kalajdzievski 2023), r 64", "rslora-r64"),
+    ("train_lora.py --lora_r 64", "LoRA at r 64, rsLoRA's baseline", "lora-r64"),
+    ("train_lora.py --loraplus_lr_ratio 16", "LoRA+ (Hayou et al. 2024), ratio 16", "loraplus"),
     ("train_prefix.py", "prefix tuning (Li and Liang 2021)", "prefix"),
     ("train_adapter.py", "Houlsby adapters (Houlsby et al. 2019)", "houlsby"),
     ("train_adapter.py --variant pfeiffer", "Pfeiffer adapters (Pfeiffer et al. 2020)", "pfeiffer"),

@@ -42,6 +42,12 @@ CONFIGS = {
     "adapters_houlsby": ("adapters_houlsby", 0, "ref"),
     "pfeiffer": ("pfeiffer", 0, "ours"),
     "adapters_pfeiffer": ("adapters_pfeiffer", 0, "ref"),
+    # the LoRA variants (python bench/speed.py --configs lora,rslora,loraplus,dora_fused,peft_dora --out
+    # bench/results/speed-lora-variants.json): DoRA against peft's on the fused c_attn, rsLoRA and LoRA+ against LoRA
+    "dora_fused": ("dora_fused", 0, "ours"),
+    "peft_dora": ("peft_dora", 0, "ours"),
+    "rslora": ("rslora", 0, "ours"),
+    "loraplus": ("loraplus", 0, "ours"),
     # --gradient_checkpointing (python bench/speed.py --configs full,full_gc,lora,lora_gc --out .../speed-gc.json)
     "full_gc": ("full_gc", 0, "ours"),
     "lora_gc": ("lora_gc", 0, "ours"),
@@ -61,6 +67,9 @@ RATIOS = [
     ("prefix", "peft_prefix", 1.0),
     ("houlsby", "adapters_houlsby", 1.0),
     ("pfeiffer", "adapters_pfeiffer", 1.0),
+    ("dora_fused", "peft_dora", 0.9),
+    ("rslora", "lora", 1.0),
+    ("loraplus", "lora", 1.0),
     ("full_gc", "full", None),
     ("lora_gc", "lora", None),
 ]
@@ -88,6 +97,9 @@ def build(method, layers):
             "peft_lora": peft.LoraConfig(
                 r=8, lora_alpha=16, target_modules=["c_attn"], fan_in_fan_out=True, task_type="SEQ_CLS"
             ),
+            "peft_dora": peft.LoraConfig(
+                r=8, lora_alpha=16, target_modules=["c_attn"], fan_in_fan_out=True, task_type="SEQ_CLS", use_dora=True
+            ),
             "peft_prompt": peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=20),
             "peft_prefix": peft.PrefixTuningConfig(
                 task_type="SEQ_CLS", num_virtual_tokens=10, prefix_projection=True, encoder_hidden_size=512
@@ -106,10 +118,13 @@ def build(method, layers):
     from common.models import freeze_backbone
 
     freeze_backbone(model)
-    if method in ("lora", "lora_fused"):
+    if method in ("lora", "lora_fused", "rslora", "loraplus", "dora_fused"):
         from train_lora import add_lora
 
-        add_lora(model, ["c_attn"], r=8, alpha=16, slices=["q", "v"] if method == "lora" else None)
+        slices = None if method.endswith("_fused") else ["q", "v"]
+        add_lora(
+            model, ["c_attn"], r=8, alpha=16, slices=slices, rslora=method == "rslora", dora=method == "dora_fused"
+        )
     elif method in ("houlsby", "pfeiffer"):
         from train_adapter import add_adapters
 
@@ -149,6 +164,10 @@ def one(name, threads, layers, batch, seq, warmup, steps, **_):
         wide = torch.randint(1, 50000, (batch, seq + extra), generator=g)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5) if params else None
+    if method == "loraplus":  # B at 16 x the rate, as train_lora.py --loraplus_lr_ratio 16
+        faster = [p for n, p in model.named_parameters() if n.endswith(".lora_B")]
+        rest = [p for p in params if all(p is not q for q in faster)]
+        optimizer = torch.optim.AdamW([{"params": rest}, {"params": faster, "lr": 16e-5}], lr=1e-5)
     times = []
     for step in range(warmup + steps):
         start = time.perf_counter()

@@ -28,6 +28,7 @@ RESULTS = os.path.join(ROOT, "bench", "results", "support.json")
 ROWS = {  # row: (script, label, method flags); "{model}" is the tiny model's folder
     "full": ("train_full.py", "", []),
     "lora": ("train_lora.py", "", []),
+    "dora": ("train_lora.py", "DoRA", ["--use_dora"]),
     "prefix": ("train_prefix.py", "", ["--num_prefix", "4", "--prefix_hidden", "16"]),
     "houlsby": ("train_adapter.py", "Houlsby", ["--variant", "houlsby"]),
     "pfeiffer": ("train_adapter.py", "Pfeiffer", ["--variant", "pfeiffer"]),

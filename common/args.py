@@ -103,7 +103,7 @@ def base_parser(doc):
         allow_abbrev=False,
     )
     add = p.add_argument
-    add("--task", default=None, help=f"the GLUE task: {', '.join(TASKS)}; or your own data's files:")
+    add("--task", default=None, help=f"the GLUE task: {', '.join(TASKS)}; or your own data, the next flags")
     add("--train_file", default=None, help="your own data: a .csv, .tsv or .jsonl file with text and label columns")
     add("--validation_file", default=None, help="your own data: scored every evaluation, picks best/")
     add("--test_file", default=None, help="your own data: labelled by --do_predict")

@@ -208,14 +208,19 @@ def adamw(groups, lr, eps, accelerator):
     return torch.optim.AdamW(groups, lr=lr, eps=eps, fused=fused)
 
 
+def shape(param):
+    """A parameter's shape, also when ZeRO-3 has partitioned it (its .shape is then [0])."""
+    return getattr(param, "ds_shape", param.shape)
+
+
 def optimizer_groups(params, weight_decay, lr=None):
     """AdamW parameter groups of the trainable ones among `params`: weight decay on matrices only, none on biases and
     norms; `lr`: their own learning rate (None: the optimizer's). Shapes are read from ds_shape when ZeRO-3 has
     partitioned a parameter (its .shape is then [0]); empty groups are left out."""
     params = [p for p in params if p.requires_grad]
     own = {} if lr is None else {"lr": lr}
-    matrices = [p for p in params if len(getattr(p, "ds_shape", p.shape)) >= 2]
-    others = [p for p in params if len(getattr(p, "ds_shape", p.shape)) < 2]
+    matrices = [p for p in params if len(shape(p)) >= 2]
+    others = [p for p in params if len(shape(p)) < 2]
     groups = [
         {"params": matrices, "weight_decay": weight_decay, **own},
         {"params": others, "weight_decay": 0.0, **own},

@@ -1,7 +1,7 @@
 """Train here, use anywhere: each script's export, loaded by the library it is written for, gives
 the logits of our own reload of the run's weights (1e-5, fp32). peft 0.21 (prompt tuning, LoRA)
 loads beside us; peft 0.17.1 (prefix tuning) and AdapterHub `adapters` 1.3 load in the reference
-environment (tests/reference_env.py). After a single-process run (in this process) and after a
+environment (bench/refenv.py; those tests are marked `reference`). After a single-process run (in this process) and after a
 ZeRO-3 run on 2 processes (marked slow)."""
 
 import json
@@ -129,6 +129,7 @@ def test_prompt_tuning_loads_in_peft(config, tiny_gpt2, glue_dir, tmp_path):
     assert (theirs - with_batch(plain(tiny_gpt2), batch)).abs().max() > 1e-4  # the prompt and the head are used
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("config", SINGLE_AND_SHARDED)
 def test_prefix_tuning_loads_in_peft_0_17(config, tiny_gpt2, glue_dir, tmp_path):
     out = tmp_path / "out"
@@ -154,6 +155,7 @@ ADAPTERS = (
 )
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("kind,variant,norms,config", ADAPTERS)
 def test_adapters_load_in_adapterhub(kind, variant, norms, config, tiny_gpt2, tiny_bert, glue_dir, tmp_path, capsys):
     """Frozen layer norms: the export is everything. Trained ones (Houlsby's default) go beside it,

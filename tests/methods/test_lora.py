@@ -262,3 +262,169 @@ def test_both_modes_backpropagate_from_the_first_layer(slices):
     model.train()(**INPUTS, labels=torch.tensor([0, 2])).loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if ".lora_" in n}
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+
+
+# The LoRA variants: DoRA, rsLoRA, LoRA+ against peft at the same weights.
+def peft_twin(ours, make, targets, conv1d, **variant):
+    """peft's LoRA on a fresh copy of the base model, with our layers' weights copied in."""
+    from peft import LoraConfig, get_peft_model
+
+    layer = next(m for m in ours.modules() if isinstance(m, LoRALinear))
+    config = LoraConfig(r=layer.r, lora_alpha=layer.alpha, target_modules=targets, fan_in_fan_out=conv1d, **variant)
+    theirs = get_peft_model(make(), config)
+    for name, m in ours.named_modules():
+        if isinstance(m, LoRALinear):
+            twin = theirs.base_model.model.get_submodule(name)
+            twin.lora_A["default"].weight.data = m.lora_A.data[0].clone()
+            twin.lora_B["default"].weight.data = m.lora_B.data[0].clone()
+            if m.lora_magnitude is not None:
+                twin.lora_magnitude_vector["default"].weight.data = m.lora_magnitude.data.clone()
+    return theirs
+
+
+def grads(model, pattern):
+    model.zero_grad()
+    model(**INPUTS).logits.pow(2).sum().backward()
+    return [p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and pattern in n]
+
+
+@pytest.mark.parametrize(
+    "make,targets,conv1d",
+    [(tiny_gpt2_model, ["c_attn"], True), (lambda: tiny.llama(0, 3), ["q_proj", "v_proj"], False)],
+)
+@pytest.mark.parametrize("variant", [{"use_dora": True}, {"use_rslora": True}, {"use_dora": True, "use_rslora": True}])
+def test_dora_and_rslora_equal_peft_at_the_same_weights(make, targets, conv1d, variant):
+    ours = make()
+    freeze_backbone(ours)
+    rslora, dora = variant.get("use_rslora", False), variant.get("use_dora", False)
+    add_lora(ours, targets, 4, 8, 0.0, None, rslora=rslora, dora=dora)
+    randomize_lora(ours)  # (B, A and the magnitudes: away from the start, where DoRA is the identity)
+    theirs = peft_twin(ours, make, targets, conv1d, **variant)
+    torch.testing.assert_close(logits(ours), logits(theirs), atol=1e-5, rtol=0)
+    assert (logits(ours) - logits(make())).abs().max() > 1e-3  # (the update is there)
+    for ours_name, their_name in (("lora_A", "lora_A"), ("lora_B", "lora_B"), ("lora_magnitude", "lora_magnitude")):
+        mine, peft_grads = grads(ours, ours_name), grads(theirs, their_name)
+        assert len(mine) == len(peft_grads)
+        for g, h in zip(mine, peft_grads):
+            torch.testing.assert_close(g[0] if g.dim() == 3 else g, h, atol=1e-5, rtol=1e-4)
+
+
+def test_dora_starts_at_the_pretrained_model_and_trains_through_a_zero_column():
+    model = tiny_gpt2_model()
+    before = logits(model)
+    with torch.no_grad():
+        model.transformer.h[0].attn.c_attn.weight[:, 5] = 0  # an output column of W all zero (Conv1D: [in, out])
+    zeroed = logits(model)
+    freeze_backbone(model)
+    add_lora(model, ["c_attn"], 4, 8, 0.0, ["q", "v"], dora=True)
+    torch.testing.assert_close(logits(model), zeroed, atol=1e-6, rtol=0)  # B = 0, m = ||W||: the model as it was
+    assert (zeroed - before).abs().max() > 0
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(5):
+        loss = model(**INPUTS, labels=torch.tensor([0, 2])).loss
+        assert torch.isfinite(loss)
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def test_dora_on_slices_merges_and_exports_to_peft(tmp_path):
+    """GPT-2's q and v slices under DoRA: a magnitude over the adapted columns; merged into W, or exported to peft
+    (k's columns get m = ||W||, a factor of 1), the logits are ours."""
+    from types import SimpleNamespace
+
+    from peft import PeftModel
+
+    model = tiny_gpt2_model()
+    freeze_backbone(model)
+    add_lora(model, ["c_attn"], 4, 8, 0.0, ["q", "v"], rslora=True, dora=True)
+    randomize_lora(model)
+    ours = logits(model)
+    one_process = SimpleNamespace(unwrap_model=lambda m, **_: m, is_main_process=True)
+    plain = tiny_gpt2_model()
+    assert plain.load_state_dict(merged_state(one_process, model), strict=False).missing_keys == []
+    torch.testing.assert_close(logits(plain), ours, atol=1e-5, rtol=0)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    trained = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    peft_export(tmp_path, layers, trained, head_of(trained, ["score"]), "tiny")
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["use_dora"] is True and config["use_rslora"] is True
+    theirs = PeftModel.from_pretrained(tiny_gpt2_model(), tmp_path)
+    torch.testing.assert_close(logits(theirs), ours, atol=1e-5, rtol=0)
+
+
+def test_loraplus_groups_as_peft(tiny_gpt2, glue_dir, tmp_path, monkeypatch):
+    """B (and DoRA's magnitudes) at ratio x the rate, A and the head at the rate: peft's create_loraplus_optimizer's
+    groups, run through the script."""
+    from peft import LoraConfig, get_peft_model
+    from peft.optimizers import create_loraplus_optimizer
+
+    import train_lora
+
+    seen = {}
+    build, adamw = train_lora.build, train_lora.models.adamw
+
+    def kept_build(args, accelerator):
+        seen["built"] = build(args, accelerator)
+        return seen["built"]
+
+    def kept_adamw(groups, lr, eps, accelerator):
+        seen["groups"] = groups
+        return adamw(groups, lr, eps, accelerator)
+
+    monkeypatch.setattr(train_lora, "build", kept_build)
+    monkeypatch.setattr(train_lora.models, "adamw", kept_adamw)
+    extra = ["--use_dora", "--loraplus_lr_ratio", "16", "--max_train_steps", "1", "--learning_rate", "1e-3"]
+    run_in_process("train_lora.py", lora_args(tiny_gpt2, glue_dir, tmp_path / "out", *extra))
+
+    def kind(name):
+        return "B" if "lora_B" in name else "m" if "magnitude" in name else "A" if "lora_A" in name else "head"
+
+    def rates(model, groups):
+        lr = {id(p): g.get("lr", 1e-3) for g in groups for p in g["params"]}
+        out = {}
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                out.setdefault(kind(n), set()).add(lr[id(p)])
+        return out
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2)
+    config = LoraConfig(r=4, target_modules=["c_attn"], use_dora=True, task_type="SEQ_CLS", fan_in_fan_out=True)
+    theirs = get_peft_model(model, config)
+    optimizer = create_loraplus_optimizer(theirs, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=16)
+    expected = {"A": {1e-3}, "B": {16e-3}, "m": {16e-3}, "head": {1e-3}}
+    assert rates(theirs, optimizer.param_groups) == expected
+    assert rates(seen["built"][3], seen["groups"]) == expected
+
+
+@pytest.mark.parametrize("config", matrix(["single", "zero3", "fsdp", "zero3_bf16"]))
+def test_dora_and_rslora_train_reload_and_export(config, tiny_gpt2, glue_dir, tmp_path):
+    """The script with --use_dora --use_rslora: it learns; predict.load_run, peft's PeftModel and the merged folder
+    (DoRA folded into W) each give the run's eval logits; under ZeRO-3 and FSDP2 too (the norm's W gathered as the
+    layer's, every rank alike)."""
+    from peft import PeftModel
+
+    out, merged = tmp_path / "out", tmp_path / "merged"
+    args = lora_args(tiny_gpt2, glue_dir, out, "--use_dora", "--use_rslora", "--merge_and_save", merged)
+    if config == "single":
+        run_in_process("train_lora.py", args)
+    else:
+        check_ok(launch("train_lora.py", config, args))
+    res = results(out)
+    losses = [h["train_loss"] for h in evaluations(res)]
+    assert losses[-1] < losses[0], losses
+    assert res["lora_params"] == 2 * (2 * 4 * (32 + 32) + 2 * 32)  # the pairs and the magnitudes of q and v
+    atol = 5e-2 if "bf16" in config else 1e-5
+    check_load_trained(out, tiny_gpt2, glue_dir, atol)
+    batches = list(eval_batches(tiny_gpt2, glue_dir, "sst2", 32))
+    theirs = saved_eval_logits(out, "sst2")
+    config_json = json.load(open(out / "peft" / "adapter_config.json"))
+    assert config_json["use_dora"] and config_json["use_rslora"]
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2).eval()
+    base.config.pad_token_id = 0
+    torch.testing.assert_close(
+        logits_of(PeftModel.from_pretrained(base, out / "peft"), batches), theirs, atol=atol, rtol=0
+    )
+    merged_model = AutoModelForSequenceClassification.from_pretrained(merged).eval()
+    torch.testing.assert_close(logits_of(merged_model, batches), theirs, atol=atol, rtol=0)

@@ -13,6 +13,8 @@ from tests.reference.env import make_reference
 from train_adapter import add_adapters
 from train_prefix import PrefixTuning
 
+pytestmark = pytest.mark.reference  # (a venv of their own: python -m pytest -m reference)
+
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
