@@ -193,8 +193,8 @@ def hub_or_offline(name, timeout=3.0):
         cached = None
     if not isinstance(cached, str):
         fail(
-            f"cannot load model '{name}': the Hugging Face Hub does not answer and it is not in your cache; "
-            "pass a local model directory as --model_name_or_path"
+            f"cannot load model '{name}': you are offline (the Hugging Face Hub does not answer) and it is not in "
+            "your cache; pass a local model directory as --model_name_or_path"
         )
 
 
