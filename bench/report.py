@@ -361,14 +361,35 @@ def methods_table(path):
         lines.append(f"| `{script}` | {method} | {share} | {shown} |")
     b = r["budget"]
     steps = -(-b["rows"] // b["batch"])
+    lines += ["", *twins(r["runs"], [name for _, _, name in METHODS])]
     lines += [
-        "",
         f"At each script's defaults, on SST-2's first {b['rows']:,} training rows ({steps} steps), scored "
         f"on the full dev set, where the majority class scores {r['dev_majority']:.2f}; the other "
         "methods, the references, the figure, and every row at the earlier defaults (before the gradients were "
-        "clipped): [docs/benchmarks.md](docs/benchmarks.md).",
+        "clipped): [docs/benchmarks.md](docs/benchmarks.md)."
     ]
     return "\n".join(lines)
+
+
+def twins(runs, names):
+    """A line for each pair of rows whose runs of the same seed score the same: one computation (the same loss at
+    every logged step), or equal by chance (their losses differ)."""
+    lines = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            for seed in range(3):
+                x, y = runs.get(f"{a}/{seed}", {}), runs.get(f"{b}/{seed}", {})
+                if "metrics" not in x or "metrics" not in y or x["metrics"] != y["metrics"]:
+                    continue
+                loss = [[h["loss"] for h in run["log_history"] if "loss" in h] for run in (x, y)]
+                if loss[0] == loss[1]:
+                    why = "the same computation here: the same loss at every logged step"
+                    if {a, b} == {"idpg", "idpg-self"}:  # (why they are)
+                        why += " (a frozen copy of the backbone encodes as the backbone does: SmolLM2 has no dropout)"
+                else:
+                    why = f"equal by chance: their last logged losses are {loss[0][-1]:.4f} and {loss[1][-1]:.4f}"
+                lines.append(f"The grid's {a} and {b} score the same at seed {seed}, {why}.")
+    return [" ".join(lines), ""] if lines else []
 
 
 def grid_targets(path):

@@ -126,3 +126,21 @@ def test_the_minilm_table_runs_ours_unclipped_as_its_references():
 
     ours = accuracy.command("lora", "sst2", 0, "/m", "/glue", "/out", accuracy.BUDGET)
     assert flag(ours, "--max_grad_norm") == "0"
+
+
+def test_rows_that_score_the_same_are_told_apart_by_their_losses():
+    """Two rows of the same seed with equal metrics: one computation when every logged loss agrees, else by chance."""
+    log = lambda *losses: [{"step": 10 * i, "loss": x} for i, x in enumerate(losses, 1)]  # noqa: E731
+    runs = {
+        "idpg/0": {"metrics": {"accuracy": 0.8475}, "log_history": log(0.7, 0.31)},
+        "idpg-self/0": {"metrics": {"accuracy": 0.8475}, "log_history": log(0.7, 0.31)},
+        "prompt/0": {"metrics": {"accuracy": 0.8475}, "log_history": log(0.7, 0.34)},
+        "lora/0": {"metrics": {"accuracy": 0.85}, "log_history": log(0.7, 0.31)},
+    }
+    text = " ".join(report.twins(runs, ["lora", "prompt", "idpg", "idpg-self"]))
+    assert "idpg and idpg-self score the same at seed 0, the same computation here" in text
+    assert (
+        "prompt and idpg score the same at seed 0, equal by chance: their last logged losses are 0.3400 and 0.3100"
+        in text
+    )
+    assert "lora" not in text
