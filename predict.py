@@ -32,7 +32,6 @@ def load_run(output_dir, best=False):
     trained weights (`best`: best/trainable.safetensors), checked against the rebuilt model (names, shapes, finite
     values); in eval mode on the CPU, ready for model(**batch) on batches of common.data.Collator. The base model (and
     IDPG's encoder) must be where the run found them. What does not fit is a UsageError."""
-    from common.checkpoint import load_trainable
     from common.errors import UsageError
     from common.models import load_model
     from common.outputs import read_json
@@ -65,6 +64,36 @@ def load_run(output_dir, best=False):
     model = add_method(model, **given, **{name: flags[name] for name in names})
     load_trainable(model, weights, strict=True)
     return tokenizer, model.eval()
+
+
+def load_trainable(model, path, strict=False):
+    """Load a trainable.safetensors into a plain (not distributed) model: each tensor must be one of the model's
+    parameters (`strict`: exactly its trainable ones, none missing), of its shape and finite; a UsageError names the
+    first that does not fit. Returns the names."""
+    import torch
+    from safetensors.torch import load_file
+
+    from common.errors import UsageError
+
+    try:
+        state = load_file(path)
+    except Exception as e:  # missing, empty, cut short: what safetensors raises varies
+        raise UsageError(f"cannot read {path} ({type(e).__name__}): the run did not finish writing it") from None
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad or not strict}
+    unknown, missing = sorted(set(state) - set(params)), sorted(set(params) - set(state)) if strict else []
+    if unknown or missing:
+        which = f"holds {unknown[0]}, which it does not" if unknown else f"lacks {missing[0]}, which it"
+        raise UsageError(f"{path} {which} train in the rebuilt model: it is another run's, or the base model changed")
+    for name, tensor in state.items():
+        if tensor.shape != params[name].shape:
+            shapes = f"{tuple(tensor.shape)}, the model's {tuple(params[name].shape)}"
+            raise UsageError(f"{path}: {name} has the shape {shapes}: it is another run's, or the base model changed")
+        if not tensor.isfinite().all():
+            raise UsageError(f"{path}: {name} holds nan or infinite values; use an earlier checkpoint's")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor.to(params[name].dtype))
+    return list(state)
 
 
 def check_unchanged(output_dir, flags, weights):

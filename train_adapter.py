@@ -3,18 +3,18 @@
 Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP", https://arxiv.org/abs/1902.00751
 Pfeiffer et al. 2020, "AdapterFusion", https://arxiv.org/abs/2005.00247 (the one-adapter layout)
 
-An adapter maps a hidden state h to h + up(act(down(h))), with down: d -> m and up: m -> d,
-m = d / --reduction_factor (16). Its weights start near zero, so a fresh adapter is nearly the
-identity and training starts at the pretrained model. The backbone is frozen. The rate is 1e-3;
-Houlsby's default is no gradient clipping (Pfeiffer's: at 1.0, the scripts' default): on SmolLM2 SST-2
-clipped at 1.0 it predicted one class at 1e-3 and 3e-3, and reached 82% at 1e-4, 88% unclipped.
+An adapter maps a hidden state h to h + up(act(down(h))), with down: d -> m and up: m -> d, m = d /
+--reduction_factor (16). Its weights start near zero, so a fresh adapter is nearly the identity and training starts
+at the pretrained model. The backbone is frozen. The rate is 1e-3; Houlsby's default is no gradient clipping
+(Pfeiffer's: at 1.0, the scripts' default): on SmolLM2 SST-2 clipped at 1.0 it predicted one class at 1e-3 and 3e-3,
+and reached 82% at 1e-4, 88% unclipped.
 
-  --variant houlsby  two adapters per layer (swish): after the attention output projection and
-                     after the feed-forward output projection, before their residual adds; the
-                     layer norms train too (--freeze_layer_norms to keep them fixed)
-  --variant pfeiffer one adapter per layer (ReLU) after the feed-forward block, as AdapterHub's
-                     SeqBnConfig places it: on the residual stream after the block (pre-LN GPT-2,
-                     Llama), and inside the output layer norm (post-LN BERT: LN(s + A(LN(s))))
+  --variant houlsby  two adapters per layer (swish): after the attention output projection and after the
+                     feed-forward output projection, before their residual adds; the layer norms train
+                     too (--freeze_layer_norms to keep them fixed)
+  --variant pfeiffer one adapter per layer (ReLU) after the feed-forward block, as AdapterHub's SeqBnConfig
+                     places it: on the residual stream after the block (pre-LN GPT-2, Llama), and inside
+                     the output layer norm (post-LN BERT: LN(s + A(LN(s))))
 
     Houlsby:  x -> attention -> c_proj -> [+ A_attn] -> +x -> ln -> MLP -> c_proj -> [+ A_ffn] -> +
     Pfeiffer: x -> attention -> +x -> ln -> MLP -> + -> [+ A]
@@ -22,8 +22,7 @@ clipped at 1.0 it predicted one class at 1e-3 and 3e-3, and reached 82% at 1e-4,
 Adapters go in by wrapping modules of each layer (never by editing model classes).
 
     python train_adapter.py --task rte --variant houlsby
-    accelerate launch --config_file accelerate_configs/zero3.yaml train_adapter.py --task rte \
-        --variant pfeiffer
+    accelerate launch --config_file accelerate_configs/zero3.yaml train_adapter.py --task rte --variant pfeiffer
 """
 
 import argparse
@@ -42,11 +41,9 @@ def parse_args(argv=None):
     add("--adapter_size", type=int, default=None, help="the bottleneck m (overrides the factor)")
     add("--freeze_layer_norms", action="store_true", help="Houlsby: keep the layer norms frozen")
     add(
-        "--ln_before",
-        action=argparse.BooleanOptionalAction,
-        default=None,
+        "--ln_before", action=argparse.BooleanOptionalAction, default=None,
         help="a LayerNorm on each adapter's input; none: where it reads the residual stream",
-    )
+    )  # fmt: skip
     args = check_args(parser, argv, "adapter")
     require(parser, args, "at least 1", "reduction_factor", "adapter_size")
     if args.max_grad_norm is None:  # clipped at 1.0, Houlsby learned nothing (the docstring's numbers)
@@ -70,29 +67,22 @@ from common import checkpoint, data, evaluation, loop, models, results
 from common.errors import run_main, stop_on_signals, usage_errors
 
 # Where the adapters go, per model type, as paths inside each layer ("" is the layer itself).
-PRE_LN = {"houlsby": ("attn.c_proj", "mlp.c_proj"), "pfeiffer": ("",)}
+DECODER = {"houlsby": ("self_attn.o_proj", "mlp.down_proj"), "pfeiffer": ("",)}
+POST_LN = {"houlsby": ("attention.output.dense", "output.dense"), "pfeiffer": ("output.LayerNorm",)}
 LAYOUT = {
-    "gpt2": PRE_LN,
-    **{
-        t: {"houlsby": ("self_attn.o_proj", "mlp.down_proj"), "pfeiffer": ("",)}
-        for t in ("llama", "mistral", "qwen2", "qwen3", "gemma")
-    },
-    **{
-        t: {"houlsby": ("attention.output.dense", "output.dense"), "pfeiffer": ("output.LayerNorm",)}
-        for t in ("bert", "roberta")
-    },
+    "gpt2": {"houlsby": ("attn.c_proj", "mlp.c_proj"), "pfeiffer": ("",)},
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma"), DECODER),
+    **dict.fromkeys(("bert", "roberta"), POST_LN),
 }
 
 
 class Bottleneck(nn.Module):
-    """up(act(down(h))): d -> m -> d, initialised near zero as Houlsby et al.: truncated normal
-    weights (std 0.01, cut at 2 std), zero biases. With `norm`, h goes through a LayerNorm first
-    (AdapterHub's ln_before), which starts as the identity's scale: weight 1, bias 0."""
+    """up(act(down(h))): d -> m -> d, initialised near zero as Houlsby et al.: truncated normal weights (std 0.01,
+    cut at 2 std), zero biases. `norm`: a LayerNorm (weight 1, bias 0) on h first (AdapterHub's ln_before)."""
 
     def __init__(self, d, m, act, dtype, norm=False):
         super().__init__()
-        if norm:
-            self.norm = nn.LayerNorm(d, dtype=dtype)
+        self.norm = nn.LayerNorm(d, dtype=dtype) if norm else nn.Identity()
         self.down = nn.Linear(d, m, dtype=dtype)
         self.act = act
         self.up = nn.Linear(m, d, dtype=dtype)
@@ -101,9 +91,7 @@ class Bottleneck(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, h):
-        if hasattr(self, "norm"):
-            h = self.norm(h)
-        return self.up(self.act(self.down(h)))
+        return self.up(self.act(self.down(self.norm(h))))
 
 
 class AdapterAfter(nn.Module):
@@ -121,24 +109,18 @@ class AdapterAfter(nn.Module):
         return out + self.adapter(out)
 
 
-class AdapterInNorm(nn.Module):
+class AdapterInNorm(AdapterAfter):
     """Wraps a post-LN layer norm: s -> LN(s + adapter(LN(s))), AdapterHub's Pfeiffer in BERT."""
-
-    def __init__(self, base_layer, adapter):
-        super().__init__()
-        self.base_layer = base_layer
-        self.adapter = adapter
 
     def forward(self, s):
         return self.base_layer(s + self.adapter(self.base_layer(s)))
 
 
 def add_adapters(model, variant="houlsby", m=64, train_layer_norms=False, ln_before=False):
-    """Wrap the places of LAYOUT in every layer with bottlenecks of width m; returns the wrapped
-    module names. `ln_before`: a LayerNorm on each adapter's input; None: only where the adapter
-    reads the residual stream itself (Pfeiffer on a pre-LN model, whose stream is not normalized:
-    SmolLM2-135M's has an RMS of about 170 from its 12th layer on, with entries near 26,000). A
-    model type without a layout is a ValueError."""
+    """Wrap the places of LAYOUT in every layer with bottlenecks of width m; returns the wrapped module names.
+    `ln_before`: a LayerNorm on each adapter's input; None: only where it reads the residual stream itself (Pfeiffer
+    on a pre-LN model, whose stream is not normalized: SmolLM2-135M's has an RMS of about 170 from its 12th layer on,
+    with entries near 26,000). A model type without a layout is a ValueError."""
     kind = model.config.model_type
     if kind not in LAYOUT:
         raise ValueError(f"no adapter layout for model type '{kind}'; supported: {', '.join(LAYOUT)}")
@@ -148,8 +130,7 @@ def add_adapters(model, variant="houlsby", m=64, train_layer_norms=False, ln_bef
                 module.requires_grad_(True)
     layers = next(mod for mod in model.base_model.modules() if isinstance(mod, nn.ModuleList))
     act = nn.SiLU() if variant == "houlsby" else nn.ReLU()
-    d = model.config.hidden_size
-    dtype = models.param_dtype(model)
+    d, dtype = model.config.hidden_size, models.param_dtype(model)
     wrapped = []
     for i in range(len(layers)):
         for path in LAYOUT[kind][variant]:
@@ -158,21 +139,19 @@ def add_adapters(model, variant="houlsby", m=64, train_layer_norms=False, ln_bef
             owner = layers.get_submodule(parent) if parent else layers
             wrapper = AdapterInNorm if leaf == "LayerNorm" else AdapterAfter
             norm = path == "" if ln_before is None else ln_before  # "": the layer's own output
-            adapter = Bottleneck(d, m, act, dtype, norm)
-            setattr(owner, leaf, wrapper(owner.get_submodule(leaf), adapter))
+            setattr(owner, leaf, wrapper(owner.get_submodule(leaf), Bottleneck(d, m, act, dtype, norm)))
             wrapped.append(name)
     return wrapped
 
 
 def add_method(model, variant, reduction_factor, adapter_size, freeze_layer_norms, ln_before):
-    """Adapters on a loaded model as the flags of the same names ask (predict.py rebuilds a run with this): the
-    backbone frozen, each layer's places wrapped."""
+    """Adapters on a loaded model as the flags of the same names ask (predict.py rebuilds a run with this)."""
     d = model.config.hidden_size
     m = adapter_size or d // reduction_factor
     if m < 1:
         raise ValueError(
-            f"--reduction_factor {reduction_factor} leaves no bottleneck (hidden size "
-            f"{d}); use at most {d}, or --adapter_size"
+            f"--reduction_factor {reduction_factor} leaves no bottleneck (hidden size {d}); use at most {d}, or "
+            "--adapter_size"
         )
     models.freeze_backbone(model)
     norms = variant == "houlsby" and not freeze_layer_norms  # Houlsby trains the layer norms
@@ -184,41 +163,25 @@ def build(args, accelerator):
     """The task and its splits (every file read and checked first), the tokenizer and the model with the method added
     (the backbone frozen), as the flags ask; the trainable weights in fp32 (AdamW's state too), whatever the
     checkpoint's dtype. Also the head's module names."""
-    task, splits = data.load_data(
-        accelerator,
-        args.task,  # GLUE's, or your own data's files
-        data_dir=args.data_dir,
-        train_file=args.train_file,
-        validation_file=args.validation_file,
-        test_file=args.test_file,
-        text_columns=args.text_columns,
-        label_column=args.label_column,
-        max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples,
-        validation_size=args.validation_size,
-        validation_dev_half=args.validation_dev_half,
-        seed=args.seed,
-        do_predict=args.do_predict,
-    )
+    task, splits = data.load_data(  # GLUE's, or your own data's files, every one read and checked
+        accelerator, args.task, data_dir=args.data_dir, train_file=args.train_file,
+        validation_file=args.validation_file, test_file=args.test_file, text_columns=args.text_columns,
+        label_column=args.label_column, max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples, validation_size=args.validation_size,
+        validation_dev_half=args.validation_dev_half, seed=args.seed, do_predict=args.do_predict,
+    )  # fmt: skip
     tokenizer, model = models.load_model(
-        args.model_name_or_path,
-        task,
-        args.max_length,
-        dtype=args.base_dtype,
+        args.model_name_or_path, task, args.max_length, dtype=args.base_dtype,
         ignore_mismatched_sizes=args.ignore_mismatched_sizes,
-    )
+    )  # fmt: skip
 
     # Adapters: freeze the backbone, wrap each layer's places with a bottleneck adapter.
     heads = models.head_names(model)
     with usage_errors():  # no bottleneck, a model type without an adapter layout: one line
         model = add_method(
-            model,
-            variant=args.variant,
-            reduction_factor=args.reduction_factor,
-            adapter_size=args.adapter_size,
-            freeze_layer_norms=args.freeze_layer_norms,
-            ln_before=args.ln_before,
-        )
+            model, variant=args.variant, reduction_factor=args.reduction_factor, adapter_size=args.adapter_size,
+            freeze_layer_norms=args.freeze_layer_norms, ln_before=args.ln_before,
+        )  # fmt: skip
     if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
         models.checkpoint_activations(model)
     models.upcast_trainable(model, accelerator)
@@ -230,17 +193,12 @@ def main(args):
     accelerator = loop.make_accelerator(
         args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
     )
-    with loop.OutputDir(  # claimed: OUTPUT_DIR's lock held until this block ends, the checkpoint to resume checked
-        accelerator,
-        "adapter",
-        vars(args),
-        output_dir=args.output_dir,
-        outputs=["adapterhub"],  # Adapters: their export
-        overwrite=args.overwrite_output_dir,
-        resume=args.resume_from_checkpoint,
-        predict=args.do_predict,
+    # OUTPUT_DIR claimed: its lock held until this block ends, the checkpoint to resume checked; Adapters: its export
+    with loop.OutputDir(
+        accelerator, "adapter", vars(args), output_dir=args.output_dir, outputs=["adapterhub"],
+        overwrite=args.overwrite_output_dir, resume=args.resume_from_checkpoint, predict=args.do_predict,
         tracking=args.with_tracking,
-    ) as run_dir:
+    ) as run_dir:  # fmt: skip
         set_seed(args.seed)
         task, splits, tokenizer, model, heads = build(args, accelerator)
         names = checkpoint.trainable_names(model)
@@ -249,20 +207,12 @@ def main(args):
         accelerator.print(f"{args.variant}: {len(adapters)} adapters of bottleneck {m}; {models.describe(model)}")
 
         train_loader, eval_loaders = data.make_dataloaders(
-            accelerator,
-            tokenizer,
-            splits,
-            position_ids=models.takes_position_ids(model),
-            task=task,
-            max_length=args.max_length,
-            per_device_train_batch_size=args.per_device_train_batch_size,
-            per_device_eval_batch_size=args.per_device_eval_batch_size,
-            seed=args.seed,
-            group_by_length=args.group_by_length,
-            pad_to_multiple_of=args.pad_to_multiple_of,
-            fixed_lengths=args.torch_compile,
-            do_predict=args.do_predict,
-        )
+            accelerator, tokenizer, splits, position_ids=models.takes_position_ids(model), task=task,
+            max_length=args.max_length, per_device_train_batch_size=args.per_device_train_batch_size,
+            per_device_eval_batch_size=args.per_device_eval_batch_size, seed=args.seed,
+            group_by_length=args.group_by_length, pad_to_multiple_of=args.pad_to_multiple_of,
+            fixed_lengths=args.torch_compile, do_predict=args.do_predict,
+        )  # fmt: skip
         groups = models.optimizer_groups(model.parameters(), args.weight_decay)
         optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
         state = loop.TrainState(  # what the loop carries: the step, the log, the best evaluation, ...
@@ -290,8 +240,7 @@ def main(args):
         )
         if args.do_predict:  # GLUE submission files for the test split
             evaluation.write_predictions(model, eval_loaders, accelerator, task, args.output_dir)
-        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-        # Adapters: AdapterHub's format (GPT-2 and BERT-style models)
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)  # Adapters: AdapterHub's format
         if accelerator.is_main_process and unwrapped.config.model_type in adapterhub.ADAPTERHUB:
             head = checkpoint.head_of(trained, heads)
             path, base = f"{args.output_dir}/adapterhub", args.model_name_or_path
@@ -301,22 +250,12 @@ def main(args):
                     "adapterhub/layer_norms.safetensors (or pass --freeze_layer_norms)"
                 )
         results.write_results(
-            accelerator,
-            state,
-            model,
-            args.output_dir,
-            method="adapter",
-            task=task,
-            model_name=args.model_name_or_path,
-            metrics=metrics,
-            logits=logits,
-            eval_loaders=eval_loaders,
-            start_size=start_size,
-            runtime=runtime,
-            learning_rates={"learning_rate": args.learning_rate},
+            accelerator, state, model, args.output_dir, method="adapter", task=task,
+            model_name=args.model_name_or_path, metrics=metrics, logits=logits, eval_loaders=eval_loaders,
+            start_size=start_size, runtime=runtime, learning_rates={"learning_rate": args.learning_rate},
             max_grad_norm=args.max_grad_norm,
             extra={"precision": models.precision(accelerator, model, optimizer), "variant": args.variant},
-        )
+        )  # fmt: skip
 
 
 def train(args, task, accelerator, run_dir, state, model, optimizer, scheduler, train_loader, eval_loaders, names):

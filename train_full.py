@@ -47,29 +47,18 @@ def add_method(model):
 def build(args, accelerator):
     """The task and its splits (every file read and checked first), the tokenizer and the model, as the flags ask; its
     weights in fp32 (AdamW's state too), whatever the checkpoint's dtype."""
+    # GLUE's, or your own data's files
     task, splits = data.load_data(
-        accelerator,
-        args.task,  # GLUE's, or your own data's files
-        data_dir=args.data_dir,
-        train_file=args.train_file,
-        validation_file=args.validation_file,
-        test_file=args.test_file,
-        text_columns=args.text_columns,
-        label_column=args.label_column,
-        max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples,
-        validation_size=args.validation_size,
-        validation_dev_half=args.validation_dev_half,
-        seed=args.seed,
-        do_predict=args.do_predict,
-    )
+        accelerator, args.task, data_dir=args.data_dir, train_file=args.train_file,
+        validation_file=args.validation_file, test_file=args.test_file, text_columns=args.text_columns,
+        label_column=args.label_column, max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples, validation_size=args.validation_size,
+        validation_dev_half=args.validation_dev_half, seed=args.seed, do_predict=args.do_predict,
+    )  # fmt: skip
     tokenizer, model = models.load_model(
-        args.model_name_or_path,
-        task,
-        args.max_length,
-        dtype=args.base_dtype,
+        args.model_name_or_path, task, args.max_length, dtype=args.base_dtype,
         ignore_mismatched_sizes=args.ignore_mismatched_sizes,
-    )
+    )  # fmt: skip
 
     # Full fine-tuning: nothing to add. Every parameter trains and is saved.
     if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
@@ -83,37 +72,24 @@ def main(args):
     accelerator = loop.make_accelerator(
         args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
     )
+    # Full fine-tuning: its export, a transformers folder
     with loop.OutputDir(  # claimed: OUTPUT_DIR's lock held until this block ends, the checkpoint to resume checked
-        accelerator,
-        "full",
-        vars(args),
-        output_dir=args.output_dir,
-        outputs=["model"],  # Full fine-tuning: its export, a transformers folder
-        overwrite=args.overwrite_output_dir,
-        resume=args.resume_from_checkpoint,
-        predict=args.do_predict,
+        accelerator, "full", vars(args), output_dir=args.output_dir, outputs=["model"],
+        overwrite=args.overwrite_output_dir, resume=args.resume_from_checkpoint, predict=args.do_predict,
         tracking=args.with_tracking,
-    ) as run_dir:
+    ) as run_dir:  # fmt: skip
         set_seed(args.seed)
         task, splits, tokenizer, model = build(args, accelerator)
         names = checkpoint.trainable_names(model)
         accelerator.print(models.describe(model))
 
         train_loader, eval_loaders = data.make_dataloaders(
-            accelerator,
-            tokenizer,
-            splits,
-            position_ids=models.takes_position_ids(model),
-            task=task,
-            max_length=args.max_length,
-            per_device_train_batch_size=args.per_device_train_batch_size,
-            per_device_eval_batch_size=args.per_device_eval_batch_size,
-            seed=args.seed,
-            group_by_length=args.group_by_length,
-            pad_to_multiple_of=args.pad_to_multiple_of,
-            fixed_lengths=args.torch_compile,
-            do_predict=args.do_predict,
-        )
+            accelerator, tokenizer, splits, position_ids=models.takes_position_ids(model), task=task,
+            max_length=args.max_length, per_device_train_batch_size=args.per_device_train_batch_size,
+            per_device_eval_batch_size=args.per_device_eval_batch_size, seed=args.seed,
+            group_by_length=args.group_by_length, pad_to_multiple_of=args.pad_to_multiple_of,
+            fixed_lengths=args.torch_compile, do_predict=args.do_predict,
+        )  # fmt: skip
         groups = models.optimizer_groups(model.parameters(), args.weight_decay)
         optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
         state = loop.TrainState(  # what the loop carries: the step, the log, the best evaluation, ...
@@ -145,22 +121,11 @@ def main(args):
             config = accelerator.unwrap_model(model).config
             checkpoint.transformers_folder(f"{args.output_dir}/model", trained, config, tokenizer)
         results.write_results(
-            accelerator,
-            state,
-            model,
-            args.output_dir,
-            method="full",
-            task=task,
-            model_name=args.model_name_or_path,
-            metrics=metrics,
-            logits=logits,
-            eval_loaders=eval_loaders,
-            start_size=start_size,
-            runtime=runtime,
-            learning_rates={"learning_rate": args.learning_rate},
-            max_grad_norm=args.max_grad_norm,
+            accelerator, state, model, args.output_dir, method="full", task=task, model_name=args.model_name_or_path,
+            metrics=metrics, logits=logits, eval_loaders=eval_loaders, start_size=start_size, runtime=runtime,
+            learning_rates={"learning_rate": args.learning_rate}, max_grad_norm=args.max_grad_norm,
             extra={"precision": models.precision(accelerator, model, optimizer)},
-        )
+        )  # fmt: skip
 
 
 def train(args, task, accelerator, run_dir, state, model, optimizer, scheduler, train_loader, eval_loaders, names):

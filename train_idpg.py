@@ -10,19 +10,17 @@ front of the token embeddings of the frozen backbone, as in prompt tuning.
 
     x --> encoder (frozen) --> r --> G: d_enc -> 384 -> t x d --> [G(r)][x] --> frozen model
 
-Variants (the default is the original experiments' "IDPG (Original)": a separate frozen encoder, by default a copy
-of the backbone, which is where the backbone is and reads its tokens; the original's GPT-2 small is
---encoder_name_or_path gpt2; and an MLP generator):
+The default is the original experiments' "IDPG (Original)": a separate frozen encoder (by default a copy of the
+backbone, where the backbone is, reading its tokens; the original's GPT-2 small is --encoder_name_or_path gpt2)
+and an MLP generator. Variants:
   --train_encoder              their "IDPG (Trained)": the encoder trains too
   --prompt_only                their "PG": t learned encoder inputs replace the instance
   --encoder_name_or_path self  the paper's choice: the backbone itself, in a first no-grad pass
   --generator phm              the paper's PHM generator, W = sum_i S_i kron A_i (--phm_n)
-  --prompt_layers all          the paper's M-IDPG: before every later layer, G (shared) plus a
-                               per-layer bias turns the last token's state into a prompt, added
-                               at the prompt positions
-  --generator_init original    the original's generator as it was; the default starts as prompt
-                               tuning (G's last layer zero, embedding rows as its bias) from r at
-                               unit scale
+  --prompt_layers all          the paper's M-IDPG: before every later layer, G (shared) plus a per-layer
+                               bias turns the last token's state into a prompt, added at the prompt positions
+  --generator_init original    the original's generator as it was; the default starts as prompt tuning
+                               (G's last layer zero, embedding rows as its bias) from r at unit scale
 
 A frozen encoder gives each input the same r every epoch: r of every training row is computed
 once before training and kept on the device (--no_cache: every step). The original ran its frozen
@@ -80,15 +78,14 @@ from transformers import get_scheduler
 from common import checkpoint, data, evaluation, loop, models, results
 from common.checkpoint import whole
 from common.data import positions
-from common.errors import run_main, stop_on_signals, usage_errors
+from common.errors import first_line, run_main, stop_on_signals, usage_errors
 from common.models import param_dtype
 from common.prompts import pack_left, run_with_prompt, split_params, unsharded
 
 
 def load_encoder(name, tokenizer, dtype=torch.float32):
-    """The encoder: a bare model (no head) in `dtype`; None for 'self'. It reads the backbone's token ids, so
-    its tokenizer must be `tokenizer`: the same vocabulary and special tokens (the same size is not
-    enough). A ValueError says what to pass instead."""
+    """The encoder: a bare model (no head) in `dtype`; None for 'self'. It reads the backbone's token ids, so its
+    tokenizer must be `tokenizer` (the same vocabulary and special tokens, not only the same size)."""
     from transformers import AutoModel, AutoTokenizer
 
     if name == "self":
@@ -99,19 +96,13 @@ def load_encoder(name, tokenizer, dtype=torch.float32):
         encoder = AutoModel.from_pretrained(name, dtype=dtype)
         theirs = AutoTokenizer.from_pretrained(name)
     except OSError as e:
-        first = str(e).splitlines()[0][:160]
-        raise ValueError(
-            f"cannot load encoder '{name}' with its tokenizer ({first}); pass a local "
-            "folder or --encoder_name_or_path self"
-        ) from None
-    specials = ("bos_token", "eos_token", "unk_token")
-    same = all(getattr(theirs, k) == getattr(tokenizer, k) for k in specials)
+        fix = "pass a local folder or --encoder_name_or_path self"
+        raise ValueError(f"cannot load encoder '{name}' with its tokenizer ({first_line(e)}); {fix}") from None
+    same = all(getattr(theirs, k) == getattr(tokenizer, k) for k in ("bos_token", "eos_token", "unk_token"))
     if not same or theirs.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(
-            f"the encoder '{name}' has another tokenizer than the backbone (vocabulary "
-            "or special tokens), so it would read other tokens than its ids; pick an "
-            "encoder of the backbone's family, or --encoder_name_or_path self"
-        )
+        message = f"the encoder '{name}' has another tokenizer than the backbone (vocabulary or special tokens), so "
+        message += "it would read other tokens than its ids; pick an encoder of the backbone's family, or "
+        raise ValueError(message + "--encoder_name_or_path self")
     return encoder
 
 
@@ -126,8 +117,7 @@ class PHMLinear(nn.Module):
         # S_i ~ N(0, 1/n^2), A_i ~ N(0, 2 / (d_in + d_out)) (Glorot's normal): W's entries, sums
         # of n products, then have variance 2 / (n (d_in + d_out)), Glorot's divided by n.
         self.S = nn.Parameter(torch.randn(n, n, n) / n)  # n matrices n x n: how the blocks mix
-        blocks = torch.randn(n, d_in // n, d_out // n) * math.sqrt(2 / (d_in + d_out))
-        self.A = nn.Parameter(blocks)
+        self.A = nn.Parameter(torch.randn(n, d_in // n, d_out // n) * math.sqrt(2 / (d_in + d_out)))
         self.bias = nn.Parameter(torch.zeros(d_out))
 
     def forward(self, x):
@@ -145,67 +135,26 @@ class UnitRMS(nn.Module):
         return r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + 1e-6)
 
 
-def make_generator(d_enc, d, num_tokens, kind="mlp", hidden=384, phm_n=16, normalize=False):
-    """G: d_enc -> hidden -> t x d (an MLP with ReLU, as the original; or PHM layers with GELU, as
-    the paper), after UnitRMS with `normalize`."""
-    first = [UnitRMS()] if normalize else []
-    if kind == "mlp":
-        layers = [nn.Linear(d_enc, hidden), nn.ReLU(), nn.Linear(hidden, num_tokens * d)]
-    else:
-        layers = [PHMLinear(d_enc, hidden, phm_n), nn.GELU(), PHMLinear(hidden, num_tokens * d, phm_n)]
-    return nn.Sequential(*first, *layers)
-
-
-def start_as_prompt_tuning(generator, model, num_tokens):
-    """G's last layer: zero weights, t rows of the embedding table as bias (train_prompt.py's
-    "vocab" start). G(r) is then that prompt for every input; what depends on r grows from zero."""
-    last = generator[-1]
-    emb = model.get_input_embeddings()
-    ids = torch.randint(0, model.config.vocab_size, (num_tokens,))
-    with torch.no_grad(), whole([emb.weight]) as (table,):  # the table may be partitioned: a collective
-        (last.weight if isinstance(last, nn.Linear) else last.A).zero_()
-        last.bias.copy_(table[ids].reshape(-1))
-
-
 def last_token_state(encoder, input_ids=None, attention_mask=None, inputs_embeds=None):
     """The final hidden state of the last position: the last real token of a left-packed row."""
     if attention_mask is None:
         attention_mask = inputs_embeds.new_ones(inputs_embeds.shape[:2]).long()
-    out = encoder(
-        input_ids=input_ids,
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
+    return encoder(
+        input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
         position_ids=positions(attention_mask),
-    )
-    return out.last_hidden_state[:, -1]
+    ).last_hidden_state[:, -1]  # fmt: skip
 
 
 class IDPG(nn.Module):
-    """A frozen sequence classifier (`model`) with a generated prompt (G: r -> t x d) before its
-    input embeddings. `encoder` reads each input (None: the backbone's body, in a first pass
-    without prompts); `prompt_only`: PG, learned encoder inputs are read instead; `train_encoder`:
-    the encoder trains; `encoder_dropout`: a frozen encoder's dropout is on in training; `cache`:
-    in training, r comes from a table of every training row's (cache_states); `prompt_layers`
-    "all": M-IDPG; `init` "prompt" starts as prompt tuning from r at unit scale, "original" is the
-    original's generator as it was (PyTorch's initialisation, raw r). Settings that cannot fit
-    this model: a ValueError."""
+    """A frozen sequence classifier (`model`) with a generated prompt (G: r -> t x d) before its input embeddings.
+    `encoder` reads each input (None: the backbone's body, in a first pass without prompts); `cache`: in training, r
+    comes from a table of every training row's (cache_states); the others are the flags' (add_method maps them).
+    Settings that cannot fit this model: a ValueError."""
 
     def __init__(
-        self,
-        model,
-        encoder=None,
-        *,
-        num_tokens=20,
-        generator="mlp",
-        hidden=384,
-        phm_n=16,
-        prompt_only=False,
-        train_encoder=False,
-        encoder_dropout=False,
-        cache=True,
-        prompt_layers="input",
-        init="prompt",
-    ):
+        self, model, encoder=None, *, num_tokens=20, generator="mlp", hidden=384, phm_n=16, prompt_only=False,
+        train_encoder=False, encoder_dropout=False, cache=True, prompt_layers="input", init="prompt",
+    ):  # fmt: skip
         super().__init__()
         models.freeze_backbone(model)
         if encoder is not None:
@@ -215,18 +164,25 @@ class IDPG(nn.Module):
         dtype = param_dtype(model)
         if prompt_layers == "all" and d_enc != d:
             raise ValueError(
-                f"--prompt_layers all gives the generator the backbone's states: the "
-                f"encoder's width ({d_enc}) must be the backbone's ({d}); try "
-                "--encoder_name_or_path self"
+                f"--prompt_layers all gives the generator the backbone's states: the encoder's width ({d_enc}) must "
+                f"be the backbone's ({d}); try --encoder_name_or_path self"
             )
         self.model = model
         self.config = model.config  # DeepSpeed sizes its buckets from it
         self.encoder = encoder
         self.t = num_tokens
-        self.generator = make_generator(d_enc, d, num_tokens, generator, hidden, phm_n, init == "prompt")
-        self.generator.to(dtype)
-        if init == "prompt":
-            start_as_prompt_tuning(self.generator, model, num_tokens)
+        # IDPG: G, d_enc -> hidden -> t x d: an MLP with ReLU (the original) or PHM layers with GELU (the paper)
+        if generator == "mlp":
+            layers = [nn.Linear(d_enc, hidden), nn.ReLU(), nn.Linear(hidden, num_tokens * d)]
+        else:
+            layers = [PHMLinear(d_enc, hidden, phm_n), nn.GELU(), PHMLinear(hidden, num_tokens * d, phm_n)]
+        self.generator = nn.Sequential(*([UnitRMS()] if init == "prompt" else []), *layers).to(dtype)
+        if init == "prompt":  # G(r) starts as one prompt for every input (train_prompt.py's "vocab"), r's part at 0
+            last, emb = self.generator[-1], model.get_input_embeddings()
+            ids = torch.randint(0, model.config.vocab_size, (num_tokens,))
+            with torch.no_grad(), whole([emb.weight]) as (table,):  # the table may be partitioned: a collective
+                (last.weight if isinstance(last, nn.Linear) else last.A).zero_()  # G's last layer: weights 0,
+                last.bias.copy_(table[ids].reshape(-1))  # bias: t rows of the embedding table
         self.instance = None
         if prompt_only:  # PG's learned encoder inputs, std 0.02
             self.instance = nn.Parameter(torch.randn(num_tokens, d_enc, dtype=dtype) / 50)
@@ -282,21 +238,17 @@ class IDPG(nn.Module):
         return r
 
     @torch.no_grad()
-    @torch.no_grad()
     def cache_states(self, loader, gather=lambda tensors: tensors, batches=None, show=False):
-        """The table: r of the rows of the (prepared) training loader's first `batches` batches (None: all; a run of
-        fewer steps than an epoch needs no more), once, gathered from every rank (`gather` = accelerator.gather) and
-        kept on the device by idx: rows x d_enc values (GPT-2's 768 floats: 120 MB for MNLI-10%); `show`: a progress
-        bar. Training forwards then never run the encoder, so no rank must ask the others whether to (under ZeRO-3 a
-        forward is a collective). Every rank calls this."""
-        keys = []
-        states = []
+        """The table: r of the rows of the (prepared) training loader's first `batches` batches (None: all), gathered
+        from every rank (`gather` = accelerator.gather), kept on the device by idx (GPT-2's 768 floats a row: 120 MB
+        for MNLI-10%); `show`: a progress bar. Training forwards then never run the encoder, so no rank must ask the
+        others whether to (under ZeRO-3 a forward is a collective). Every rank calls this."""
+        keys, states = [], []
         total = len(loader) if batches is None else min(batches, len(loader))
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(0)  # the first epoch's order: the rows the first steps train on
-        for i, batch in enumerate(
-            tqdm(loader, total=total, desc="IDPG: encoding the training rows", disable=not show)
-        ):
+        bar = tqdm(loader, total=total, desc="IDPG: encoding the training rows", disable=not show)
+        for i, batch in enumerate(bar):
             if i == total:
                 break
             input_ids, attention_mask, _ = pack_left(batch["input_ids"], batch["attention_mask"])
@@ -321,85 +273,43 @@ class IDPG(nn.Module):
 
 
 def add_method(
-    model,
-    tokenizer,
-    encoder_name_or_path,
-    num_virtual_tokens,
-    generator,
-    generator_hidden,
-    phm_n,
-    prompt_only,
-    train_encoder,
-    encoder_dropout,
-    no_cache,
-    prompt_layers,
-    generator_init,
-):
-    """IDPG on a loaded model as the flags of the same names ask (predict.py rebuilds a run with this), its encoder
-    loaded."""
+    model, tokenizer, encoder_name_or_path, num_virtual_tokens, generator, generator_hidden, phm_n, prompt_only,
+    train_encoder, encoder_dropout, no_cache, prompt_layers, generator_init,
+):  # fmt: skip
+    """IDPG on a loaded model as the flags of the same names ask (predict.py rebuilds a run with this)."""
     encoder = load_encoder(encoder_name_or_path, tokenizer, param_dtype(model))  # in the backbone's dtype
     return IDPG(
-        model,
-        encoder,
-        num_tokens=num_virtual_tokens,
-        generator=generator,
-        hidden=generator_hidden,
-        phm_n=phm_n,
-        prompt_only=prompt_only,
-        train_encoder=train_encoder,
-        encoder_dropout=encoder_dropout,
-        cache=not no_cache,
-        prompt_layers=prompt_layers,
-        init=generator_init,
-    )
+        model, encoder, num_tokens=num_virtual_tokens, generator=generator, hidden=generator_hidden, phm_n=phm_n,
+        prompt_only=prompt_only, train_encoder=train_encoder, encoder_dropout=encoder_dropout, cache=not no_cache,
+        prompt_layers=prompt_layers, init=generator_init,
+    )  # fmt: skip
 
 
 def build(args, accelerator):
     """The task and its splits (every file read and checked first), the tokenizer and the model with the method added
     (the backbone frozen), as the flags ask; the trainable weights in fp32 (AdamW's state too), whatever the
     checkpoint's dtype."""
-    task, splits = data.load_data(
-        accelerator,
-        args.task,  # GLUE's, or your own data's files
-        data_dir=args.data_dir,
-        train_file=args.train_file,
-        validation_file=args.validation_file,
-        test_file=args.test_file,
-        text_columns=args.text_columns,
-        label_column=args.label_column,
-        max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples,
-        validation_size=args.validation_size,
-        validation_dev_half=args.validation_dev_half,
-        seed=args.seed,
-        do_predict=args.do_predict,
-    )
+    task, splits = data.load_data(  # GLUE's, or your own data's files, every one read and checked
+        accelerator, args.task, data_dir=args.data_dir, train_file=args.train_file,
+        validation_file=args.validation_file, test_file=args.test_file, text_columns=args.text_columns,
+        label_column=args.label_column, max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples, validation_size=args.validation_size,
+        validation_dev_half=args.validation_dev_half, seed=args.seed, do_predict=args.do_predict,
+    )  # fmt: skip
     tokenizer, model = models.load_model(
-        args.model_name_or_path,
-        task,
-        args.max_length,
-        extra_positions=args.num_virtual_tokens,
-        dtype=args.base_dtype,
+        args.model_name_or_path, task, args.max_length, extra_positions=args.num_virtual_tokens, dtype=args.base_dtype,
         ignore_mismatched_sizes=args.ignore_mismatched_sizes,
-    )
+    )  # fmt: skip
 
     # IDPG: freeze the backbone, generate a prompt per input and put it before the embeddings.
     with usage_errors():  # an encoder that cannot serve, settings that do not fit: one line
         model = add_method(
-            model,
-            tokenizer,
-            encoder_name_or_path=args.encoder_name_or_path,
-            num_virtual_tokens=args.num_virtual_tokens,
-            generator=args.generator,
-            generator_hidden=args.generator_hidden,
-            phm_n=args.phm_n,
-            prompt_only=args.prompt_only,
-            train_encoder=args.train_encoder,
-            encoder_dropout=args.encoder_dropout,
-            no_cache=args.no_cache,
-            prompt_layers=args.prompt_layers,
-            generator_init=args.generator_init,
-        )
+            model, tokenizer, encoder_name_or_path=args.encoder_name_or_path,
+            num_virtual_tokens=args.num_virtual_tokens, generator=args.generator,
+            generator_hidden=args.generator_hidden, phm_n=args.phm_n, prompt_only=args.prompt_only,
+            train_encoder=args.train_encoder, encoder_dropout=args.encoder_dropout, no_cache=args.no_cache,
+            prompt_layers=args.prompt_layers, generator_init=args.generator_init,
+        )  # fmt: skip
     if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
         models.checkpoint_activations(model.model)
     models.upcast_trainable(model, accelerator)
@@ -412,36 +322,22 @@ def main(args):
         args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
     )
     with loop.OutputDir(  # claimed: OUTPUT_DIR's lock held until this block ends, the checkpoint to resume checked
-        accelerator,
-        "idpg",
-        vars(args),
-        output_dir=args.output_dir,
-        outputs=[],
-        overwrite=args.overwrite_output_dir,
-        resume=args.resume_from_checkpoint,
-        predict=args.do_predict,
-        tracking=args.with_tracking,
-    ) as run_dir:
+        accelerator, "idpg", vars(args), output_dir=args.output_dir, outputs=[], overwrite=args.overwrite_output_dir,
+        resume=args.resume_from_checkpoint, predict=args.do_predict, tracking=args.with_tracking,
+    ) as run_dir:  # fmt: skip
         set_seed(args.seed)
         task, splits, tokenizer, model = build(args, accelerator)
         names = checkpoint.trainable_names(model)
         accelerator.print(models.describe(model))
 
+        # (the prompt comes first: the forward makes the positions)
         train_loader, eval_loaders = data.make_dataloaders(
-            accelerator,
-            tokenizer,
-            splits,
-            position_ids=False,  # (the prompt comes first: the forward makes the positions)
-            task=task,
-            max_length=args.max_length,
+            accelerator, tokenizer, splits, position_ids=False, task=task, max_length=args.max_length,
             per_device_train_batch_size=args.per_device_train_batch_size,
-            per_device_eval_batch_size=args.per_device_eval_batch_size,
-            seed=args.seed,
-            group_by_length=args.group_by_length,
-            pad_to_multiple_of=args.pad_to_multiple_of,
-            fixed_lengths=args.torch_compile,
-            do_predict=args.do_predict,
-        )
+            per_device_eval_batch_size=args.per_device_eval_batch_size, seed=args.seed,
+            group_by_length=args.group_by_length, pad_to_multiple_of=args.pad_to_multiple_of,
+            fixed_lengths=args.torch_compile, do_predict=args.do_predict,
+        )  # fmt: skip
         generator, head = split_params(model, model.model)  # IDPG: G (PG's inputs, a trained encoder) has its rate
         groups = [
             *models.optimizer_groups(generator, args.weight_decay, lr=args.prompt_learning_rate),
@@ -481,22 +377,11 @@ def main(args):
         if args.do_predict:  # GLUE submission files for the test split
             evaluation.write_predictions(model, eval_loaders, accelerator, task, args.output_dir)
         results.write_results(
-            accelerator,
-            state,
-            model,
-            args.output_dir,
-            method="idpg",
-            task=task,
-            model_name=args.model_name_or_path,
-            metrics=metrics,
-            logits=logits,
-            eval_loaders=eval_loaders,
-            start_size=start_size,
-            runtime=runtime,
+            accelerator, state, model, args.output_dir, method="idpg", task=task, model_name=args.model_name_or_path,
+            metrics=metrics, logits=logits, eval_loaders=eval_loaders, start_size=start_size, runtime=runtime,
             learning_rates={"learning_rate": args.learning_rate, "prompt_learning_rate": args.prompt_learning_rate},
-            max_grad_norm=args.max_grad_norm,
-            extra={"precision": models.precision(accelerator, model, optimizer)},
-        )
+            max_grad_norm=args.max_grad_norm, extra={"precision": models.precision(accelerator, model, optimizer)},
+        )  # fmt: skip
 
 
 def train(args, task, accelerator, run_dir, state, model, optimizer, scheduler, train_loader, eval_loaders, names):

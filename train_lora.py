@@ -6,16 +6,14 @@ A pretrained projection W (d_in -> d_out) is frozen and a low-rank update is lea
 
     y = W x + (alpha / r) * B A dropout(x)      A: r x d_in (Kaiming uniform), B: d_out x r (zeros)
 
-so training starts exactly at the pretrained model, and only r (d_in + d_out) numbers per
-projection (plus the classification head) are trained. GPT-2 computes q, k and v with one fused
-projection `c_attn`; `--lora_slices q,v` (the default for GPT-2, as in the paper) gives the q and v
-thirds their own pair, `--lora_slices fused` one pair for the whole matrix (what peft does).
-`--merge_and_save DIR` writes a plain model with the update merged into W (no cost at inference);
-OUTPUT_DIR/peft/ loads with peft.PeftModel.from_pretrained.
+so training starts exactly at the pretrained model, and only r (d_in + d_out) numbers per projection (plus the
+classification head) train. GPT-2's fused q|k|v projection `c_attn`: `--lora_slices q,v` (its default, as in the
+paper) gives the q and v thirds a pair each, `--lora_slices fused` one pair for the whole (as peft). `--merge_and_save
+DIR` writes a plain model with the update merged into W; OUTPUT_DIR/peft/ loads with peft.PeftModel.from_pretrained.
 
-The variants peft has: `--use_dora` (DoRA, Liu et al. 2024: W' = m (W + s B A) / ||W + s B A||, a trained
-magnitude m per output column), `--use_rslora` (rsLoRA, Kalajdzievski 2023: s = alpha / sqrt(r)), and
-`--loraplus_lr_ratio 16` (LoRA+, Hayou et al. 2024: B learns 16 times faster than A).
+The variants peft has: `--use_dora` (DoRA, Liu et al. 2024: W' = m (W + s B A) / ||W + s B A||, a trained magnitude
+m per output column), `--use_rslora` (rsLoRA, Kalajdzievski 2023: s = alpha / sqrt(r)), and `--loraplus_lr_ratio 16`
+(LoRA+, Hayou et al. 2024: B learns 16 times faster than A).
 
     python train_lora.py --task rte --lora_r 8
     accelerate launch --config_file accelerate_configs/zero3.yaml train_lora.py --task rte \
@@ -54,9 +52,7 @@ def parse_args(argv=None):
 def check_merge_target(target, base, output_dir):
     """--merge_and_save writes a model folder: never over the base model, another model or another run's files."""
     if os.path.isdir(base) and same_path(target, base):
-        fail(
-            f"--merge_and_save {target} is the base model's folder: the merged model would replace it; pass a new one"
-        )
+        fail(f"--merge_and_save {target} is the base model's folder: the merge would replace it; pass a new one")
     held = [f for f in ("config.json", "model.safetensors", "manifest.json") if os.path.exists(f"{target}/{f}")]
     if held and not inside(target, output_dir):
         fail(f"--merge_and_save {target} already holds {held[0]} (a model, or a run's files); pass a new folder")
@@ -64,8 +60,7 @@ def check_merge_target(target, base, output_dir):
         fail(f"--merge_and_save {target} lies in a run's checkpoint folder; pass a folder of its own")
     if owner(target) not in (None, os.path.realpath(output_dir)):
         fail(f"--merge_and_save {target} is an output of the run in {owner(target)}; pass a folder of its own")
-    why = why_not_writable(target)
-    if why:
+    if why := why_not_writable(target):
         fail(f"cannot write to --merge_and_save {target} ({why}); pass a folder you can write to")
 
 
@@ -90,39 +85,27 @@ from common.errors import run_main, stop_on_signals, usage_errors
 from common.outputs import atomic_write_text
 
 # Default projections per model type, and the fused projections whose output is [q | k | v].
-DEFAULT_TARGETS = {
-    "gpt2": "c_attn",
-    "bert": "query,value",
-    "roberta": "query,value",
-    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma"), "q_proj,v_proj"),
-}
+DEFAULT_TARGETS = {"gpt2": "c_attn", "bert": "query,value", "roberta": "query,value"}
+DEFAULT_TARGETS.update(dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma"), "q_proj,v_proj"))
 FUSED = {"c_attn": ("q", "k", "v")}
 
 
 class LoRALinear(nn.Module):
-    """Wraps a frozen nn.Linear or GPT-2 Conv1D (weight stored [in, out]) and adds B A x. `slices`
-    picks parts of the output (of a fused q|k|v projection), each with its own pair; by default one
-    pair covers the whole output. Sizes come from the layer's attributes, never weight.shape ([0]
-    under ZeRO-3). `rslora`: the scale is alpha / sqrt(r). `dora`: a trained magnitude per adapted
-    output column (DoRA, below)."""
+    """Wraps a frozen nn.Linear or GPT-2 Conv1D (weight stored [in, out]) and adds s B A x. `slices`: the parts of a
+    fused q|k|v output that get a pair each (by default one pair, the whole output). Sizes come from the layer's
+    attributes, never weight.shape ([0] under ZeRO-3). `rslora`: s = alpha / sqrt(r). `dora`: DoRA (below)."""
 
     def __init__(self, base_layer, r, alpha, dropout=0.0, n_parts=1, slices=(0,), rslora=False, dora=False):
         super().__init__()
         self.base_layer = base_layer
         self.conv1d = isinstance(base_layer, Conv1D)
-        if self.conv1d:
-            self.d_in, d_out = base_layer.nx, base_layer.nf
-        else:
-            self.d_in, d_out = base_layer.in_features, base_layer.out_features
-        self.r, self.alpha, self.rslora = r, alpha, rslora
-        self.scale = alpha / math.sqrt(r) if rslora else alpha / r
-        self.n_parts = n_parts
-        self.slices = tuple(slices)
-        self.part = d_out // n_parts  # the width of one slice of the output
-        # One pair per adapted slice, stacked: A [slices, r, d_in], B [slices, part, r], held by this layer itself.
-        # ZeRO-3 gathers the weights a module owns when it runs; one it uses but does not own (a ParameterList's)
-        # joins the module's list late, and a resumed run then broke in its backward ("tracing error").
-        # ZeRO-3 + bf16 loads the model in bf16 and casts nothing after.
+        sizes = (base_layer.nx, base_layer.nf) if self.conv1d else (base_layer.in_features, base_layer.out_features)
+        self.d_in, d_out = sizes
+        self.r, self.alpha, self.rslora, self.scale = r, alpha, rslora, alpha / (math.sqrt(r) if rslora else r)
+        self.n_parts, self.slices, self.part = n_parts, tuple(slices), d_out // n_parts  # part: one slice's width
+        # One pair per adapted slice, stacked: A [slices, r, d_in], B [slices, part, r], owned by this layer (ZeRO-3
+        # gathers what a module owns when it runs; a ParameterList's weights joined late and broke a resumed run's
+        # backward). In the base weight's dtype: ZeRO-3 + bf16 loads the model in bf16 and casts nothing after.
         dtype = base_layer.weight.dtype
         self.lora_A = nn.Parameter(torch.empty(len(slices), r, self.d_in, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(len(slices), self.part, r, dtype=dtype))
@@ -141,26 +124,19 @@ class LoRALinear(nn.Module):
 
     def forward(self, x):
         y = self.base_layer(x)
-        x = self.dropout(x)
-        updates = [F.linear(F.linear(x, A), B) * self.scale for A, B in zip(self.lora_A, self.lora_B)]  # thin matmuls
-        update = torch.cat(updates, -1)  # [..., adapted columns]
+        x = self.dropout(x)  # then B (A x) for each slice, side by side: thin matmuls, never B A
+        update = torch.cat([F.linear(F.linear(x, A), B) * self.scale for A, B in zip(self.lora_A, self.lora_B)], -1)
         if self.lora_magnitude is not None:  # DoRA
             update = self.dora(y, x, update)
-        if self.n_parts == 1:  # one pair over the whole output
-            return y + update
-        # Each slice's update into its columns of y in one out-of-place index_add: y is neither
-        # split nor concatenated (its backward passes y's gradient through and gathers only the
-        # adapted columns').
-        return y.index_add(-1, self.columns, update)
+        # Slices: each update into its columns of y, out of place (y is neither split nor concatenated).
+        return y + update if self.n_parts == 1 else y.index_add(-1, self.columns, update)
 
     def dora(self, y, x, update):
         """DoRA (Liu et al. 2024, https://arxiv.org/abs/2402.09353): W' = m (W + s B A) / ||W + s B A||, the norm per
-        output column and detached (the paper's section 4.3, as peft), m trained. Returned as what adds to y = W x + b
-        in the adapted columns: (k - 1) W x + k s B A x, k = m / norm, with W x from the dropped-out x when dropout
-        is on (peft's). The norm never forms W or W + s B A: ||W + s B A||^2 = ||W||^2 + 2 s (B * (A W^T)^T).sum +
-        s^2 ||B A||^2, where ||W||^2 is kept from the start and A W^T comes from the base layer run on A's rows (so
-        ZeRO-3 and FSDP2 gather W as for any input); in fp32, floored at 1e-6 so that a zero column of W (m = 0)
-        trains with finite losses."""
+        output column, detached (the paper's section 4.3, as peft). Returns what adds to y = W x + b in the adapted
+        columns: (k - 1) W x + k s B A x, k = m / norm (W x of the dropped-out x, as peft). The norm never forms W:
+        ||W||^2 (kept) + 2 s (B * (A W^T)^T).sum + s^2 ||B A||^2, A W^T from the base layer run on A's rows
+        (ZeRO-3 and FSDP2 gather W as for any input); in fp32, floored at 1e-6: a zero column of W stays finite."""
         with torch.no_grad():  # the norm is detached, and b is frozen
             A, B = self.lora_A.float(), self.lora_B.float()
             probe = torch.cat([self.lora_A.reshape(-1, self.d_in), self.lora_A.new_zeros(1, self.d_in)])
@@ -178,9 +154,8 @@ class LoRALinear(nn.Module):
         return ((k - 1) * base.float() + k * update.float()).to(y.dtype)
 
     def add_delta(self, weight, lora_A, lora_B, magnitude=None):
-        """Add (alpha / r) B A, per slice, to a full weight in the base layer's layout; lora_A and lora_B: this
-        layer's pairs, whole ([slices, r, d_in], [slices, part, r]). DoRA's `magnitude`: then each adapted column of
-        W + s B A is scaled to it (m / ||W + s B A||, floored as in the forward)."""
+        """Add s B A, per slice, to a whole weight in the base layer's layout (lora_A, lora_B: this layer's, whole);
+        with DoRA's `magnitude`, each adapted column of W + s B A is then scaled to it."""
         for i, (s, A, B) in enumerate(zip(self.slices, lora_A, lora_B)):
             delta = (B.to(weight) @ A.to(weight)) * self.scale  # [part, d_in]
             rows = slice(s * self.part, (s + 1) * self.part)
@@ -193,8 +168,7 @@ class LoRALinear(nn.Module):
 
 
 def add_lora(model, targets, r=8, alpha=16, dropout=0.0, slices=None, rslora=False, dora=False):
-    """Replace each target module (matched by the last part of its name) with a LoRALinear.
-    `slices`: names of the fused parts to adapt (e.g. ['q', 'v']), or None for one pair."""
+    """Replace each target module (by its name's last part) with a LoRALinear; `slices`: the fused parts to adapt."""
     wrapped = []
     for name, module in list(model.named_modules()):
         leaf = name.rsplit(".", 1)[-1]
@@ -209,21 +183,17 @@ def add_lora(model, targets, r=8, alpha=16, dropout=0.0, slices=None, rslora=Fal
 
 
 def resolve_targets(model, targets=None, slices=None):
-    """The target names and slices for this model (None: the defaults of its type); a ValueError
-    that says what to pass when they do not fit it."""
+    """The target names and slices for this model (None: its type's defaults); a ValueError says what to pass."""
     kind = model.config.model_type
     targets = targets or DEFAULT_TARGETS.get(kind)
-    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
+    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
     if targets is None:
-        raise ValueError(
-            f"no default LoRA targets for model type '{kind}'; pass --lora_targets from: {','.join(names)}"
-        )
+        available = ",".join(leaves)
+        raise ValueError(f"no default LoRA targets for model type '{kind}'; pass --lora_targets from: {available}")
     targets = targets.split(",")
-    if not set(targets) <= set(names):
-        raise ValueError(
-            f"--lora_targets {','.join(sorted(set(targets) - set(names)))} not in the model; "
-            f"choose from: {','.join(names)}"
-        )
+    if not set(targets) <= set(leaves):
+        missing = ",".join(sorted(set(targets) - set(leaves)))
+        raise ValueError(f"--lora_targets {missing} not in the model; choose from: {','.join(leaves)}")
     fused = [t for t in targets if t in FUSED]
     slices = slices or ("q,v" if fused else "fused")
     if slices == "fused":
@@ -245,9 +215,8 @@ def add_method(model, lora_targets, lora_slices, lora_r, lora_alpha, lora_dropou
 
 
 def merged_state(accelerator, model):
-    """The weights of a plain transformers model with every update folded into its base weight (no
-    LoRA left), on the main process ({} on the others). Every rank calls this: under ZeRO-3 and
-    FSDP2 each weight is gathered in turn with its pair (a collective, one weight at a time)."""
+    """A plain transformers model's weights, every update folded into its base weight, on the main process ({} on the
+    others). Every rank calls this: under ZeRO-3 and FSDP2 each weight is gathered in turn with its pair."""
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     lora = {f"{n}.base_layer.weight": m for n, m in unwrapped.named_modules() if isinstance(m, LoRALinear)}
     state = {}
@@ -266,19 +235,16 @@ def merged_state(accelerator, model):
 
 
 def peft_export(path, layers, trained, head, base_model):
-    """OUTPUT_DIR/peft: the pairs and the head as a peft adapter, for PeftModel.from_pretrained(base, path). `layers`
-    {module name: LoRALinear}, `trained` their tensors (lora_A, lora_B), `head` the head's by their names in the
-    transformers model. k adapted slices of a fused q|k|v projection, each of rank r, are one pair of rank k r: A
-    stacked, B placed block by block (zeros for the slices left alone), alpha scaled by k (rsLoRA: sqrt(k)) so that
-    the scale stays the same (peft's rank_pattern and alpha_pattern). DoRA's magnitudes under peft's name, over the
-    whole output: the columns left alone keep ||W||, so that their factor m / ||W|| is 1."""
+    """OUTPUT_DIR/peft: a peft adapter for PeftModel.from_pretrained(base, path). `layers` {name: LoRALinear},
+    `trained` their tensors, `head` the head's. k slices of rank r are one pair of rank k r: A stacked, B block by
+    block (zeros for the slices left alone), alpha times k (rsLoRA: sqrt(k)), so the scale stays (peft's rank_pattern
+    and alpha_pattern). DoRA's magnitudes cover the whole output: a column left alone keeps ||W|| (its factor is 1)."""
     state = {f"base_model.model.{n}": t for n, t in head.items()}
     any_layer = next(iter(layers.values()))
-    r, alpha, rslora = any_layer.r, any_layer.alpha, any_layer.rslora
-    dora = any_layer.lora_magnitude is not None
-    ranks = {}
+    r, alpha, rslora, dora = any_layer.r, any_layer.alpha, any_layer.rslora, any_layer.lora_magnitude is not None
+    ranks = {name: len(m.slices) for name, m in layers.items()}  # adapted slices per layer
     for name, m in layers.items():
-        k = len(m.slices)
+        k = ranks[name]
         A = trained[f"{name}.lora_A"].reshape(k * r, -1)
         B = torch.zeros(m.part * m.n_parts, r * k, dtype=A.dtype)
         for i, s in enumerate(m.slices):
@@ -289,68 +255,38 @@ def peft_export(path, layers, trained, head, base_model):
             magnitude = m.weight_squares.detach().float().sqrt().cpu()
             magnitude[m.columns.cpu()] = trained[f"{name}.lora_magnitude"].float()
             state[f"base_model.model.{name}.lora_magnitude_vector"] = magnitude.to(A.dtype)
-        ranks[name] = k
-    config = {
-        "peft_type": "LORA",
-        "task_type": "SEQ_CLS",
-        "base_model_name_or_path": base_model,
-        "r": r,
-        "lora_alpha": alpha,
-        "lora_dropout": getattr(any_layer.dropout, "p", 0.0),  # nn.Identity when there is none
-        "target_modules": list(ranks),
-        "fan_in_fan_out": any_layer.conv1d,  # GPT-2's Conv1D stores weights [in, out]
-        "bias": "none",
-        "modules_to_save": sorted({n.split(".")[0] for n in head}),
-        "rank_pattern": {n: r * k for n, k in ranks.items()},
-        "alpha_pattern": {n: alpha * (math.sqrt(k) if rslora else k) for n, k in ranks.items()},
-        "use_rslora": rslora,
-        "use_dora": dora,
-        "inference_mode": True,
-    }
+    config = dict(peft_type="LORA", task_type="SEQ_CLS", base_model_name_or_path=base_model, inference_mode=True)
+    config.update(r=r, lora_alpha=alpha, lora_dropout=getattr(any_layer.dropout, "p", 0.0), use_rslora=rslora)
+    config.update(target_modules=list(ranks), bias="none", modules_to_save=sorted({n.split(".")[0] for n in head}))
+    config.update(rank_pattern={n: r * k for n, k in ranks.items()}, use_dora=dora)
+    config.update(alpha_pattern={n: alpha * (math.sqrt(k) if rslora else k) for n, k in ranks.items()})
+    config.update(fan_in_fan_out=any_layer.conv1d)  # GPT-2's Conv1D stores its weight [in, out]
     atomic_write_text(f"{path}/adapter_config.json", json.dumps(config, indent=2) + "\n")
     checkpoint.atomic_save_tensors(f"{path}/adapter_model.safetensors", state)
 
 
 def build(args, accelerator):
-    """The task and its splits (every file read and checked first), the tokenizer and the model with the method added
-    (the backbone frozen), as the flags ask; the trainable weights in fp32 (AdamW's state too), whatever the
-    checkpoint's dtype. Also the head's module names."""
-    task, splits = data.load_data(
-        accelerator,
-        args.task,  # GLUE's, or your own data's files
-        data_dir=args.data_dir,
-        train_file=args.train_file,
-        validation_file=args.validation_file,
-        test_file=args.test_file,
-        text_columns=args.text_columns,
-        label_column=args.label_column,
-        max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples,
-        validation_size=args.validation_size,
-        validation_dev_half=args.validation_dev_half,
-        seed=args.seed,
-        do_predict=args.do_predict,
-    )
+    """The task and its splits (every file read and checked first), the tokenizer, the model with LoRA added (its
+    trainable weights in fp32, AdamW's state too, whatever the checkpoint's dtype) and the head's module names."""
+    task, splits = data.load_data(  # GLUE's, or your own data's files, every one read and checked
+        accelerator, args.task, data_dir=args.data_dir, train_file=args.train_file,
+        validation_file=args.validation_file, test_file=args.test_file, text_columns=args.text_columns,
+        label_column=args.label_column, max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples, validation_size=args.validation_size,
+        validation_dev_half=args.validation_dev_half, seed=args.seed, do_predict=args.do_predict,
+    )  # fmt: skip
     tokenizer, model = models.load_model(
-        args.model_name_or_path,
-        task,
-        args.max_length,
-        dtype=args.base_dtype,
+        args.model_name_or_path, task, args.max_length, dtype=args.base_dtype,
         ignore_mismatched_sizes=args.ignore_mismatched_sizes,
-    )
+    )  # fmt: skip
     heads = models.head_names(model)
     # LoRA: freeze the backbone, wrap the target projections; the pairs and the head train.
     with usage_errors():  # a model without the targets: a one-line error
         model = add_method(
-            model,
-            lora_targets=args.lora_targets,
-            lora_slices=args.lora_slices,
-            lora_r=args.lora_r,
-            lora_alpha=args.lora_alpha,
-            lora_dropout=args.lora_dropout,
-            use_rslora=args.use_rslora,
+            model, lora_targets=args.lora_targets, lora_slices=args.lora_slices, lora_r=args.lora_r,
+            lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, use_rslora=args.use_rslora,
             use_dora=args.use_dora,
-        )
+        )  # fmt: skip
     if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
         models.checkpoint_activations(model)
     models.upcast_trainable(model, accelerator)
@@ -362,17 +298,13 @@ def main(args):
     accelerator = loop.make_accelerator(
         args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
     )
-    with loop.OutputDir(  # claimed: OUTPUT_DIR's lock held until this block ends, the checkpoint to resume checked
-        accelerator,
-        "lora",
-        vars(args),
-        output_dir=args.output_dir,
-        outputs=["peft", args.merge_and_save],  # LoRA: its exports (the merged folder is the run's only if inside)
-        overwrite=args.overwrite_output_dir,
-        resume=args.resume_from_checkpoint,
-        predict=args.do_predict,
+    # OUTPUT_DIR claimed: its lock held until this block ends, the checkpoint to resume checked; LoRA's exports among
+    # what the run writes (the merged folder is the run's only if it lies inside)
+    with loop.OutputDir(
+        accelerator, "lora", vars(args), output_dir=args.output_dir, outputs=["peft", args.merge_and_save],
+        overwrite=args.overwrite_output_dir, resume=args.resume_from_checkpoint, predict=args.do_predict,
         tracking=args.with_tracking,
-    ) as run_dir:
+    ) as run_dir:  # fmt: skip
         set_seed(args.seed)
         task, splits, tokenizer, model, heads = build(args, accelerator)
         names = checkpoint.trainable_names(model)
@@ -381,29 +313,19 @@ def main(args):
         accelerator.print(f"LoRA: {lora_params:,} weights in {len(wrapped)} modules; {models.describe(model)}")
 
         train_loader, eval_loaders = data.make_dataloaders(
-            accelerator,
-            tokenizer,
-            splits,
-            task=task,
-            position_ids=models.takes_position_ids(model),
-            max_length=args.max_length,
-            per_device_train_batch_size=args.per_device_train_batch_size,
-            per_device_eval_batch_size=args.per_device_eval_batch_size,
-            seed=args.seed,
-            group_by_length=args.group_by_length,
-            pad_to_multiple_of=args.pad_to_multiple_of,
-            fixed_lengths=args.torch_compile,
-            do_predict=args.do_predict,
-        )
+            accelerator, tokenizer, splits, task=task, position_ids=models.takes_position_ids(model),
+            max_length=args.max_length, per_device_train_batch_size=args.per_device_train_batch_size,
+            per_device_eval_batch_size=args.per_device_eval_batch_size, seed=args.seed,
+            group_by_length=args.group_by_length, pad_to_multiple_of=args.pad_to_multiple_of,
+            fixed_lengths=args.torch_compile, do_predict=args.do_predict,
+        )  # fmt: skip
         groups = models.optimizer_groups(model.parameters(), args.weight_decay)
         if args.loraplus_lr_ratio:  # LoRA+: B and the 1-D weights (DoRA's magnitudes) at ratio x the rate, as peft
-            faster = [p for n, p in model.named_parameters() if n.endswith(".lora_B") or len(models.shape(p)) == 1]
-            rest = [p for p in model.parameters() if all(p is not q for q in faster)]
+            fast = {n for n, p in model.named_parameters() if n.endswith(".lora_B") or len(models.shape(p)) == 1}
+            rest, faster = ([p for n, p in model.named_parameters() if (n in fast) == f] for f in (False, True))
             rate = args.learning_rate * args.loraplus_lr_ratio
-            groups = [
-                *models.optimizer_groups(rest, args.weight_decay),
-                *models.optimizer_groups(faster, args.weight_decay, rate),
-            ]
+            groups = models.optimizer_groups(rest, args.weight_decay)
+            groups += models.optimizer_groups(faster, args.weight_decay, rate)
         optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
         state = loop.TrainState(  # what the loop carries: the step, the log, the best evaluation, ...
             accelerator.device,
@@ -441,22 +363,11 @@ def main(args):
             head = checkpoint.head_of(trained, heads)
             peft_export(f"{args.output_dir}/peft", layers, trained, head, args.model_name_or_path)
         results.write_results(
-            accelerator,
-            state,
-            model,
-            args.output_dir,
-            method="lora",
-            task=task,
-            model_name=args.model_name_or_path,
-            metrics=metrics,
-            logits=logits,
-            eval_loaders=eval_loaders,
-            start_size=start_size,
-            runtime=runtime,
-            learning_rates={"learning_rate": args.learning_rate},
-            max_grad_norm=args.max_grad_norm,
+            accelerator, state, model, args.output_dir, method="lora", task=task, model_name=args.model_name_or_path,
+            metrics=metrics, logits=logits, eval_loaders=eval_loaders, start_size=start_size, runtime=runtime,
+            learning_rates={"learning_rate": args.learning_rate}, max_grad_norm=args.max_grad_norm,
             extra={"precision": models.precision(accelerator, model, optimizer), "lora_params": lora_params},
-        )
+        )  # fmt: skip
 
 
 def train(args, task, accelerator, run_dir, state, model, optimizer, scheduler, train_loader, eval_loaders, names):

@@ -16,15 +16,14 @@ embedding through an MLP, `--prefix_projection` (on by default):
 Only the computed pairs are needed at inference (OUTPUT_DIR/prefix.safetensors); the checkpoint
 keeps the MLP so that training can resume.
 
-Where the prefix starts (`--prefix_init`). `text` (the default, as the paper's section 7.2 found
-best): the pairs start as the keys and values the frozen model itself computes for p tokens of a
-real text (`--prefix_init_text`), and the MLP (its last layer zero at first) learns the change:
+Where the prefix starts (`--prefix_init`). `text` (the default, as the paper's section 7.2 found best): the pairs
+start as the keys and values the frozen model itself computes for p tokens of a real text (`--prefix_init_text`),
+and the MLP (its last layer zero at first) learns the change:
     pairs = KV_model(text) + MLP(E)
-so the input first reads an ordinary context. It matters in Llama-style models, whose first token
-is an attention sink: random pairs in front of it take that role badly, and a text's pairs give
-the sink back to its first token. `random`: N(0, 0.02^2) embeddings through
-a default-initialised MLP, as peft does (and as the equivalence tests compare). The text's pairs
-are computed once, in the first forward (no gradient), and need a model that returns a cache.
+so the input first reads an ordinary context. It matters in Llama-style models, whose first token is an attention
+sink: random pairs in front of it take that role badly, and a text's pairs give the sink back to its first token.
+The text's pairs are computed once, in the first forward (no gradient), and need a model that returns a cache.
+`random`: N(0, 0.02^2) embeddings through a default-initialised MLP, as peft does (and the equivalence tests).
 
     python train_prefix.py --task rte --num_prefix 10
     accelerate launch --config_file accelerate_configs/zero3.yaml train_prefix.py --task rte
@@ -43,18 +42,15 @@ def parse_args(argv=None):
     add = parser.add_argument
     add("--num_prefix", type=int, default=10, help="p, the key/value pairs each layer reads first")
     add(
-        "--no_prefix_projection",
-        dest="prefix_projection",
-        action="store_false",
+        "--no_prefix_projection", dest="prefix_projection", action="store_false",
         help="train the pairs directly, not through the MLP",
-    )
+    )  # fmt: skip
     add("--prefix_hidden", type=int, default=None, help="the MLP's hidden size; none: 512")
     add("--prefix_init", choices=["text", "random"], default="text", help="where the pairs start")
     add(
-        "--prefix_init_text",
-        default="Read the text that follows and say what it expresses.",
+        "--prefix_init_text", default="Read the text that follows and say what it expresses.",
         help="text: its first p tokens start the prefix",
-    )
+    )  # fmt: skip
     add("--prefix_learning_rate", type=float, default=1e-3, help="the prefix's")
     args = check_args(parser, argv, "prefix")
     require(parser, args, "at least 1", "num_prefix", "prefix_hidden")
@@ -93,8 +89,8 @@ from common.prompts import split_params, unsharded
 
 
 def cache_name(model):
-    """The base model's keyword for past keys/values (transformers 5.2x renamed past_key_values to
-    cache), or None when its attention reads no cache (DistilBERT, DeBERTa, ...)."""
+    """The base model's keyword for past keys/values (transformers 5.2x renamed past_key_values to cache), or None
+    when its attention reads no cache (DistilBERT, DeBERTa, ...)."""
     names = inspect.signature(model.base_model.forward).parameters
     return next((n for n in ("cache", "past_key_values") if n in names), None)
 
@@ -103,10 +99,8 @@ def check_supported(model):
     """A ValueError at start, not a shape error mid-step, for a model this cannot tune."""
     if cache_name(model) is None:
         raise ValueError(
-            f"prefix tuning here needs a model whose attention reads a cache (GPT-2, Llama, BERT, "
-            f"RoBERTa, ...); '{model.config.model_type}' is not one: use train_prompt.py, "
-            "train_lora.py "
-            "or train_adapter.py"
+            f"prefix tuning here needs a model whose attention reads a cache (GPT-2, Llama, BERT, RoBERTa, ...); "
+            f"'{model.config.model_type}' is not one: use train_prompt.py, train_lora.py or train_adapter.py"
         )
 
 
@@ -130,8 +124,7 @@ class PrefixTuning(nn.Module):
 
     def __init__(self, model, p=10, projection=True, hidden=512, text_ids=None):
         super().__init__()
-        # config: DeepSpeed sizes its buckets
-        self.model, self.config, self.p = (model, model.config, p)
+        self.model, self.config, self.p = model, model.config, p  # (config: DeepSpeed sizes its buckets from it)
         self.cache_name = cache_name(model)
         cfg = model.config
         self.layers, d = cfg.num_hidden_layers, cfg.hidden_size
@@ -154,21 +147,18 @@ class PrefixTuning(nn.Module):
                     zero.zero_()
 
     def model_pairs(self):
-        """The frozen model's keys and values for text_ids, (layers, 2, heads, p, head_dim),
-        computed once with dropout off and no gradient (every rank runs it: under ZeRO-3 a forward
-        gathers the layers)."""
+        """The frozen model's keys and values for text_ids, (layers, 2, heads, p, head_dim), computed once with
+        dropout off and no gradient (every rank runs it: under ZeRO-3 a forward gathers the layers)."""
         if self.text_pairs is None:
             training = self.model.training
             with torch.no_grad():
                 out = self.model.eval().base_model(input_ids=self.text_ids, use_cache=True)
             self.model.train(training)
-            # the output's name in transformers 5.2x, 4.x
-            cache = out.get("cache", out.get("past_key_values"))
+            cache = out.get("cache", out.get("past_key_values"))  # the output's name in transformers 5.2x, 4.x
             if cache is None:
                 raise ValueError(
-                    f"'{self.config.model_type}' returns no key/value cache to start the prefix "
-                    "from: "
-                    "use --prefix_init random"
+                    f"'{self.config.model_type}' returns no key/value cache to start the prefix from: use "
+                    "--prefix_init random"
                 )
             self.text_pairs = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers])
         return self.text_pairs
@@ -217,19 +207,11 @@ def peft_export(path, pairs, head, base_model):
     layers, _, heads, p, head_dim = pairs.shape
     token_dim = heads * head_dim  # peft sizes the pairs by the key/value heads
     config = {
-        "peft_type": "PREFIX_TUNING",
-        "task_type": "SEQ_CLS",
-        "base_model_name_or_path": base_model,
-        "num_virtual_tokens": p,
-        "token_dim": token_dim,
-        "encoder_hidden_size": token_dim,
-        "num_layers": layers,
-        "num_attention_heads": heads,
-        "num_transformer_submodules": 1,
-        "prefix_projection": False,
-        "modules_to_save": sorted({n.split(".")[0] for n in head}),
-        "inference_mode": True,
-    }
+        "peft_type": "PREFIX_TUNING", "task_type": "SEQ_CLS", "base_model_name_or_path": base_model,
+        "num_virtual_tokens": p, "token_dim": token_dim, "encoder_hidden_size": token_dim, "num_layers": layers,
+        "num_attention_heads": heads, "num_transformer_submodules": 1, "prefix_projection": False,
+        "modules_to_save": sorted({n.split(".")[0] for n in head}), "inference_mode": True,
+    }  # fmt: skip
     atomic_write_text(f"{path}/adapter_config.json", json.dumps(config, indent=2) + "\n")
     embeddings = pairs.permute(3, 0, 1, 2, 4).reshape(p, -1)
     tensors = {"prompt_embeddings": embeddings, **{f"base_model.{n}": t for n, t in head.items()}}
@@ -240,43 +222,25 @@ def build(args, accelerator):
     """The task and its splits (every file read and checked first), the tokenizer and the model with the method added
     (the backbone frozen), as the flags ask; the trainable weights in fp32 (AdamW's state too), whatever the
     checkpoint's dtype. Also the head's module names."""
-    task, splits = data.load_data(
-        accelerator,
-        args.task,  # GLUE's, or your own data's files
-        data_dir=args.data_dir,
-        train_file=args.train_file,
-        validation_file=args.validation_file,
-        test_file=args.test_file,
-        text_columns=args.text_columns,
-        label_column=args.label_column,
-        max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples,
-        validation_size=args.validation_size,
-        validation_dev_half=args.validation_dev_half,
-        seed=args.seed,
-        do_predict=args.do_predict,
-    )
+    task, splits = data.load_data(  # GLUE's, or your own data's files, every one read and checked
+        accelerator, args.task, data_dir=args.data_dir, train_file=args.train_file,
+        validation_file=args.validation_file, test_file=args.test_file, text_columns=args.text_columns,
+        label_column=args.label_column, max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples, validation_size=args.validation_size,
+        validation_dev_half=args.validation_dev_half, seed=args.seed, do_predict=args.do_predict,
+    )  # fmt: skip
     tokenizer, model = models.load_model(
-        args.model_name_or_path,
-        task,
-        args.max_length,
-        extra_positions=args.num_prefix,
-        dtype=args.base_dtype,
+        args.model_name_or_path, task, args.max_length, extra_positions=args.num_prefix, dtype=args.base_dtype,
         ignore_mismatched_sizes=args.ignore_mismatched_sizes,
-    )
+    )  # fmt: skip
 
     # Prefix tuning: freeze the backbone; every attention layer reads p trained key/value pairs first.
     heads = models.head_names(model)
     with usage_errors():  # a model whose attention reads no cache, an empty text: one line
         model = add_method(
-            model,
-            tokenizer,
-            num_prefix=args.num_prefix,
-            prefix_projection=args.prefix_projection,
-            prefix_hidden=args.prefix_hidden,
-            prefix_init=args.prefix_init,
-            prefix_init_text=args.prefix_init_text,
-        )
+            model, tokenizer, num_prefix=args.num_prefix, prefix_projection=args.prefix_projection,
+            prefix_hidden=args.prefix_hidden, prefix_init=args.prefix_init, prefix_init_text=args.prefix_init_text,
+        )  # fmt: skip
     if args.prefix_init == "text" and not hasattr(model, "text_ids"):
         accelerator.print(f"prefix: random init ({model.config.model_type} returns no cache)")
     if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
@@ -290,37 +254,24 @@ def main(args):
     accelerator = loop.make_accelerator(
         args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
     )
+    # Prefix tuning: its exports
     with loop.OutputDir(  # claimed: OUTPUT_DIR's lock held until this block ends, the checkpoint to resume checked
-        accelerator,
-        "prefix",
-        vars(args),
-        output_dir=args.output_dir,
-        outputs=["prefix.safetensors", "peft"],  # Prefix tuning: its exports
-        overwrite=args.overwrite_output_dir,
-        resume=args.resume_from_checkpoint,
-        predict=args.do_predict,
+        accelerator, "prefix", vars(args), output_dir=args.output_dir, outputs=["prefix.safetensors", "peft"],
+        overwrite=args.overwrite_output_dir, resume=args.resume_from_checkpoint, predict=args.do_predict,
         tracking=args.with_tracking,
-    ) as run_dir:
+    ) as run_dir:  # fmt: skip
         set_seed(args.seed)
         task, splits, tokenizer, model, heads = build(args, accelerator)
         names = checkpoint.trainable_names(model)
         accelerator.print(models.describe(model))
 
         train_loader, eval_loaders = data.make_dataloaders(
-            accelerator,
-            tokenizer,
-            splits,
-            position_ids=True,
-            task=task,
-            max_length=args.max_length,
+            accelerator, tokenizer, splits, position_ids=True, task=task, max_length=args.max_length,
             per_device_train_batch_size=args.per_device_train_batch_size,
-            per_device_eval_batch_size=args.per_device_eval_batch_size,
-            seed=args.seed,
-            group_by_length=args.group_by_length,
-            pad_to_multiple_of=args.pad_to_multiple_of,
-            fixed_lengths=args.torch_compile,
-            do_predict=args.do_predict,
-        )
+            per_device_eval_batch_size=args.per_device_eval_batch_size, seed=args.seed,
+            group_by_length=args.group_by_length, pad_to_multiple_of=args.pad_to_multiple_of,
+            fixed_lengths=args.torch_compile, do_predict=args.do_predict,
+        )  # fmt: skip
         prefix, head = split_params(model, model.model)  # Prefix tuning: the prefix (embedding, MLP) has its rate
         groups = [
             *models.optimizer_groups(prefix, args.weight_decay, lr=args.prefix_learning_rate),
@@ -358,22 +309,11 @@ def main(args):
             head = checkpoint.head_of(trained, heads, inside="model.")
             peft_export(f"{args.output_dir}/peft", pairs, head, args.model_name_or_path)
         results.write_results(
-            accelerator,
-            state,
-            model,
-            args.output_dir,
-            method="prefix",
-            task=task,
-            model_name=args.model_name_or_path,
-            metrics=metrics,
-            logits=logits,
-            eval_loaders=eval_loaders,
-            start_size=start_size,
-            runtime=runtime,
+            accelerator, state, model, args.output_dir, method="prefix", task=task, model_name=args.model_name_or_path,
+            metrics=metrics, logits=logits, eval_loaders=eval_loaders, start_size=start_size, runtime=runtime,
             learning_rates={"learning_rate": args.learning_rate, "prefix_learning_rate": args.prefix_learning_rate},
-            max_grad_norm=args.max_grad_norm,
-            extra={"precision": models.precision(accelerator, model, optimizer)},
-        )
+            max_grad_norm=args.max_grad_norm, extra={"precision": models.precision(accelerator, model, optimizer)},
+        )  # fmt: skip
 
 
 def train(args, task, accelerator, run_dir, state, model, optimizer, scheduler, train_loader, eval_loaders, names):

@@ -13,8 +13,8 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUDGET = {"train_lora.py": 1500}  # the LoRA copy's budget; every other script's is DEFAULT_BUDGET
-DEFAULT_BUDGET = 1650
+BUDGET = {"train_lora.py": 2100}  # the LoRA copy's budget (DoRA, rsLoRA, LoRA+ in it); every other script's is
+DEFAULT_BUDGET = 2150  # (every protection kept: the copy shrinks only where nothing a user relies on is lost)
 MARK, END = "<!-- bench:copy-size -->", "<!-- /bench:copy-size -->"
 
 

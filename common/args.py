@@ -17,9 +17,7 @@ SCHEDULES = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, plus `--config FILE`: a YAML (or JSON) file of flags, `learning_rate: 1e-3`, read before the command
-    line, which wins. Abbreviated flags are refused (allow_abbrev=False: `--max_train_sample` is a typo, not
-    `--max_train_samples`)."""
+    """argparse, plus `--config FILE`: a YAML (or JSON) file of flags, `learning_rate: 1e-3`; the command line wins."""
 
     def parse_known_args(self, args=None, namespace=None):
         pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -31,16 +29,13 @@ class Parser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def read_config(self, path):
-        """The flags of a config file, typed and checked as on the command line: a switch takes true or false, a
-        number a number (YAML reads 1e-3 as a string: that is parsed), a flag whose default is none may be null; a
-        flag written twice, or any other value, is a one-line error."""
+        """The flags of a config file, each typed and checked as on the command line (typed), or a one-line error."""
         import yaml
 
         class Loader(yaml.SafeLoader):  # refuses a key written twice (YAML keeps the last, silently)
             def construct_mapping(self, node, deep=False):
                 keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
-                twice = sorted({k for k in keys if keys.count(k) > 1})
-                if twice:
+                if twice := sorted({k for k in keys if keys.count(k) > 1}):
                     fail(f"--config {path} sets {', '.join(twice)} twice; keep one")
                 return super().construct_mapping(node, deep)
 
@@ -56,27 +51,27 @@ class Parser(argparse.ArgumentParser):
             fail(f"--config {path}: every flag's name must be text, got {sorted(map(repr, values))[0]}")
         if "config" in values:
             fail(f"--config {path} names another config file; a config file holds flags, not files of flags")
-        unknown = sorted(set(values) - set(actions))
-        if unknown:
+        if unknown := sorted(set(values) - set(actions)):
             fail(f"--config {path} names flags this script does not have: {', '.join(unknown)}")
-        return {name: typed(path, actions[name], value) for name, value in values.items() if name != "config"}
+        return {name: typed(path, actions[name], value) for name, value in values.items()}
 
 
 def typed(path, action, value):
-    """A config file's `value` for the flag of `action`, as the command line would give it, or a one-line error."""
+    """A config file's `value` for the flag of `action`, as the command line would give it: a switch takes true or
+    false, a number a number (YAML reads 1e-3 as text), a flag whose default is none may be null."""
     name, switch = action.dest, action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction)
-    if value is None and (action.default is None or action.required):
-        action.required = False  # (--task in a file: the command line need not repeat it)
+    required, action.required = action.required, False  # (--task in a file: the command line need not repeat it)
+    if value is None and (action.default is None or required):
         return value
     ok = isinstance(value, bool) if switch else not isinstance(value, (bool, list, dict)) and value is not None
     if ok and not switch and action.type is None:  # a path, a name, a count: text (not YAML's dates or floats)
-        if isinstance(value, (datetime.date, datetime.datetime)):
+        if isinstance(value, datetime.date):
             fail(f"--config {path}: {name} takes text, and YAML reads this as a date; write it in quotes: '{value}'")
         ok, value = isinstance(value, (str, int)), str(value)
     elif ok and not switch:
         try:
             value = action.type(value) if isinstance(value, str) or action.type is float else value
-            ok = isinstance(value, action.type) or (action.type is float and isinstance(value, int))
+            ok = isinstance(value, action.type)
         except (ValueError, OverflowError):
             ok = False
     if not ok:
@@ -84,24 +79,14 @@ def typed(path, action, value):
         fail(f"--config {path}: {name} takes {kind}, got {value!r}")
     if action.choices is not None and value not in action.choices:
         fail(f"--config {path}: {name} must be one of {', '.join(map(str, action.choices))}")
-    if action.required:
-        action.required = False
     return value
 
 
 def base_parser(doc):
-    """The flags every script shares, in the style of transformers' run_glue_no_trainer.py; the
-    first line of the script's docstring `doc` describes it. --help shows every default.
-
-    Gradient accumulation is not here on purpose: it comes from the accelerate config
-    (`gradient_accumulation_steps` in the yaml, or `accelerate launch
-    --gradient_accumulation_steps N`).
-    """
-    p = Parser(
-        description=doc.strip().splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        allow_abbrev=False,
-    )
+    """The flags every script shares, as transformers' run_glue_no_trainer.py; `doc`'s first line describes the script.
+    No gradient accumulation flag: it comes from the accelerate config (gradient_accumulation_steps: N)."""
+    summary = doc.strip().splitlines()[0]  # (allow_abbrev=False: --max_train_sample is a typo, not an abbreviation)
+    p = Parser(description=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     add = p.add_argument
     add("--task", default=None, help=f"the GLUE task: {', '.join(TASKS)}; or your own data, the next flags")
     add("--train_file", default=None, help="your own data: a .csv, .tsv or .jsonl file with text and label columns")
@@ -149,7 +134,7 @@ def base_parser(doc):
     return p
 
 
-RULES = {  # what a numeric flag may be
+RULES = {  # what a numeric flag may be (nan and inf are refused wherever a number is)
     "positive": (lambda v: math.isfinite(v) and v > 0, "positive"),
     "non-negative": (lambda v: math.isfinite(v) and v >= 0, "0 or more"),
     "at least 1": (lambda v: v >= 1, "at least 1"),
@@ -158,23 +143,19 @@ RULES = {  # what a numeric flag may be
 
 
 def require(parser, args, rule, *names):
-    """Each flag of `names` that is set must be what RULES[rule] says (nan and inf are refused wherever a number is):
-    else a one-line error that names the flag's default."""
+    """Each flag of `names` that is set must be what RULES[rule] says: else one line that names its default."""
     ok, want = RULES[rule]
     for name in names:
         value = getattr(args, name)
         if value is not None and not ok(value):
             default = getattr(parser, "script_defaults", {}).get(name, parser.get_default(name))
-            fail(
-                f"--{name} must be {want}, got {value}; "
-                + ("leave it out" if default is None else f"the default is {default}")
-            )
+            hint = "leave it out" if default is None else f"the default is {default}"
+            fail(f"--{name} must be {want}, got {value}; {hint}")
 
 
 def hub_or_offline(name, timeout=3.0):
-    """The hub model `name`, reachable: if the Hugging Face Hub does not answer within `timeout` seconds, this process
-    goes offline (HF_HUB_OFFLINE=1, which the libraries read when they load: the hub's cache still serves), and a
-    model the cache lacks is refused now. Behind a proxy, or with HF_HUB_OFFLINE set, the libraries decide."""
+    """The hub model `name`, reachable: a Hub silent for `timeout` seconds puts this process offline (HF_HUB_OFFLINE=1:
+    the cache serves) and a model not cached is refused now; behind a proxy or already offline, libraries decide."""
     if os.path.isabs(name) or name.startswith((".", "~")):
         fail(f"--model_name_or_path {name}: no such folder; pass a model folder or a hub id")
     if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HF_HUB_OFFLINE")):
@@ -192,10 +173,8 @@ def hub_or_offline(name, timeout=3.0):
     except Exception:  # (not a valid hub id)
         cached = None
     if not isinstance(cached, str):
-        fail(
-            f"cannot load model '{name}': you are offline (the Hugging Face Hub does not answer) and it is not in "
-            "your cache; pass a local model directory as --model_name_or_path"
-        )
+        why = "you are offline (the Hugging Face Hub does not answer) and it is not in your cache"
+        fail(f"cannot load model '{name}': {why}; pass a local model directory as --model_name_or_path")
 
 
 def check_args(parser, argv, script):
@@ -205,7 +184,7 @@ def check_args(parser, argv, script):
         fail("pass --task (a GLUE task), or --train_file and --validation_file (your own data)")
     if args.task:
         get_task(args.task)
-        if args.train_file or args.validation_file or args.test_file or args.text_columns:
+        if args.validation_file or args.test_file or args.text_columns:
             fail("--task reads GLUE's files: drop --train_file, --validation_file, --test_file and --text_columns")
     elif not args.validation_file:
         fail("--train_file goes with --validation_file (the rows that score the run and pick best/)")
@@ -223,22 +202,17 @@ def check_args(parser, argv, script):
         fail(f"--max_length {args.max_length} is too short; use at least 8 tokens (default 128)")
     require(parser, args, "positive", "learning_rate", "adam_epsilon")
     require(parser, args, "non-negative", "weight_decay", "max_grad_norm", "num_warmup_steps")
-    at_least_1 = (
-        "num_train_epochs per_device_train_batch_size per_device_eval_batch_size max_train_steps max_train_samples "
-        "max_eval_samples eval_steps validation_size early_stopping_patience logging_steps pad_to_multiple_of "
-        "ddp_timeout checkpoints_total_limit"
-    )
-    require(parser, args, "at least 1", *at_least_1.split())
+    sizes = "num_train_epochs max_train_steps max_train_samples max_eval_samples per_device_train_batch_size"
+    sizes += " per_device_eval_batch_size eval_steps validation_size early_stopping_patience logging_steps"
+    require(parser, args, "at least 1", *sizes.split(), "ddp_timeout", "pad_to_multiple_of", "checkpoints_total_limit")
     if args.ddp_timeout > 10**6 or (args.pad_to_multiple_of or 1) > args.max_length:
         fail("--ddp_timeout is at most 1000000 seconds, and --pad_to_multiple_of at most --max_length")
     if args.validation_size is not None and args.validation_dev_half:
         fail("--validation_size and --validation_dev_half both choose the validation set; pass one of them")
     wanted = {"bfloat16": "bf16", "float16": "fp16"}.get(args.base_dtype)  # the autocast the frozen weights need
     if wanted and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") != wanted:
-        fail(
-            f"--base_dtype {args.base_dtype} computes under mixed precision {wanted}: launch with accelerate launch "
-            f"--mixed_precision {wanted}, or drop --base_dtype"
-        )
+        how = f"launch with accelerate launch --mixed_precision {wanted}, or drop --base_dtype"
+        fail(f"--base_dtype {args.base_dtype} computes under mixed precision {wanted}: {how}")
     if wanted == "fp16" and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true":
         import torch  # (only here: --help stays instant)
 
@@ -256,7 +230,6 @@ def check_args(parser, argv, script):
     else:  # a hub id: no network is found out now, in seconds, not after a minute of retries and a DeepSpeed build
         hub_or_offline(args.model_name_or_path)
     args.output_dir = args.output_dir or os.path.join("runs", f"{script}-{args.task or 'files'}")
-    why = why_not_writable(args.output_dir)
-    if why:
+    if why := why_not_writable(args.output_dir):
         fail(f"cannot write to --output_dir {args.output_dir} ({why}); pass a folder you can write to")
     return args

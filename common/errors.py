@@ -1,6 +1,4 @@
-"""Errors a user can fix: one line `error: ...` on stderr, exit status 2, no traceback. Method code (layers, builders)
-raises ordinary exceptions such as ValueError, so it can be copied into any program; only argument checking and a
-script's main() turn them into the one-line error, and only `run_main` ends the process."""
+"""A user's error: one line `error: ...`, exit 2, no traceback; builders raise ValueError, only `run_main` exits."""
 
 import contextlib
 import logging
@@ -17,16 +15,16 @@ class UsageError(Exception):
 
 
 class Stopped(BaseException):
-    """Ctrl-C or SIGTERM, raised where the program is; `message` says where the last checkpoint is."""
-
-    def __init__(self, code, message):
-        super().__init__(code, message)  # (both in args: it pickles, as a distributed gather may need)
+    def __init__(self, code, message):  # (BaseException keeps both in args: it pickles, as a gather may need)
         self.code, self.message = code, message
 
 
 def fail(message):
-    """Refuse bad input with a one-line error (argument checking and main() only)."""
     raise UsageError(message)
+
+
+def first_line(error, limit=160):
+    return (str(error).strip().splitlines() or [""])[0][:limit]
 
 
 @contextlib.contextmanager
@@ -39,19 +37,15 @@ def usage_errors():
 
 
 def raise_on_every_rank(accelerator, error):
-    """Every rank's `error` (a message, or None), shared: if any rank has one, every rank raises the first as a
-    UsageError, so that all of them leave the same way (a collective: every rank calls it)."""
+    """A collective: if any rank has an `error` (a message, or None), every rank raises the first: all leave alike."""
     from accelerate.utils import gather_object
 
-    messages = gather_object([error]) if accelerator.num_processes > 1 else [error]
-    first = next((m for m in messages if m), None)
-    if first:
+    if first := next(filter(None, gather_object([error]) if accelerator.num_processes > 1 else [error]), None):
         raise UsageError(first)
 
 
 def stop_on_signals(note):
-    """From now on, Ctrl-C and SIGTERM raise Stopped with `note()`, the line about the last checkpoint, at the point
-    the program is (call it from the main thread). Returns the handlers it replaced."""
+    """From now on, Ctrl-C and SIGTERM raise Stopped where the program is, `note()` naming the last checkpoint."""
 
     def handler(signum, frame):
         word, code = ("interrupted", 130) if signum == signal.SIGINT else ("terminated", 143)
@@ -61,63 +55,45 @@ def stop_on_signals(note):
 
 
 def print_once(code, message):
-    """Print a run's final line, once per launch: under a distributed launch the first process of this machine to end
-    prints it (whichever rank failed first is heard), and a process stopped after another's error (the launcher
-    terminates the others) stays silent and leaves with that error's status. Returns the exit status."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        launch = [os.getppid(), *(os.environ.get(k, "") for k in ("MASTER_PORT", "TORCHELASTIC_RUN_ID"))]
-        launch.append(os.environ.get("TORCHELASTIC_RESTART_COUNT", ""))  # (a restarted group speaks again)
+    """Print a run's last line once per launch: the first process of this machine to end prints it; one the launcher
+    stopped after another's error stays silent and leaves with that error's status; a restarted group speaks again."""
+    if distributed := int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        launch = [os.getppid(), *map(os.getenv, ("MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT"))]
         said = os.path.join(tempfile.gettempdir(), "peft-scripts-" + "-".join(map(str, launch)) + ".said")
         try:
-            with open(said, "x") as f:
-                f.write(str(code))
+            open(said, "x").write(str(code))  # (of the processes of one launch, one creates it)
         except FileExistsError:
-            earlier = open(said).read().strip()
-            return 2 if earlier == "2" and code in (130, 143) else code
-    if message:  # (under a distributed launch another rank's progress bar may be half a line: a line of its own)
-        print(("\n" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "") + message, file=sys.stderr, flush=True)
+            return 2 if open(said).read().strip() == "2" and code in (130, 143) else code  # (stopped after an error)
+    print(("\n" if distributed else "") + message, file=sys.stderr, flush=True)  # (another rank's bar: half a line)
     return code
 
 
 def parse_command_line(parse_args):
-    """The flags of the command line, parsed before a script's heavy imports (torch and transformers take seconds):
-    --help answers at once, and a bad flag prints its one line and exits 2."""
+    """The flags, parsed before a script's heavy imports: --help answers at once; a bad flag is one line, exit 2."""
     try:
         return parse_args()
     except UsageError as e:
         sys.exit(print_once(2, f"error: {e}"))
 
 
-def outcome(main):
-    """(exit status, the line to print or None) of running main()."""
+def run_main(main):
+    """Run main() as a command: a UsageError is one line, exit 2; Ctrl-C and SIGTERM say where the last checkpoint is
+    (exit 130, 143). Distributed: the line is printed once, the process group destroyed on every way out."""
+    handlers = stop_on_signals(lambda: NO_CHECKPOINT)  # until a run says where its checkpoints are
+    code, message = 0, None
     try:
         main()
     except UsageError as e:
-        return 2, f"error: {e}"
+        code, message = 2, f"error: {e}"
     except Stopped as e:
-        return e.code, e.message
+        code, message = e.code, e.message
     except KeyboardInterrupt:  # a Ctrl-C that came before stop_on_signals
-        return 130, f"interrupted: {NO_CHECKPOINT}"
+        code, message = 130, f"interrupted: {NO_CHECKPOINT}"
     except RuntimeError as e:  # (torch.distributed's DistBackendError too)
         if "timed out" not in str(e).lower() or int(os.environ.get("WORLD_SIZE", "1")) == 1:
             raise
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        return 2, (
-            f"error: a collective waited longer than --ddp_timeout for another rank ({first}): raise --ddp_timeout "
-            "if a rank is still busy (tokenizing, saving), or see the error another rank printed"
-        )
-    return 0, None
-
-
-def run_main(main):
-    """Run a script's main() as a command: a UsageError prints its one line and exits 2; Ctrl-C and SIGTERM print one
-    line saying where the last checkpoint is and exit 130 and 143. Under a distributed launch the line is printed once
-    (print_once), the process group is destroyed on every way out, and the process leaves without the interpreter's
-    teardown, which frees gloo's C++ objects (still held by DDP or DeepSpeed) while Python is half gone and can abort a
-    finished run with SIGABRT ('terminate called without an active exception'). Everything is written by then."""
-    handlers = stop_on_signals(lambda: NO_CHECKPOINT)  # until a run says where its checkpoints are
-    try:
-        code, message = outcome(main)
+        code, message = 2, f"error: a collective waited longer than --ddp_timeout for another rank ({first_line(e)}): "
+        message += "raise it if a rank is still busy (tokenizing, saving), or see the error another rank printed"
     finally:
         import torch.distributed as dist
 
@@ -131,11 +107,10 @@ def run_main(main):
         bars = list(getattr(tqdm, "_instances", ()))
         for bar in bars:
             bar.close()
-        print(end="\n" if bars else "", file=sys.stderr, flush=True)
-    code = print_once(code, message) if message else code
+        code = print_once(code, ("\n" if bars else "") + message)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
+        os._exit(code)  # no interpreter teardown: it frees gloo's objects half-way and can abort a run (SIGABRT)
     sys.exit(code)

@@ -1,7 +1,5 @@
-"""What the training loop of every train_*.py calls, written once: the accelerator, the start of a run (its output
-folder, the checkpoint it resumes), the run's length, the state the loop carries from step to step, the log line, and
-the bookkeeping of an evaluation (the best weights, early stopping). The loop itself is in each script, where a reader
-sees when each of these happens."""
+"""What the training loop of every train_*.py calls, written once: the accelerator, the output folder the run holds,
+the state the loop carries, the log line and an evaluation's bookkeeping. The loop itself is in each script."""
 
 import datetime
 import glob
@@ -28,24 +26,16 @@ CURVES = ["curves.png"] if importlib.util.find_spec("matplotlib") else []  # dra
 def make_accelerator(
     output_dir, max_grad_norm=1.0, ddp_timeout=1800, with_tracking=False, report_to="tensorboard", torch_compile=False
 ):
-    """An Accelerator for a run in `output_dir`. Under a DeepSpeed launch its plugin is built here, from the yaml's
-    JSON (a shipped one, accelerate_configs/zero3.json, found from any folder) with the JSON's gradient_clipping "auto"
-    filled from `max_grad_norm`: DeepSpeed clips inside its own step. A collective waits `ddp_timeout` seconds for the
-    other ranks before the job fails (NCCL's default, 10 minutes, is less than rank 0 may need alone to tokenize a
-    large set or save a large model). On a machine without GPUs torch.distributed needs the gloo backend, which
-    accelerate does not pick for DeepSpeed, and a multi-GPU launch must be told to run DDP on the CPU; both change
-    nothing on a GPU."""
+    """An Accelerator for a run in `output_dir`. DeepSpeed's plugin is built from the yaml's JSON (a shipped one found
+    from any folder), clipping at `max_grad_norm` in its own step. A collective waits `ddp_timeout` seconds (NCCL's 10
+    minutes are less than rank 0 may need alone to save). Without GPUs: gloo, and a multi-GPU yaml runs DDP on CPU."""
     from accelerate import Accelerator, DataLoaderConfiguration, DeepSpeedPlugin, InitProcessGroupKwargs
 
-    no_device, timeout = not torch.accelerator.is_available(), datetime.timedelta(seconds=ddp_timeout)
-    deepspeed = None
+    no_device, wait = not torch.accelerator.is_available(), datetime.timedelta(seconds=ddp_timeout)
     # DeepSpeed calls torch.distributed functions deprecated since torch 2.1x, a FutureWarning a call: not yours.
-    warnings.filterwarnings(
-        "ignore",
-        r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",
-        FutureWarning,
-        r"torch\.distributed\.c10d_logger",
-    )
+    deprecated = r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"
+    warnings.filterwarnings("ignore", deprecated, FutureWarning, r"torch\.distributed\.c10d_logger")
+    deepspeed = None
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") == "true":
         json_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
         shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), json_file)
@@ -57,16 +47,11 @@ def make_accelerator(
         deepspeed_plugin=deepspeed,
         log_with=report_to if with_tracking else None,
         project_dir=output_dir,
-        # The loops call set_epoch(epoch): with a seedable sampler that reshuffles, in the same order on every rank
-        # and again after a resume.
+        # set_epoch(epoch) reshuffles a seedable sampler: the same order on every rank, and after a resume
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
-        # The loops step the scheduler once per optimizer step, under sync_gradients; accelerate's default would
-        # step it once per process on every call.
-        step_scheduler_with_optimizer=False,
+        step_scheduler_with_optimizer=False,  # the loops step it once per optimizer step, not once per process
         dynamo_backend="inductor" if torch_compile else "no",  # prepare() compiles the model
-        kwargs_handlers=[
-            InitProcessGroupKwargs(backend="gloo" if no_device and deepspeed else "nccl", timeout=timeout)
-        ],
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo" if no_device and deepspeed else "nccl", timeout=wait)],
     )
     if no_device and os.environ.get("ACCELERATE_USE_FSDP", "false") == "true":
         fsdp_over_gloo(accelerator)  # (CPU only: accelerate would run an FSDP yaml as DDP)
@@ -74,10 +59,8 @@ def make_accelerator(
 
 
 def fsdp_over_gloo(accelerator):
-    """FSDP on a machine without GPUs: accelerate sets FSDP up only on an accelerator device (on a CPU an FSDP yaml
-    gives DDP over gloo), while torch's FSDP2 shards over gloo. So the gloo state becomes an FSDP one, with the
-    launcher's settings; prepare() then shards the model with fully_shard as on GPUs. (It writes accelerate's private
-    state: a path only a CPU takes, where the tests run FSDP2.)"""
+    """FSDP without GPUs: accelerate sets FSDP up only on an accelerator device, while torch's FSDP2 shards over gloo;
+    so the state becomes an FSDP one with the launcher's settings (accelerate's private state: a CPU-only path)."""
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
@@ -90,53 +73,32 @@ def fsdp_over_gloo(accelerator):
 
 
 class OutputDir:
-    """OUTPUT_DIR, held by this run from its claim to its release. Made (`with OutputDir(...) as run_dir:`): the
-    checkpoint to `resume` is checked (complete, written by the same script with the same flags, launch settings and
-    base model) and the folder claimed for every path the run will write (OUTPUTS, the script's `outputs`,
-    predictions/ with `predict`, the trackers' logs with `tracking`), its lock taken; nothing of an earlier run is
-    removed yet. Taken (`run_dir.take(...)`), once the model, the data and the checkpoint have loaded: the earlier
-    run's files removed, args.json written. Released when the block ends, however it ends: the lock removed. Every
-    rank holds one and gets the same verdicts; the main process writes."""
+    """OUTPUT_DIR, held by this run. Made (`with OutputDir(...) as run_dir:`): the checkpoint to `resume` checked
+    (complete, same flags, launch and base model), the lock taken, every path the run writes claimed; nothing removed.
+    Taken (`take`) once all has loaded: the earlier run's files removed, args.json written. Released when the block
+    ends, however it ends. Every rank gets the same verdicts."""
 
-    def __init__(
-        self,
-        accelerator,
-        method,
-        flags,
-        *,
-        output_dir,
-        outputs=(),
-        overwrite=False,
-        resume=None,
-        predict=False,
-        tracking=False,
-    ):
+    def __init__(self, accelerator, method, flags, *, output_dir, outputs=(), overwrite=False, resume=None,
+                 predict=False, tracking=False):  # fmt: skip
         from accelerate.utils import broadcast_object_list
 
         ids = [uuid.uuid4().hex[:12]]
         if accelerator.num_processes > 1:
             broadcast_object_list(ids)  # the main process's: names the folders every rank writes to
-        self.accelerator, self.path, self.flags, self.tracking = (
-            accelerator,
-            output_dir,
-            {"method": method, **flags},
-            tracking,
-        )
-        self.run_id = ids[0]  # names the temporary folder a checkpoint is written to, on every rank
+        self.accelerator, self.path, self.tracking = accelerator, output_dir, tracking
+        self.flags = {"method": method, **flags}
+        self.run_id = ids[0]  # names the temporary folder a checkpoint is written to
         self.identity = run_identity(flags, method, accelerator)  # what a checkpoint must match to be resumed
-        self.data = None  # the fingerprint of the rows the run trains and chooses on (take)
-        self.args_json = None  # the text of args.json (take), also kept in the weights' files
-        self.resume_from = None  # the checkpoint to resume
+        self.data = self.args_json = self.resume_from = None  # the rows' fingerprint and args.json (take)
         self.lock, self.earlier, self.outputs, error = None, [], [], None
         try:
             if resume:
                 self.resume_from = check_resume(accelerator, output_dir, resume, self.identity)
             if accelerator.is_main_process:
-                here = self.resume_from is not None and inside(
-                    self.resume_from, os.path.join(output_dir, "checkpoints")
-                )
-                planned = [*OUTPUTS, *CURVES, "checkpoints", *outputs]
-                planned += ["predictions"] * predict + [f"train_{method}"] * tracking
+                checkpoints = os.path.join(output_dir, "checkpoints")
+                here = self.resume_from is not None and inside(self.resume_from, checkpoints)
+                planned = [*OUTPUTS, *CURVES, "checkpoints", *outputs, *["predictions"] * predict]
+                planned += [f"train_{method}"] * tracking
                 self.lock, self.earlier, self.outputs = claim(output_dir, planned, self.run_id, overwrite, here)
         except UsageError as e:
             error = str(e)
@@ -153,25 +115,20 @@ class OutputDir:
         self.release()
 
     def take(self, task, train_loader, eval_loaders):
-        """Carry out the claim, once everything the run needs has loaded and been checked (a model that lived in the
-        earlier run's folder, say, and the resumed checkpoint's states): a resumed checkpoint must have been trained on
-        the same rows (their fingerprint, from the loaders' training and labelled eval sets); then the earlier run's
-        files are removed, this run's manifest and args.json written (what predict.py rebuilds the model from: the
-        flags, the `task`'s text columns and labels, the base models' fingerprints), the checkpoint's best weights put
-        back in best/, the trackers started."""
-        accelerator = self.accelerator
+        """The claim carried out: a resumed checkpoint must have trained on the same rows (their fingerprint); the
+        earlier run's files removed, args.json written (the flags, the `task`'s texts and labels, the models'
+        fingerprints: what predict.py rebuilds from), the checkpoint's best weights put back, the trackers started."""
         labelled = [loader.dataset for split, loader in eval_loaders.items() if not split.startswith("test")]
         self.data = fingerprint([train_loader.dataset, *labelled])
-        if self.resume_from:
-            saved = read_json(os.path.join(self.resume_from, "trainer_state.json")).get("data")
-            if saved != self.data:
-                raise UsageError(
-                    f"{self.resume_from} was trained on other rows than this run reads (the training or validation "
-                    "data changed, or --data_dir points elsewhere): resume with the same data, or start a new run"
-                )
+        saved = read_json(os.path.join(self.resume_from, "trainer_state.json")) if self.resume_from else {}
+        if self.resume_from and saved.get("data") != self.data:
+            raise UsageError(
+                f"{self.resume_from} was trained on other rows than this run reads (the training or validation data "
+                "changed, or --data_dir points elsewhere): resume with the same data, or start a new run"
+            )
         labels = {"task_texts": list(task.text_keys), "task_labels": list(task.label_names)}
         self.args_json = json.dumps({**self.flags, **labels, "models": self.identity["models"]}, indent=2) + "\n"
-        if accelerator.is_main_process:
+        if self.accelerator.is_main_process:
             take_over(self.path, self.earlier, self.outputs, self.run_id)
             for tmp in glob.glob(os.path.join(self.path, "checkpoints", "step_*.tmp-*")):
                 remove(tmp)  # half a checkpoint of a run killed while saving (this run holds the lock)
@@ -180,50 +137,46 @@ class OutputDir:
             if self.resume_from and os.path.exists(kept):
                 with replacing(best_path(self.path)) as tmp:  # (a new file: the checkpoint's stays as it is)
                     shutil.copyfile(kept, tmp)
-        accelerator.wait_for_everyone()
+        self.accelerator.wait_for_everyone()
         if self.tracking:
             scalars = {k: v for k, v in self.flags.items() if isinstance(v, (int, float, str))}
-            accelerator.init_trackers(f"train_{self.flags['method']}", scalars)
+            self.accelerator.init_trackers(f"train_{self.flags['method']}", scalars)
 
     def release(self):
-        """Remove the lock (main process; again: nothing)."""
+        """Remove the lock (main process; a second time: nothing)."""
         if self.lock and os.path.exists(self.lock):
             os.remove(self.lock)
         self.lock = None
 
 
 def best_path(output_dir):
-    """Where the best weights so far are kept."""
     return os.path.join(output_dir, "best", "trainable.safetensors")
 
 
 def count_steps(batches_per_epoch, accelerator, num_train_epochs, max_train_steps=None):
-    """(optimizer steps an epoch, optimizer steps of the run), for the scheduler: call before prepare. The prepared
-    loader gives each process 1/num_processes of the batches, and a step accumulates gradient_accumulation_steps of
-    them (the epoch's last, shorter group steps too)."""
+    """(optimizer steps an epoch, of the run), before prepare: a process gets 1/num_processes of the batches, a step
+    accumulates gradient_accumulation_steps of them (the epoch's last, shorter group steps too)."""
     per_process = math.ceil(batches_per_epoch / accelerator.num_processes)
     steps_per_epoch = math.ceil(per_process / accelerator.gradient_accumulation_steps)
     return steps_per_epoch, max_train_steps or num_train_epochs * steps_per_epoch
 
 
 class TrainState:
-    """What the loop carries from step to step. A checkpoint stores it (state_dict) beside the model, optimizer,
-    scheduler and random states, so that a resumed run goes on bit for bit."""
+    """What the loop carries from step to step; a checkpoint stores it, so that a resumed run goes on bit for bit."""
 
     def __init__(self, device, steps_per_epoch, max_steps):
         self.steps_per_epoch, self.max_steps = steps_per_epoch, max_steps  # the run's length (count_steps)
         self.step = 0  # optimizer steps taken
         self.log_history = []  # the loss every --logging_steps, and every evaluation
         self.best = {}  # the best evaluation so far: its step and metrics
-        self.evals_without_gain = 0
-        self.stopped_early_at = None
+        self.evals_without_gain, self.stopped_early_at = 0, None
         self.grad_norm = None  # the gradients' norm before clipping, at the last optimizer step
-        # The training loss, summed on the device (no host sync a step): since the last evaluation, since the last
-        # log line; and the batches each sum holds.
+        # The training loss summed on the device (no host sync a step): since the last evaluation, since the last log
+        # line; and how many batches each sum holds.
         self.loss_sums, self.loss_counts = torch.zeros(2, device=device), [0, 0]
         self.seen = torch.zeros(3, dtype=torch.long, device=device)  # tokens, padded tokens and rows trained on
         self.aside = 0.0  # the seconds spent evaluating and saving (not training time)
-        self.last_checkpoint = None  # the newest checkpoint, for the line an interrupted run prints
+        self.last_checkpoint = None  # for the line an interrupted run prints
 
     def note(self):
         """Where the last checkpoint is: the line an interrupted or failed run prints."""
@@ -233,7 +186,6 @@ class TrainState:
 
     @property
     def finished(self):
-        """The last step is done, or early stopping stopped the run."""
         return self.step >= self.max_steps or self.stopped_early_at is not None
 
     def count(self, loss, attention_mask):
@@ -245,31 +197,21 @@ class TrainState:
 
     def log(self, accelerator, values):
         """A log_history entry at this step (the epoch as a fraction), and the trackers'."""
-        epoch = round(self.step / self.steps_per_epoch, 4)
-        self.log_history.append({"step": self.step, "epoch": epoch, **values})
-        accelerator.log(values, step=self.step)  # (no trackers: nothing)
+        self.log_history.append({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), **values})
+        accelerator.log(values, step=self.step)
 
     def state_dict(self, accelerator):
-        """What a checkpoint stores. Every rank calls it: the running losses are gathered, one pair a rank (a
-        collective), and each rank takes its own back on a resume, so the logged means stay bitwise the same. A loss
-        that is no longer finite stops the run here, before anything is saved."""
+        """What a checkpoint stores (a collective): every rank's running losses, so each takes its own back on a
+        resume and the logged means stay bitwise the same. A loss no longer finite stops the run before a save."""
         loss_sums = accelerator.gather(self.loss_sums[None])
         finite_loss(loss_sums[:, 0].sum(), self)
-        return {
-            "step": self.step,
-            "log_history": self.log_history,
-            "best_metrics": self.best,
-            "evals_without_gain": self.evals_without_gain,
-            "stopped_early_at_step": self.stopped_early_at,
-            "loss_sums": loss_sums.tolist(),
-            "loss_counts": self.loss_counts,
-        }
+        keys = ("step", "log_history", "best", "evals_without_gain", "stopped_early_at", "loss_counts")
+        return {**{k: getattr(self, k) for k in keys}, "loss_sums": loss_sums.tolist()}
 
     def load_state_dict(self, state, accelerator):
-        self.step, self.log_history, self.best = state["step"], state["log_history"], state["best_metrics"]
-        self.evals_without_gain, self.stopped_early_at = state["evals_without_gain"], state["stopped_early_at_step"]
+        for key in ("step", "log_history", "best", "evals_without_gain", "stopped_early_at", "loss_counts"):
+            setattr(self, key, state[key])
         self.loss_sums = torch.tensor(state["loss_sums"][accelerator.process_index], device=accelerator.device)
-        self.loss_counts = state["loss_counts"]
 
 
 def finite_loss(total, state):
@@ -282,8 +224,7 @@ def finite_loss(total, state):
 
 
 def log_loss(accelerator, state, bar):
-    """Log the mean training loss since the last log line, over every rank: the loop's one host sync between
-    evaluations."""
+    """Log the mean training loss since the last log line, over every rank: the host sync between evaluations."""
     mean = finite_loss(accelerator.reduce(state.loss_sums[1], "mean"), state) / state.loss_counts[1]
     bar.set_postfix(loss=f"{mean:.4f}")
     norm = {} if state.grad_norm is None else {"grad_norm": float(state.grad_norm)}  # (the same on every rank)
@@ -296,34 +237,31 @@ def comparable(value):
     return -math.inf if value is None or math.isnan(value) else value
 
 
-def log_evaluation(accelerator, state, metrics, select, bar):
-    """Log an evaluation's `metrics` with the mean training loss since the last one, and print them. Returns True when
-    `select` improved (the first evaluation always does): the caller then saves the best weights; otherwise counts an
-    evaluation without a gain."""
+def log_evaluation(accelerator, state, metrics, best_metric, bar):
+    """Log and print an evaluation's `metrics` with the mean training loss since the last one. True when
+    `best_metric` improved (the first evaluation always does): the caller saves best/; else one more without a gain."""
     train_loss = finite_loss(accelerator.reduce(state.loss_sums[0], "mean"), state) / max(state.loss_counts[0], 1)
     state.loss_sums[0], state.loss_counts[0] = 0.0, 0
     state.log(accelerator, {"train_loss": train_loss, **metrics})
-    bar.write(
-        f"step {state.step}: train_loss {train_loss:.4f} " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-    )
-    if state.best and comparable(metrics[select]) <= comparable(state.best[select]):
+    scores = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    bar.write(f"step {state.step}: train_loss {train_loss:.4f} {scores}")
+    if state.best and comparable(metrics[best_metric]) <= comparable(state.best[best_metric]):
         state.evals_without_gain += 1
         return False
     state.best, state.evals_without_gain = {"step": state.step, **metrics}, 0
     return True
 
 
-def stop_early(state, patience, select, bar):
-    """Early stopping: after `patience` evaluations without a gain of `select` (None: never)."""
+def stop_early(state, patience, best_metric, bar):
+    """Early stopping: after `patience` evaluations without a gain of `best_metric` (None: never)."""
     if patience and state.evals_without_gain >= patience:
         state.stopped_early_at = state.step
-        gains = f"no gain of {select} in {state.evals_without_gain} evaluations"
+        gains = f"no gain of {best_metric} in {state.evals_without_gain} evaluations"
         bar.write(f"step {state.step}: {gains}, stopping (best: step {state.best['step']})")
 
 
 def checkpoint_due(state, checkpointing_steps):
-    """Whether --checkpointing_steps (N, 'epoch' or None) asks for a checkpoint now (the end of the last epoch needs
-    none: the run is finished)."""
+    """Whether --checkpointing_steps (N, 'epoch' or None) asks for a checkpoint now (none after the last step)."""
     if checkpointing_steps == "epoch":
         return state.step % state.steps_per_epoch == 0 and state.step < state.max_steps
     return checkpointing_steps is not None and state.step % int(checkpointing_steps) == 0

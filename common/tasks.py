@@ -1,6 +1,5 @@
-"""The tasks: GLUE's (their columns, labels, main metric and files; labels follow the hub dataset `nyu-mll/glue`,
-MNLI: entailment 0, neutral 1, contradiction 2; STS-B is a regression with one output), and one read from your own
-files (common.data.file_task)."""
+"""The tasks: GLUE's (columns and label order of the hub dataset `nyu-mll/glue`, MNLI: entailment 0, neutral 1,
+contradiction 2; STS-B a regression with one output), and your own files' (common.data.file_task)."""
 
 from dataclasses import dataclass
 
@@ -31,54 +30,32 @@ class Task:
 
 def glue(name, texts, labels, metric, tsv_dir, columns, evals="validation", tests="test"):
     """A GLUE Task from |-separated names."""
-
-    def split(names):
-        return tuple(names.split("|")) if names else ()
-
-    return Task(name, split(texts), split(labels), metric, tsv_dir, split(columns), split(evals), split(tests))
+    names = [tuple(s.split("|")) if s else () for s in (texts, labels, columns, evals, tests)]
+    return Task(name, *names[:2], metric, tsv_dir, *names[2:])
 
 
-TASKS = {
-    "cola": Task("cola", ("sentence",), ("unacceptable", "acceptable"), "matthews_correlation", "CoLA", (3, 1)),
-    "sst2": glue("sst2", "sentence", "negative|positive", "accuracy", "SST-2", "sentence|label"),
-    "mrpc": glue(
-        "mrpc", "sentence1|sentence2", "not_equivalent|equivalent", "f1", "MRPC", "#1 String|#2 String|Quality"
-    ),
-    "stsb": glue("stsb", "sentence1|sentence2", "", "pearson", "STS-B", "sentence1|sentence2|score"),
-    "qqp": glue(
-        "qqp", "question1|question2", "not_duplicate|duplicate", "f1", "QQP", "question1|question2|is_duplicate"
-    ),
-    "mnli": glue(
-        "mnli",
-        "premise|hypothesis",
-        "entailment|neutral|contradiction",
-        "accuracy",
-        "MNLI",
-        "sentence1|sentence2|gold_label",
-        "validation_matched|validation_mismatched",
-        "test_matched|test_mismatched",
-    ),
-    "qnli": glue(
-        "qnli", "question|sentence", "entailment|not_entailment", "accuracy", "QNLI", "question|sentence|label"
-    ),
-    "rte": glue(
-        "rte", "sentence1|sentence2", "entailment|not_entailment", "accuracy", "RTE", "sentence1|sentence2|label"
-    ),
-    "wnli": glue(
-        "wnli", "sentence1|sentence2", "not_entailment|entailment", "accuracy", "WNLI", "sentence1|sentence2|label"
-    ),
-}
-
-# hub split name -> GLUE's TSV file name
-TSV_FILES = dict(train="train.tsv", validation="dev.tsv", test="test.tsv")
-TSV_FILES.update(validation_matched="dev_matched.tsv", validation_mismatched="dev_mismatched.tsv")
-TSV_FILES.update(test_matched="test_matched.tsv", test_mismatched="test_mismatched.tsv")
+MNLI = glue(
+    "mnli", "premise|hypothesis", "entailment|neutral|contradiction", "accuracy", "MNLI",
+    "sentence1|sentence2|gold_label", "validation_matched|validation_mismatched", "test_matched|test_mismatched",
+)  # fmt: skip
+GLUE = (
+    Task("cola", ("sentence",), ("unacceptable", "acceptable"), "matthews_correlation", "CoLA", (3, 1)),
+    glue("sst2", "sentence", "negative|positive", "accuracy", "SST-2", "sentence|label"),
+    glue("mrpc", "sentence1|sentence2", "not_equivalent|equivalent", "f1", "MRPC", "#1 String|#2 String|Quality"),
+    glue("stsb", "sentence1|sentence2", "", "pearson", "STS-B", "sentence1|sentence2|score"),
+    glue("qqp", "question1|question2", "not_duplicate|duplicate", "f1", "QQP", "question1|question2|is_duplicate"),
+    MNLI,
+    glue("qnli", "question|sentence", "entailment|not_entailment", "accuracy", "QNLI", "question|sentence|label"),
+    glue("rte", "sentence1|sentence2", "entailment|not_entailment", "accuracy", "RTE", "sentence1|sentence2|label"),
+    glue("wnli", "sentence1|sentence2", "not_entailment|entailment", "accuracy", "WNLI", "sentence1|sentence2|label"),
+)
+TASKS = {task.name: task for task in GLUE}
+SPLITS = {s for t in GLUE for s in ("train", *t.eval_splits, *t.test_splits)}
+TSV_FILES = {s: s.replace("validation", "dev") + ".tsv" for s in SPLITS}  # GLUE's file of each split
 
 
 def get_task(task):
     """The Task of a GLUE task's name (a Task is returned as it is)."""
-    if isinstance(task, Task):
-        return task
-    if task not in TASKS:
+    if not isinstance(task, Task) and task not in TASKS:
         raise UsageError(f"unknown task '{task}'; choose one of: {', '.join(TASKS)}")
-    return TASKS[task]
+    return task if isinstance(task, Task) else TASKS[task]

@@ -32,7 +32,7 @@ def test_zero3_really_partitions_the_weights_from_any_folder(tiny_gpt2, tmp_path
 
 @pytest.mark.slow
 def test_fsdp_shards_every_block_on_the_cpu(tiny_gpt2, tmp_path):
-    """accelerate sets FSDP up only on GPUs; on the CPU common.loop.cpu_fsdp makes the same
+    """accelerate sets FSDP up only on GPUs; on the CPU common.loop.fsdp_over_gloo makes the same
     fully_shard calls over gloo: each block its own group, as are the input embedding and the
     final norm (accelerate's layout), the rest (the head) in the root."""
     found, matrices = probe("fsdp", tiny_gpt2, tmp_path)

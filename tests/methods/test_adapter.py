@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from bench import tiny
-from common.checkpoint import load_trainable
 from common.models import freeze_backbone
+from predict import load_trainable
 from tests.helpers import (
     check_load_trained,
     check_ok,

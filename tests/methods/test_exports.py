@@ -16,8 +16,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipe
 from bench.refenv import env as reference_env
 from bench.refenv import python as reference_python
 from bench.tiny import make_tiny_bert
-from common.checkpoint import load_trainable
 from common.models import freeze_backbone
+from predict import load_trainable
 from tests.helpers import ROOT, check_ok, launch, run_in_process
 from train_adapter import add_adapters
 from train_lora import add_lora

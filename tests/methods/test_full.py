@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from common.checkpoint import load_trainable
+from predict import load_trainable
 from tests.helpers import (
     CONFIGS,
     WORLD,

@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
 
 from bench import tiny
-from common.checkpoint import head_of, load_trainable
+from common.checkpoint import head_of
 from common.models import freeze_backbone
+from predict import load_trainable
 from tests.helpers import (
     check_load_trained,
     check_ok,

@@ -13,7 +13,7 @@ from transformers import (
 )
 
 from bench import tiny
-from common.checkpoint import load_trainable
+from predict import load_trainable
 from tests.helpers import (
     check_load_trained,
     check_ok,

@@ -16,8 +16,8 @@ from transformers import (
 )
 
 from bench.tiny import gpt2 as tiny
-from common.checkpoint import load_trainable
 from common.data import Collator
+from predict import load_trainable
 from tests.helpers import (
     ROOT,
     args_for,
