@@ -47,8 +47,7 @@ def add_method(model):
 def build(args, accelerator):
     """The task and its splits (every file read and checked first), the tokenizer and the model, as the flags ask; its
     weights in fp32 (AdamW's state too), whatever the checkpoint's dtype."""
-    # GLUE's, or your own data's files
-    task, splits = data.load_data(
+    task, splits = data.load_data(  # GLUE's, or your own data's files, every one read and checked
         accelerator, args.task, data_dir=args.data_dir, train_file=args.train_file,
         validation_file=args.validation_file, test_file=args.test_file, text_columns=args.text_columns,
         label_column=args.label_column, max_train_samples=args.max_train_samples,
@@ -59,7 +58,6 @@ def build(args, accelerator):
         args.model_name_or_path, task, args.max_length, dtype=args.base_dtype,
         ignore_mismatched_sizes=args.ignore_mismatched_sizes,
     )  # fmt: skip
-
     # Full fine-tuning: nothing to add. Every parameter trains and is saved.
     if args.gradient_checkpointing:  # activations recomputed in the backward pass: less memory, more time
         models.checkpoint_activations(model)
@@ -72,8 +70,9 @@ def main(args):
     accelerator = loop.make_accelerator(
         args.output_dir, args.max_grad_norm, args.ddp_timeout, args.with_tracking, args.report_to, args.torch_compile
     )
-    # Full fine-tuning: its export, a transformers folder
-    with loop.OutputDir(  # claimed: OUTPUT_DIR's lock held until this block ends, the checkpoint to resume checked
+    # OUTPUT_DIR claimed: its lock held until this block ends, the checkpoint to resume checked; full fine-tuning's
+    # export (OUTPUT_DIR/model, a transformers folder) among what the run writes
+    with loop.OutputDir(
         accelerator, "full", vars(args), output_dir=args.output_dir, outputs=["model"],
         overwrite=args.overwrite_output_dir, resume=args.resume_from_checkpoint, predict=args.do_predict,
         tracking=args.with_tracking,
@@ -84,7 +83,7 @@ def main(args):
         accelerator.print(models.describe(model))
 
         train_loader, eval_loaders = data.make_dataloaders(
-            accelerator, tokenizer, splits, position_ids=models.takes_position_ids(model), task=task,
+            accelerator, tokenizer, splits, task=task, position_ids=models.takes_position_ids(model),
             max_length=args.max_length, per_device_train_batch_size=args.per_device_train_batch_size,
             per_device_eval_batch_size=args.per_device_eval_batch_size, seed=args.seed,
             group_by_length=args.group_by_length, pad_to_multiple_of=args.pad_to_multiple_of,

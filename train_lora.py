@@ -224,7 +224,7 @@ def merged_state(accelerator, model):
         if ".lora_" in name:
             continue
         m = lora.get(name)
-        ours = [m.lora_A, m.lora_B] + ([m.lora_magnitude] if m.lora_magnitude is not None else []) if m else []
+        ours = [p for p in (m.lora_A, m.lora_B, m.lora_magnitude) if p is not None] if m else []  # (DoRA: and m)
         with whole([param, *ours]) as (weight, *pair):
             weight = weight.detach().float().clone()
             if m is not None:
@@ -279,7 +279,7 @@ def build(args, accelerator):
         args.model_name_or_path, task, args.max_length, dtype=args.base_dtype,
         ignore_mismatched_sizes=args.ignore_mismatched_sizes,
     )  # fmt: skip
-    heads = models.head_names(model)
+    heads = models.head_names(model)  # LoRA: the head's modules, exported beside the pairs
     # LoRA: freeze the backbone, wrap the target projections; the pairs and the head train.
     with usage_errors():  # a model without the targets: a one-line error
         model = add_method(
@@ -321,8 +321,8 @@ def main(args):
         )  # fmt: skip
         groups = models.optimizer_groups(model.parameters(), args.weight_decay)
         if args.loraplus_lr_ratio:  # LoRA+: B and the 1-D weights (DoRA's magnitudes) at ratio x the rate, as peft
-            fast = {n for n, p in model.named_parameters() if n.endswith(".lora_B") or len(models.shape(p)) == 1}
-            rest, faster = ([p for n, p in model.named_parameters() if (n in fast) == f] for f in (False, True))
+            faster = [p for n, p in model.named_parameters() if n.endswith(".lora_B") or len(models.shape(p)) == 1]
+            rest = [p for p in model.parameters() if all(p is not q for q in faster)]
             rate = args.learning_rate * args.loraplus_lr_ratio
             groups = models.optimizer_groups(rest, args.weight_decay)
             groups += models.optimizer_groups(faster, args.weight_decay, rate)

@@ -1,5 +1,5 @@
-"""The flags every script shares, and their checks: plain argparse, no file touched, nothing heavy imported (a script
-parses its flags before it imports torch, so --help answers at once)."""
+"""The flags every script shares, and their checks: plain argparse, nothing heavy imported (--help answers at once); a
+hub model id checked in seconds (a socket: no answer puts the run offline, HF_HUB_OFFLINE=1); paths made absolute."""
 
 import argparse
 import datetime

@@ -89,7 +89,7 @@ class OutputDir:
         self.flags = {"method": method, **flags}
         self.run_id = ids[0]  # names the temporary folder a checkpoint is written to
         self.identity = run_identity(flags, method, accelerator)  # what a checkpoint must match to be resumed
-        self.data = self.args_json = self.resume_from = None  # the rows' fingerprint and args.json (take)
+        self.data = self.args_json = self.resume_from = None  # (take() sets the first two: the rows' hash, args.json)
         self.lock, self.earlier, self.outputs, error = None, [], [], None
         try:
             if resume:

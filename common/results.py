@@ -94,9 +94,9 @@ def write_results(
     accelerator, state, model, output_dir, *, method, task, model_name, metrics, logits, eval_loaders, start_size,
     runtime, learning_rates, max_grad_norm=None, extra=None,
 ):  # fmt: skip
-    """results.json (`extra` added), the final eval logits and curves.png; the warnings and the final line printed,
-    the trackers closed. Every rank calls this (collectives). `start_size`: weights_size before training; `runtime`:
-    the seconds of training; `learning_rates` {flag: value} and `max_grad_norm`: named by a warning."""
+    """results.json (`extra` added), the eval logits and curves.png, the warnings and the final line; then the run ends
+    (end_training: trackers, process group). Every rank calls this (collectives). `start_size`: weights_size before
+    training; `runtime`: its seconds; `learning_rates` {flag: value} and `max_grad_norm`: named by a warning."""
     tokens, padded, rows = accelerator.reduce(state.seen).tolist()
     moved = rows == 0 or weights_size(accelerator, model) != start_size  # (exactly: a resumed run may have no step)
     majority, task = constant_metrics(eval_loaders, task), get_task(task)
