@@ -362,6 +362,7 @@ def methods_table(path):
     b = r["budget"]
     steps = -(-b["rows"] // b["batch"])
     lines += ["", *twins(r["runs"], [name for _, _, name in METHODS])]
+    lines += [paired(r["runs"]), ""] if paired(r["runs"]) else []
     lines += [
         f"At each script's defaults, on SST-2's first {b['rows']:,} training rows ({steps} steps), scored "
         f"on the full dev set, where the majority class scores {r['dev_majority']:.2f}; the other "
@@ -369,6 +370,25 @@ def methods_table(path):
         "clipped): [docs/benchmarks.md](docs/benchmarks.md)."
     ]
     return "\n".join(lines)
+
+
+def paired(runs, a="idpg", b="prompt"):
+    """`a` minus `b` on the same seed (the same rows, in the same order), per seed, and their mean with its 95%
+    interval (Student's t over the seeds): the paper's claim is that IDPG beats prompt tuning."""
+    from scipy import stats
+
+    seeds = sorted(int(k.split("/")[1]) for k in runs if k.startswith(f"{a}/") and f"{b}/{k.split('/')[1]}" in runs)
+    diffs = [100 * (runs[f"{a}/{s}"]["metrics"]["accuracy"] - runs[f"{b}/{s}"]["metrics"]["accuracy"]) for s in seeds]
+    if not diffs:
+        return ""
+    shown = ", ".join(f"{d:+.2f} (seed {s})" for s, d in zip(seeds, diffs))
+    mean = sum(diffs) / len(diffs)
+    text = f"{a} minus {b}, the same seed (the same rows in the same order): {shown}; mean {mean:+.2f} points"
+    if len(diffs) > 1:
+        half = stats.t.ppf(0.975, len(diffs) - 1) * stats.tstd(diffs) / len(diffs) ** 0.5
+        verdict = "cannot tell the two apart" if mean - half <= 0 <= mean + half else "tells them apart"
+        text += f", 95% interval [{mean - half:+.2f}, {mean + half:+.2f}] over {len(diffs)} seeds: it {verdict}"
+    return text + "."
 
 
 def twins(runs, names):
@@ -445,6 +465,7 @@ def main():
     grids = [grid, *sorted(glob.glob(os.path.join(results, "accuracy-smollm2-grid-*.json")))]
     grids += sorted(glob.glob(os.path.join(results, "gpu-grid", "accuracy-smollm2-grid-*.json")))
     smollm2 = [smollm2_grid_table(p) for p in grids if "gpu-grid" not in p]
+    smollm2.insert(1, "IDPG against prompt tuning on SST-2: " + paired(json.load(open(grid))["runs"]))
     # What the grids show against the project's targets: for us, in bench/README.md
     targets = [f"`{os.path.relpath(p, ROOT)}`:\n\n{grid_targets(p)}" for p in grids]
     rewrite(os.path.join(ROOT, "bench", "README.md"), {"targets": targets})

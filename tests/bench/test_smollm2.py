@@ -144,3 +144,15 @@ def test_rows_that_score_the_same_are_told_apart_by_their_losses():
         in text
     )
     assert "lora" not in text
+
+
+def test_idpg_against_prompt_tuning_is_paired_by_seed():
+    """IDPG minus prompt tuning per seed, and the mean's Student-t interval: wide over 3 seeds that disagree."""
+    acc = {"idpg": [0.85, 0.86, 0.80], "prompt": [0.84, 0.84, 0.84]}
+    runs = {f"{m}/{s}": {"metrics": {"accuracy": a}} for m, values in acc.items() for s, a in enumerate(values)}
+    text = report.paired(runs)
+    assert "+1.00 (seed 0), +2.00 (seed 1), -4.00 (seed 2); mean -0.33 points" in text
+    assert "95% interval [-8.32, +7.65] over 3 seeds: it cannot tell the two apart" in text
+    runs = {f"{m}/{s}": {"metrics": {"accuracy": a}} for m, a0 in (("idpg", 0.86), ("prompt", 0.84)) for s, a in
+            enumerate([a0, a0 + 0.001, a0 - 0.001])}  # fmt: skip
+    assert "it tells them apart" in report.paired(runs)
