@@ -485,7 +485,9 @@ def main():
             "accuracy": [accuracy_table(p) for p in minilm],
             "speed": [
                 speed_table(p)
-                for p in (os.path.join(results, f) for f in ("speed.json", "speed-gc.json", "speed-lora-variants.json"))
+                for p in (
+                    os.path.join(results, f) for f in ("speed.json", "speed-gc.json", "speed-lora-variants.json")
+                )
                 if os.path.exists(p)
             ],
             "gpu": [gpu_table(p) for p in sorted(glob.glob(os.path.join(results, "gpu*.json")))],
