@@ -14,11 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def timed(script, flags, batches):
-    """Seconds per eval batch of `script` built with `flags` (one warm-up batch first), and IDPG's encoder share."""
-    import torch
-
-    from common import data, evaluation, loop, models
+def prepared(script, flags):
+    """(accelerator, task, model, {split: eval loader}) of `script` (a module name) built as its flags ask, prepared."""
+    from common import data, loop, models
 
     module = importlib.import_module(script)
     args = module.parse_args([*flags, "--output_dir", "unused"])
@@ -28,8 +26,17 @@ def timed(script, flags, batches):
         accelerator, tokenizer, splits, task=task, position_ids=models.takes_position_ids(model),
         max_length=args.max_length, per_device_eval_batch_size=args.per_device_eval_batch_size, seed=args.seed,
     )  # fmt: skip
-    model, *prepared = accelerator.prepare(model, *loaders.values())
-    loaders = dict(zip(loaders, prepared))
+    model, *ready = accelerator.prepare(model, *loaders.values())
+    return accelerator, task, model, dict(zip(loaders, ready))
+
+
+def timed(script, flags, batches):
+    """Seconds per eval batch of `script` built with `flags` (one warm-up batch first), and IDPG's encoder share."""
+    import torch
+
+    from common import evaluation
+
+    accelerator, task, model, loaders = prepared(script, flags)
     inner = accelerator.unwrap_model(model)
     encoder = {"seconds": 0.0}
     if hasattr(inner, "represent"):  # IDPG: time the encoder's part

@@ -13,26 +13,15 @@ sys.path.insert(0, ROOT)
 
 
 def main():
-    from common import data, evaluation, loop, models
-    from train_lora import build, parse_args
+    from bench.eval_cost import prepared
+    from common import evaluation
 
-    args = parse_args([*sys.argv[1:], "--output_dir", "unused"])
-    accelerator = loop.make_accelerator(args.output_dir, None, 1800, False, None, False)
-    task, splits, tokenizer, model, _ = build(args, accelerator)
-    _, eval_loaders = data.make_dataloaders(
-        accelerator, tokenizer, splits, task=task, position_ids=models.takes_position_ids(model),
-        max_length=args.max_length, per_device_train_batch_size=args.per_device_train_batch_size,
-        per_device_eval_batch_size=args.per_device_eval_batch_size, seed=args.seed,
-    )  # fmt: skip
-    model, *loaders = accelerator.prepare(model, *eval_loaders.values())
-    eval_loaders = dict(zip(eval_loaders, loaders))
-    rows = sum(len(loader.dataset) for loader in loaders)
+    accelerator, task, model, eval_loaders = prepared("train_lora", sys.argv[1:])
+    rows = sum(len(loader.dataset) for loader in eval_loaders.values())
     for name, run in (("pre-flight", evaluation.preflight), ("evaluation", evaluation.evaluate)):
         started = time.perf_counter()
         run(model, eval_loaders, accelerator, task)
-        print(
-            f"{name}: {time.perf_counter() - started:.2f} s ({rows} eval rows, batch {args.per_device_eval_batch_size})"
-        )
+        print(f"{name}: {time.perf_counter() - started:.2f} s ({rows} eval rows)")
 
 
 if __name__ == "__main__":
