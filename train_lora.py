@@ -133,9 +133,9 @@ class LoRALinear(nn.Module):
 
     def dora(self, y, x, update):
         """DoRA (Liu et al. 2024, https://arxiv.org/abs/2402.09353): W' = m (W + s B A) / ||W + s B A||, the norm per
-        output column, detached (the paper's section 4.3, as peft). Returns what adds to y = W x + b in the adapted
-        columns: (k - 1) W x + k s B A x, k = m / norm (W x of the dropped-out x, as peft). The norm never forms W:
-        ||W||^2 (kept) + 2 s (B * (A W^T)^T).sum + s^2 ||B A||^2, A W^T from the base layer run on A's rows
+        column, detached (section 4.3, as peft); adds k z - W x to y = W x + b in adapted columns, z = W x + s B A x,
+        k = m / norm (W x of the dropped-out x, as peft): backward keeps z alone (peft's form, two). The norm never
+        forms W: ||W||^2 (kept) + 2 s (B * (A W^T)^T).sum + s^2 ||B A||^2, A W^T from the base layer run on A's rows
         (ZeRO-3 and FSDP2 gather W as for any input); in fp32, floored at 1e-6: a zero column of W stays finite."""
         with torch.no_grad():  # the norm is detached, and b is frozen
             A, B = self.lora_A.float(), self.lora_B.float()
@@ -151,7 +151,7 @@ class LoRALinear(nn.Module):
         base = (y[..., self.columns] if self.n_parts > 1 else y) - bias
         if isinstance(self.dropout, nn.Dropout) and self.training:  # W x of the x the update read
             base = (self.base_layer(x)[..., self.columns] if self.n_parts > 1 else self.base_layer(x)) - bias
-        return ((k - 1) * base.float() + k * update.float()).to(y.dtype)
+        return (k * (base.float() + update.float()) - base.float()).to(y.dtype)
 
     def add_delta(self, weight, lora_A, lora_B, magnitude=None):
         """Add s B A, per slice, to a whole weight in the base layer's layout (lora_A, lora_B: this layer's, whole);

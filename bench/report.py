@@ -89,11 +89,13 @@ def speed_table(path):
         f"{s['batch']} x {s['seq']} tokens, {s['rounds']} interleaved rounds of {s['steps']} timed steps "
         f"(`{os.path.relpath(path, ROOT)}`):",
         "",
-        "| method | against | step time ratio | peak memory ratio |",
-        "|---|---|---|---|",
     ]
+    saved = all("saved_ratio" in x for x in r["ratios"])  # (results files written before it lack it)
+    lines += ["| method | against | step time ratio | peak memory ratio |" + " saved for backward ratio |" * saved]
+    lines += ["|---|---|---|---|" + "---|" * saved]
     for x in r["ratios"]:
-        lines.append(f"| {x['config']} | {x['baseline']} | {x['time_ratio']:.3f} | {x['memory_ratio']:.3f} |")
+        row = f"| {x['config']} | {x['baseline']} | {x['time_ratio']:.3f} | {x['memory_ratio']:.3f} |"
+        lines.append(row + f" {x['saved_ratio']:.3f} |" * saved)
     return "\n".join(lines)
 
 
