@@ -241,6 +241,35 @@ def smollm2_grid_table(path):
     return "\n".join(lines + failed_and_warned(r["runs"]))
 
 
+def study_table(path, grid_path):
+    """The study's runs (bench/accuracy_smollm2.py --part study: other rates and lengths) beside the grid's runs of the
+    same methods and seeds at the scripts' defaults, one row a run."""
+    r, grid = json.load(open(path)), json.load(open(grid_path))
+    b, majority = r["budget"], r["dev_majority"]
+    steps = -(-b["rows"] // b["batch"])
+    lines = [
+        f"{r['model']}, {TASK_NAMES[r['task']]}: the first {b['rows']} training rows at batch {b['batch']} "
+        f"({steps} steps an epoch), max {b['max_length']} tokens, scored on the full dev set (majority class "
+        f"{majority:.2f}) (`{os.path.relpath(path, ROOT)}`, and the grid's runs at the defaults):",
+        "",
+        "| method | seed | learning rate | epochs (steps) | dev accuracy (%) [95% interval] | above majority | minutes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    studied = {(x["method"], x["seed"]) for x in r["runs"].values()}
+    runs = [(x, x["rate"], x["epochs"]) for x in r["runs"].values() if "metrics" in x]
+    runs += [(x, None, 1) for x in grid["runs"].values() if (x["method"], x["seed"]) in studied and "metrics" in x]
+    for x, rate, epochs in sorted(runs, key=lambda t: (t[0]["method"], t[0]["seed"], t[2], t[1] or 0)):
+        accuracy = 100 * x["metrics"]["accuracy"]
+        low, high = wilson(accuracy, DEV_ROWS[r["task"]])
+        rate = "the script's" if rate is None else f"{rate:g}"
+        minutes = f"{x['train_runtime_s'] / 60:.0f}" if "train_runtime_s" in x else ""
+        lines.append(
+            f"| {x['method']} | {x['seed']} | {rate} | {epochs} ({epochs * steps}) | {accuracy:.2f} [{low:.1f}, "
+            f"{high:.1f}] | {round(accuracy - majority, 2) + 0.0:+.2f} | {minutes} |"
+        )
+    return "\n".join(lines + failed_and_warned(r["runs"]))
+
+
 def smollm2_figure(path, png):
     """Dev accuracy against trainable parameters (log scale), one point per method, the seed
     spread as error bars, the majority class as a line."""
@@ -497,6 +526,10 @@ def main():
         },
     )
     smollm2_figure(grid, os.path.join(results, "accuracy-smollm2-grid.png"))
+    study = os.path.join(results, "accuracy-smollm2-study-rte.json")
+    if os.path.exists(study):
+        grid_rte = os.path.join(results, "accuracy-smollm2-grid-rte.json")
+        rewrite(os.path.join(ROOT, "docs", "methods.md"), {"rte-study": [study_table(study, grid_rte)]})
     support = os.path.join(results, "support.json")
     rewrite(
         os.path.join(ROOT, "docs", "distributed.md"),

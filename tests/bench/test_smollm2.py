@@ -79,6 +79,7 @@ def grid_file(tmp_path, accuracies, warnings=None):
     runs = {
         f"{name}/0": {
             "method": name,
+            "seed": 0,
             "metrics": {"accuracy": accuracy},
             "trainable_params": 100 if name == "full" else 1,
             **({"warnings": warnings[name]} if name in (warnings or {}) else {}),
@@ -117,6 +118,21 @@ def test_a_run_that_warned_keeps_its_row_and_its_warning(tmp_path):
     assert "| houlsby | 1 | 50.92" in table
     assert "Warnings:\n- houlsby/0: accuracy 0.5092 is within 1 point of always predicting the majority class" in table
     assert "try other rates" not in table
+
+
+def test_the_study_shows_each_run_beside_the_grids_at_the_defaults(tmp_path):
+    import json
+
+    grid_path = grid_file(tmp_path, {"idpg-self": 0.5162, "lora": 0.6354})
+    run = {"method": "idpg-self", "seed": 0, "rate": 0.01, "epochs": 3, "metrics": {"accuracy": 0.6}}
+    head = {"model": "m", "task": "rte", "dev_majority": 52.71}
+    study = tmp_path / "study.json"
+    budget = {"rows": 2490, "batch": 16, "max_length": 128}
+    study.write_text(json.dumps({**head, "budget": budget, "runs": {"idpg-self/0/0.01/3ep": run}}))
+    table = report.study_table(study, grid_path)
+    assert "| idpg-self | 0 | the script's | 1 (156) | 51.62 [" in table  # the grid's run, first
+    assert table.index("| idpg-self | 0 | the script's") < table.index("| idpg-self | 0 | 0.01 | 3 (468) | 60.00 [")
+    assert "| lora |" not in table and "+7.29" in table  # 60.00 - 52.71
 
 
 @pytest.mark.parametrize("max_grad_norm", ["0", "1.0"])
