@@ -95,7 +95,7 @@ def speed_table(path):
     lines += ["|---|---|---|---|" + "---|" * saved]
     for x in r["ratios"]:
         row = f"| {x['config']} | {x['baseline']} | {x['time_ratio']:.3f} | {x['memory_ratio']:.3f} |"
-        lines.append(row + f" {x['saved_ratio']:.3f} |" * saved)
+        lines.append(row + (f" {x['saved_ratio']:.3f} |" if saved else ""))
     return "\n".join(lines)
 
 

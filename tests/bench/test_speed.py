@@ -22,3 +22,17 @@ def test_dora_keeps_one_activation_more_than_lora_and_fewer_than_peft(tmp_path):
     extra = saved["dora_fused"] - saved["lora_fused"]
     assert activation <= extra <= activation + 4 * WIDTH * 4, saved  # z, and k and the norm ([3 d] each)
     assert saved["peft_dora"] - saved["dora_fused"] >= activation, saved
+
+
+def test_the_docs_show_every_speed_table():
+    """Each results file's table, as bench/report.py renders it (the saved-for-backward column where measured)."""
+    import os
+
+    from bench import report
+
+    with open(os.path.join(ROOT, "docs", "benchmarks.md")) as f:
+        text = f.read()
+    for name in ("speed.json", "speed-gc.json", "speed-lora-variants.json"):
+        assert report.speed_table(os.path.join(ROOT, "bench", "results", name)) in text, "run python bench/report.py"
+    variants = report.speed_table(os.path.join(ROOT, "bench", "results", "speed-lora-variants.json"))
+    assert "| saved for backward ratio |" in variants.splitlines()[2]
