@@ -52,6 +52,16 @@ def test_study_runs_the_grid_at_other_rates_and_lengths():
     assert grid.jobs("study", ["prompt"], [0, 1]) == [("prompt", 0, None), ("prompt", 1, None)]
 
 
+def test_the_methods_page_shows_the_rte_study():
+    results = os.path.join(ROOT, "bench", "results")
+    study = report.study_table(
+        os.path.join(results, "accuracy-smollm2-study-rte.json"),
+        os.path.join(results, "accuracy-smollm2-grid-rte.json"),
+    )
+    with open(os.path.join(ROOT, "docs", "methods.md")) as f:
+        assert study in f.read(), "run python bench/report.py"
+
+
 def test_dev_majority(glue_dir):
     from common.data import read_tsv
 
