@@ -151,7 +151,7 @@ class LoRALinear(nn.Module):
         base = (y[..., self.columns] if self.n_parts > 1 else y) - bias
         if isinstance(self.dropout, nn.Dropout) and self.training:  # W x of the x the update read
             base = (self.base_layer(x)[..., self.columns] if self.n_parts > 1 else self.base_layer(x)) - bias
-        return (k * (base.float() + update.float()) - base.float()).to(y.dtype)
+        return (k * (base + update.float()) - base).to(y.dtype)  # (base is fp32: b is)
 
     def add_delta(self, weight, lora_A, lora_B, magnitude=None):
         """Add s B A, per slice, to a whole weight in the base layer's layout (lora_A, lora_B: this layer's, whole);
