@@ -119,8 +119,9 @@ class LoRALinear(nn.Module):
         if dora:  # DoRA: ||W||^2 of each output column, once (the weight whole: a collective under ZeRO-3)
             with torch.no_grad(), whole([base_layer.weight]) as (weight,):
                 squares = weight.float().pow(2).sum(0 if self.conv1d else 1)
-            self.register_buffer("weight_squares", squares, persistent=False)  # [d_out]
             self.lora_magnitude = nn.Parameter(squares[columns].sqrt().to(dtype))  # m = ||W||: the model as it was
+            squares[columns] = self.lora_magnitude.float().pow(2)  # ||W|| as m holds it (bf16: rounded): k = 1
+            self.register_buffer("weight_squares", squares, persistent=False)  # [d_out]
 
     def forward(self, x):
         y = self.base_layer(x)
@@ -168,41 +169,41 @@ class LoRALinear(nn.Module):
 
 
 def add_lora(model, targets, r=8, alpha=16, dropout=0.0, slices=None, rslora=False, dora=False):
-    """Replace each target module (by its name's last part) with a LoRALinear; `slices`: the fused parts to adapt."""
-    wrapped = []
-    for name, module in list(model.named_modules()):
+    """Wrap each target projection of the backbone (its name's last part) in a LoRALinear; `slices`: fused parts."""
+    backbone = model.base_model  # the head trains whole (RoBERTa's classifier.dense too, beside its layers' dense)
+    for name, module in list(backbone.named_modules()):
         leaf = name.rsplit(".", 1)[-1]
         if leaf not in targets or not isinstance(module, (nn.Linear, Conv1D)):
             continue
         parts = FUSED.get(leaf) if slices else None
         kw = {"n_parts": len(parts), "slices": [parts.index(p) for p in slices]} if parts else {}
-        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        parent = backbone.get_submodule(name.rsplit(".", 1)[0]) if "." in name else backbone
         setattr(parent, leaf, LoRALinear(module, r, alpha, dropout, **kw, rslora=rslora, dora=dora))
-        wrapped.append(name)
-    return wrapped
 
 
 def resolve_targets(model, targets=None, slices=None):
     """The target names and slices for this model (None: its type's defaults); a ValueError says what to pass."""
     kind = model.config.model_type
     targets = targets or DEFAULT_TARGETS.get(kind)
-    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
+    modules = model.base_model.named_modules()  # the backbone's: the head trains whole
+    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in modules if isinstance(m, (nn.Linear, Conv1D))})
     if targets is None:
         available = ",".join(leaves)
         raise ValueError(f"no default LoRA targets for model type '{kind}'; pass --lora_targets from: {available}")
     targets = targets.split(",")
     if not set(targets) <= set(leaves):
         missing = ",".join(sorted(set(targets) - set(leaves)))
-        raise ValueError(f"--lora_targets {missing} not in the model; choose from: {','.join(leaves)}")
+        raise ValueError(f"--lora_targets {missing} not in the model's backbone; choose from: {','.join(leaves)}")
     fused = [t for t in targets if t in FUSED]
     slices = slices or ("q,v" if fused else "fused")
     if slices == "fused":
         return targets, None
     if not fused:
         raise ValueError(f"--lora_slices applies to a fused q|k|v projection ({', '.join(FUSED)}); none is targeted")
-    if not set(slices.split(",")) <= set(FUSED[fused[0]]):
-        raise ValueError(f"--lora_slices takes names from {','.join(FUSED[fused[0]])} or 'fused', got '{slices}'")
-    return targets, slices.split(",")
+    names, parts = slices.split(","), FUSED[fused[0]]
+    if not set(names) <= set(parts) or len(set(names)) < len(names):
+        raise ValueError(f"--lora_slices takes distinct names from {','.join(parts)} or 'fused', got '{slices}'")
+    return targets, names
 
 
 def add_method(model, lora_targets, lora_slices, lora_r, lora_alpha, lora_dropout, use_rslora, use_dora):
@@ -323,9 +324,8 @@ def main(args):
         if args.loraplus_lr_ratio:  # LoRA+: B and the 1-D weights (DoRA's magnitudes) at ratio x the rate, as peft
             faster = [p for n, p in model.named_parameters() if n.endswith(".lora_B") or len(models.shape(p)) == 1]
             rest = [p for p in model.parameters() if all(p is not q for q in faster)]
-            rate = args.learning_rate * args.loraplus_lr_ratio
             groups = models.optimizer_groups(rest, args.weight_decay)
-            groups += models.optimizer_groups(faster, args.weight_decay, rate)
+            groups += models.optimizer_groups(faster, args.weight_decay, args.learning_rate * args.loraplus_lr_ratio)
         optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
         state = loop.TrainState(  # what the loop carries: the step, the log, the best evaluation, ...
             accelerator.device,

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
+from transformers import (
+    AutoModelForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 from bench import tiny
 from common.checkpoint import head_of
@@ -25,7 +31,7 @@ from tests.helpers import (
     run_in_process,
     saved_eval_logits,
 )
-from train_lora import LoRALinear, add_lora, merged_state, peft_export, resolve_targets
+from train_lora import LoRALinear, add_lora, add_method, merged_state, peft_export, resolve_targets
 
 
 def tiny_gpt2_model(seed=0):
@@ -99,9 +105,21 @@ def test_targets_and_slices_errors():
     for targets, slices, expect in [
         ("qkv", None, "--lora_targets qkv not in the model"),
         ("query", "q", "--lora_slices applies to a fused"),
+        ("classifier", None, "--lora_targets classifier not in the model's backbone"),  # the head trains whole
     ]:
         with pytest.raises(ValueError, match=expect):
             resolve_targets(model, targets, slices)
+    with pytest.raises(ValueError, match="takes distinct names"):  # q twice: two pairs, DoRA's W x taken off twice
+        resolve_targets(tiny_gpt2_model(), "c_attn", "q,q")
+
+
+def test_a_target_name_the_head_shares_wraps_the_backbone_alone():
+    config = RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=40)  # fmt: skip
+    model = add_method(RobertaForSequenceClassification(config), "dense", None, 4, 8, 0.0, False, True)
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    assert wrapped and all(n.startswith("roberta.encoder.") for n in wrapped)
+    assert type(model.classifier.dense) is torch.nn.Linear and model.classifier.dense.weight.requires_grad
 
 
 def lora_args(tiny_gpt2, glue_dir, out, *extra):
@@ -328,6 +346,17 @@ def test_dora_starts_at_the_pretrained_model_and_trains_through_a_zero_column():
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         optimizer.step()
         optimizer.zero_grad()
+
+
+def test_dora_starts_at_the_pretrained_model_in_bf16():
+    model = tiny_gpt2_model().to(torch.bfloat16)  # --base_dtype bfloat16: m rounds to bf16, and ||W|| with it
+    with torch.autocast("cpu", torch.bfloat16):
+        before = logits(model)
+        freeze_backbone(model)
+        add_lora(model, ["c_attn"], 4, 8, 0.0, ["q", "v"], dora=True)
+        for p in model.parameters():  # the trainable weights in fp32, as models.upcast_trainable leaves them
+            p.data = p.data.float() if p.requires_grad else p.data
+        assert torch.equal(logits(model), before)  # k = m / ||W|| is 1 exactly
 
 
 def test_dora_on_slices_merges_and_exports_to_peft(tmp_path):
