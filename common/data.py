@@ -16,9 +16,10 @@ from common.errors import UsageError, first_line, raise_on_every_rank
 from common.tasks import TSV_FILES, Task, get_task
 
 HELD_OUT = "heldout"  # the validation set's name among the eval loaders (--validation_size, --validation_dev_half)
-# How a label of your own data is written decides what it is (docs/data.md): a whole number (a class id), a number
-# with a point or an exponent (a score: a regression), or text (a class name).
-WHOLE, SCORE = re.compile(r"[-+]?[0-9]+"), re.compile(r"[-+]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][-+]?[0-9]+)?")
+# How a label of your own data is written decides what it is (docs/data.md): a whole number (a class id, written
+# plainly: +1 and 01 are text, so no two name one class), a number with a point or an exponent (a score), or text.
+WHOLE = re.compile(r"0|-?[1-9][0-9]*")
+SCORE = re.compile(r"(?![-+]?[0-9]+$)[-+]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][-+]?[0-9]+)?")  # a point or exponent
 
 
 def bad_line(path, line, why):
@@ -183,12 +184,12 @@ def file_task(train_file, validation_file, test_file=None, text_columns=None, la
             hint = " (name them with --text_columns and --label_column)" if line == rows[0][0] else ""
             raise bad_line(train_file, line, f"no {missing[0]} column, or it is empty{hint}")
         label = str(row[label_column]).strip()
-        if not label:
-            raise bad_line(train_file, line, "the label is empty; give every row its label")
+        if not label or not label.isprintable():  # (a tab would split the predictions file's columns)
+            raise bad_line(train_file, line, "the label is empty, or holds a tab or line break: give each row one")
         kind = "whole number" if WHOLE.fullmatch(label) else "score" if SCORE.fullmatch(label) else "text"
         kinds.setdefault(kind, []).append((line, label))
     if len(kinds) > 1:
-        most, other = max(kinds, key=lambda k: len(kinds[k])), min(kinds, key=lambda k: len(kinds[k]))
+        most, other = sorted(kinds, key=lambda k: len(kinds[k]), reverse=True)[:2]  # (a tie: the first kind read)
         shown = ", ".join(f"line {line}: '{label}'" for line, label in kinds[other][:5])
         raise UsageError(
             f"{train_file}: the {label_column} column mixes {len(kinds[most])} labels written as a {most} with "
@@ -198,7 +199,7 @@ def file_task(train_file, validation_file, test_file=None, text_columns=None, la
     names, metric = (), "pearson"  # scores: a regression
     if "score" not in kinds:  # classes, in numeric or sorted order
         distinct = {label for pairs in kinds.values() for _, label in pairs}
-        names, metric = tuple(sorted(distinct, key=int if "whole number" in kinds else None)), "accuracy"
+        names, metric = tuple(sorted(sorted(distinct), key=int if "whole number" in kinds else None)), "accuracy"
         if len(names) < 2:
             raise UsageError(f"{train_file} holds one label only ({names[0]}): a classifier needs two or more")
     files = [("train", train_file), ("validation", validation_file)] + [("test", test_file)] * bool(test_file)
@@ -307,8 +308,7 @@ class Collator:
                 batch[key] = torch.tensor([r[key] + pad if right else pad + r[key] for r, pad in zip(rows, pads)])
         if self.positions:
             batch["position_ids"] = positions(batch["attention_mask"])
-        label_dtype = torch.float if isinstance(rows[0]["label"], float) else torch.long
-        batch["labels"] = torch.tensor([r["label"] for r in rows], dtype=label_dtype)
+        batch["labels"] = torch.tensor([r["label"] for r in rows])  # class ids: long; a regression's scores: float
         batch["idx"] = torch.tensor([r["idx"] for r in rows])
         return batch
 

@@ -79,6 +79,10 @@ def own_flags(model, tmp_path, train, dev=None, *extra):
         (["0.5", "1.5", "2.0", "good", "3.5", "4.0"], "1 written as a text (line 5: 'good')"),
         (["good", "bad", "good", "bad", "3", "good"], "1 written as a whole number (line 6: '3')"),
         (["good", "bad", "  ", "bad"], "line 4: the label is empty"),
+        (["good", "very\tgood", "bad"], "line 3: the label is empty, or holds a tab"),  # (predictions are TSV)
+        (["0", "0", "good", "bad"], "2 written as a text (line 4: 'good', line 5: 'bad')"),  # a tie names the other
+        (["1", "-1", "+1", "-1"], "1 written as a text (line 4: '+1')"),  # not 3 classes: +1 and 1
+        (["0", "1", "01", "1"], "1 written as a text (line 4: '01')"),
     ],
 )
 def test_a_label_column_that_mixes_kinds_is_refused_with_its_rows(labels, expected, tiny_gpt2, tmp_path):
