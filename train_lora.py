@@ -44,7 +44,8 @@ def parse_args(argv=None):
     require(parser, args, "at least 1", "lora_r")
     require(parser, args, "positive", "lora_alpha", "loraplus_lr_ratio")
     require(parser, args, "fraction", "lora_dropout")
-    if args.merge_and_save:
+    if args.merge_and_save:  # (one folder, whatever the working folder: the output folder claims it as written)
+        args.merge_and_save = os.path.abspath(args.merge_and_save)
         check_merge_target(args.merge_and_save, args.model_name_or_path, args.output_dir)
     return args
 

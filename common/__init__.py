@@ -1,3 +1,1 @@
-"""Plumbing shared by the train_*.py scripts: GLUE data, metrics, launch and checkpoint helpers.
-
-The methods themselves live in the scripts; nothing here knows any of them."""
+"""Plumbing shared by the train_*.py scripts (GLUE data, metrics, launch, checkpoints); it knows no method."""

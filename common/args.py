@@ -10,7 +10,7 @@ import socket
 import urllib.parse
 
 from common.errors import fail
-from common.outputs import why_not_writable
+from common.outputs import same_path, why_not_writable
 from common.tasks import TASKS, get_task
 
 SCHEDULES = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
@@ -230,6 +230,8 @@ def check_args(parser, argv, script):
     else:  # a hub id: no network is found out now, in seconds, not after a minute of retries and a DeepSpeed build
         hub_or_offline(args.model_name_or_path)
     args.output_dir = args.output_dir or os.path.join("runs", f"{script}-{args.task or 'files'}")
+    if os.path.isdir(args.model_name_or_path) and same_path(args.model_name_or_path, args.output_dir):
+        fail(f"--output_dir {args.output_dir} is the model's folder: the run's files would change it; pass another")
     if why := why_not_writable(args.output_dir):
         fail(f"cannot write to --output_dir {args.output_dir} ({why}); pass a folder you can write to")
     return args

@@ -71,6 +71,7 @@ def transformers_folder(path, state, config, tokenizer):
     os.makedirs(path, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path, prefix=".tmp-") as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, f"{tmp}/model.safetensors")
+        os.chmod(f"{tmp}/model.safetensors", 0o666 & ~UMASK)  # (as atomic_save_tensors: not private)
         config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         for name in os.listdir(tmp):
@@ -146,11 +147,9 @@ def why_incomplete(path):
 
 
 # Flags that change how a run is done, not what it computes; every other flag is part of the run's identity.
-OPERATIONAL = set(
-    "output_dir overwrite_output_dir resume_from_checkpoint checkpointing_steps with_tracking report_to do_predict "
-    "per_device_eval_batch_size data_dir merge_and_save logging_steps no_cache torch_compile pad_to_multiple_of "
-    "config ddp_timeout gradient_checkpointing checkpoints_total_limit".split()
-)
+OPERATIONAL = """output_dir overwrite_output_dir resume_from_checkpoint checkpointing_steps with_tracking report_to
+do_predict per_device_eval_batch_size data_dir merge_and_save logging_steps no_cache torch_compile pad_to_multiple_of
+config ddp_timeout gradient_checkpointing checkpoints_total_limit""".split()
 
 
 def run_identity(flags, method, accelerator):
@@ -195,8 +194,7 @@ def check_resume(accelerator, output_dir, which, identity):
     if path is None:
         raise UsageError(f"no checkpoint at '{which}'; pass OUTPUT_DIR/checkpoints/step_N or 'latest'")
     saved = read_json(os.path.join(path, "trainer_state.json")).get("identity", {})
-    changed = [k for k, v in identity["models"].items() if saved.get("models", {}).get(k, v) != v]
-    if changed:
+    if changed := [k for k, v in identity["models"].items() if saved.get("models", {}).get(k, v) != v]:
         message = f"the model folder {identity[changed[0]]} changed since {path} was written (its files' fingerprint "
         raise UsageError(message + "differs): resume with the model it trained from, or start a new run")
     if saved != identity:

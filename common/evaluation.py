@@ -178,10 +178,9 @@ def write_predictions(model, loaders, accelerator, task, output_dir):
         index = in_file_order(loaders[split].dataset, idx, "index")
         if task.is_regression:  # (STS-B's clamped from 0 to 5)
             preds = [f"{min(max(x, 0.0), 5.0) if task.name == 'stsb' else x:.3f}" for x in logits.squeeze(-1).tolist()]
-        elif task.name in ("mnli", "qnli", "rte", "files"):  # (these name the class)
-            preds = [task.label_names[i] for i in logits.argmax(-1).tolist()]
-        else:
-            preds = [str(i) for i in logits.argmax(-1).tolist()]
+        else:  # MNLI, QNLI, RTE and your own data name the class; the others write its id
+            named = task.name in ("mnli", "qnli", "rte", "files")
+            preds = [task.label_names[i] if named else str(i) for i in logits.argmax(-1).tolist()]
         if accelerator.is_main_process:
             rows = "index\tprediction\n" + "".join(f"{i}\t{p}\n" for i, p in zip(index, preds))
             atomic_write_text(os.path.join(output_dir, "predictions", f"{names[split]}.tsv"), rows)

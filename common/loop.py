@@ -68,8 +68,7 @@ def fsdp_over_gloo(accelerator):
     if accelerator.mixed_precision != "no":
         plugin.set_mixed_precision(accelerator.mixed_precision)
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-    AcceleratorState._shared_state["distributed_type"] = DistributedType.FSDP
-    AcceleratorState._shared_state["fsdp_plugin"] = plugin
+    AcceleratorState._shared_state.update(distributed_type=DistributedType.FSDP, fsdp_plugin=plugin)
 
 
 class OutputDir:
@@ -99,7 +98,8 @@ class OutputDir:
                 here = self.resume_from is not None and inside(self.resume_from, checkpoints)
                 planned = [*OUTPUTS, *CURVES, "checkpoints", *outputs, *["predictions"] * predict]
                 planned += [f"train_{method}"] * tracking
-                self.lock, self.earlier, self.outputs = claim(output_dir, planned, self.run_id, overwrite, here)
+                reads = [v for k, v in flags.items() if k.endswith(("_path", "_file", "data_dir")) and v]
+                self.lock, self.earlier, self.outputs = claim(output_dir, planned, self.run_id, overwrite, here, reads)
         except UsageError as e:
             error = str(e)
         try:
@@ -171,9 +171,8 @@ class TrainState:
         self.best = {}  # the best evaluation so far: its step and metrics
         self.evals_without_gain, self.stopped_early_at = 0, None
         self.grad_norm = None  # the gradients' norm before clipping, at the last optimizer step
-        # The training loss summed on the device (no host sync a step): since the last evaluation, since the last log
-        # line; and how many batches each sum holds.
-        self.loss_sums, self.loss_counts = torch.zeros(2, device=device), [0, 0]
+        # The training loss summed on the device (no host sync a step): since the last evaluation, the last log line
+        self.loss_sums, self.loss_counts = torch.zeros(2, device=device), [0, 0]  # (and the batches each sum holds)
         self.seen = torch.zeros(3, dtype=torch.long, device=device)  # tokens, padded tokens and rows trained on
         self.aside = 0.0  # the seconds spent evaluating and saving (not training time)
         self.last_checkpoint = None  # for the line an interrupted run prints

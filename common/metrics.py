@@ -13,9 +13,8 @@ def accuracy(preds, labels):
 def confusion(preds, labels):
     """(true positives, true negatives, false positives, false negatives) of the positive class (label 1)."""
     predicted, actual = preds == 1, labels == 1
-    return [
-        float(x.sum()) for x in (predicted & actual, ~predicted & ~actual, predicted & ~actual, ~predicted & actual)
-    ]
+    cells = (predicted & actual, ~predicted & ~actual, predicted & ~actual, ~predicted & actual)
+    return [float(x.sum()) for x in cells]
 
 
 def f1(preds, labels):

@@ -164,9 +164,10 @@ def manifest_entries(output_dir):
     return names
 
 
-def claim(output_dir, outputs, run_id, overwrite=False, resuming_here=False):
+def claim(output_dir, outputs, run_id, overwrite=False, resuming_here=False, reads=()):
     """Main process: lock OUTPUT_DIR for a run writing `outputs`, refused over another run's results or checkpoints
-    (unless `overwrite`, or `resuming_here`) or an output no run made. Removes nothing: returns take_over's inputs."""
+    (unless `overwrite`, or `resuming_here`), an output no run made, or earlier ones holding a run or what it `reads`.
+    Removes nothing: returns take_over's inputs."""
     paths = [os.path.join(output_dir, name) for name in outputs if name]
     for path in filter(os.path.islink, paths):  # it would take the run's writes (and removals) elsewhere
         raise UsageError(f"{path} is a link ({os.readlink(path)}): a run writes in its own folder; remove the link")
@@ -196,6 +197,10 @@ def claim(output_dir, outputs, run_id, overwrite=False, resuming_here=False):
             raise UsageError(message)
         if foreign:
             raise UsageError(f"{foreign[0]} exists and no run wrote it; move it away, or pass another --output_dir")
+        gone = [os.path.join(output_dir, name) for name in earlier or [] if name not in (LOCK, MANIFEST)]
+        held = [p for p in reads if any(inside(p, g) for g in gone)]  # (a model merged there; below: another run)
+        if held := held + [m for g in gone for m in glob.glob(f"{glob.escape(g)}/**/{MANIFEST}", recursive=True)]:
+            raise UsageError(f"{held[0]} lies in an earlier run's output, which this run removes; move it out first")
     except BaseException:
         os.remove(lock)
         raise

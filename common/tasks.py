@@ -34,21 +34,18 @@ def glue(name, texts, labels, metric, tsv_dir, columns, evals="validation", test
     return Task(name, *names[:2], metric, tsv_dir, *names[2:])
 
 
-MNLI = glue(
-    "mnli", "premise|hypothesis", "entailment|neutral|contradiction", "accuracy", "MNLI",
-    "sentence1|sentence2|gold_label", "validation_matched|validation_mismatched", "test_matched|test_mismatched",
-)  # fmt: skip
 GLUE = (
     Task("cola", ("sentence",), ("unacceptable", "acceptable"), "matthews_correlation", "CoLA", (3, 1)),
     glue("sst2", "sentence", "negative|positive", "accuracy", "SST-2", "sentence|label"),
     glue("mrpc", "sentence1|sentence2", "not_equivalent|equivalent", "f1", "MRPC", "#1 String|#2 String|Quality"),
     glue("stsb", "sentence1|sentence2", "", "pearson", "STS-B", "sentence1|sentence2|score"),
     glue("qqp", "question1|question2", "not_duplicate|duplicate", "f1", "QQP", "question1|question2|is_duplicate"),
-    MNLI,
+    glue("mnli", "premise|hypothesis", "entailment|neutral|contradiction", "accuracy", "MNLI",
+         "sentence1|sentence2|gold_label", "validation_matched|validation_mismatched", "test_matched|test_mismatched"),
     glue("qnli", "question|sentence", "entailment|not_entailment", "accuracy", "QNLI", "question|sentence|label"),
     glue("rte", "sentence1|sentence2", "entailment|not_entailment", "accuracy", "RTE", "sentence1|sentence2|label"),
     glue("wnli", "sentence1|sentence2", "not_entailment|entailment", "accuracy", "WNLI", "sentence1|sentence2|label"),
-)
+)  # fmt: skip
 TASKS = {task.name: task for task in GLUE}
 SPLITS = {s for t in GLUE for s in ("train", *t.eval_splits, *t.test_splits)}
 TSV_FILES = {s: s.replace("validation", "dev") + ".tsv" for s in SPLITS}  # GLUE's file of each split

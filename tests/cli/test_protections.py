@@ -52,13 +52,32 @@ def test_merge_and_save_refuses_a_model_or_another_runs_folder(tiny_gpt2, glue_d
 
 
 # 2. Check before you delete.
-def test_overwrite_loads_a_model_from_the_earlier_runs_folder_first(tiny_gpt2, glue_dir, tmp_path):
+def test_overwrite_never_removes_the_model_it_trains_from_or_another_run(tiny_gpt2, glue_dir, tmp_path):
     out = finished(tiny_gpt2, glue_dir, tmp_path / "out")  # writes out/model, a model folder
-    run_in_process(
-        "train_lora.py",
-        args_for(str(out / "model"), glue_dir, out, "--overwrite_output_dir", "--max_train_steps", "1"),
-    )
-    assert results(out)["method"] == "lora" and not (out / "model").exists()  # loaded, then removed
+    again = args_for(str(out / "model"), glue_dir, out, "--overwrite_output_dir", "--max_train_steps", "1")
+    message = one_line(*cli("train_lora.py", again))  # (its results would point at a model gone)
+    assert f"{out}/model lies in an earlier run's output, which this run removes; move it out first" in message
+    assert results(out)["method"] == "full" and (out / "model" / "config.json").exists()
+    inner = finished(tiny_gpt2, glue_dir, out / "model" / "inner")  # a run in a folder the earlier run wrote
+    message = one_line(*cli("train_full.py", args_for(tiny_gpt2, glue_dir, out, "--overwrite_output_dir")))
+    assert f"{inner}/manifest.json lies in an earlier run's output" in message and results(inner)
+
+
+def test_the_model_folder_is_not_the_output_folder(tiny_gpt2, glue_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_gpt2, model)
+    message = one_line(*cli("train_full.py", args_for(str(model), glue_dir, model)))
+    assert f"--output_dir {model} is the model's folder" in message and not (model / "manifest.json").exists()
+
+
+def test_a_relative_merge_folder_through_a_link_is_refused(tiny_gpt2, glue_dir, tmp_path):
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "merged").symlink_to(elsewhere)
+    relative = os.path.relpath(out / "merged")  # (from the working folder, as a user types it)
+    message = one_line(*cli("train_lora.py", args_for(tiny_gpt2, glue_dir, out, merge_and_save=relative)))
+    assert "merged is a link" in message and not os.listdir(elsewhere)
 
 
 def test_overwrite_keeps_the_earlier_run_when_the_data_is_missing(tiny_gpt2, glue_dir, tmp_path):
@@ -323,6 +342,7 @@ def test_every_file_gets_the_same_mode(tiny_gpt2, glue_dir, tmp_path):
     out = finished(tiny_gpt2, glue_dir, tmp_path / "o")
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
     assert modes["trainable.safetensors"] == modes["results.json"] == 0o666 & ~current_umask(), modes
+    assert modes["model.safetensors"] == modes["results.json"], modes  # model/, as --merge_and_save writes it
 
 
 def current_umask():
