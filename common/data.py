@@ -95,7 +95,7 @@ def read_rows(path):
         rows = as_rows(path, lines[0][1] if lines else [], lines[1:])
     else:
         rows = []
-        for n, line in enumerate(read_text(path).splitlines(), 1):
+        for n, line in enumerate(read_text(path).split("\n"), 1):  # (not splitlines: U+2028 may stand in a text)
             if not line.strip():
                 continue
             try:

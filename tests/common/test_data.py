@@ -1,6 +1,7 @@
 """GLUE loading: every file format quirk on the fixtures (tests/data/glue), and the real files'
 row and label counts when they are there (../shared/glue or $GLUE_DIR)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from common.data import Collator, load_glue, read_tsv, tokenize
+from common.data import Collator, load_glue, read_rows, read_tsv, tokenize
 from common.errors import UsageError
 from common.tasks import TASKS
 from tests.helpers import ROOT
@@ -158,3 +159,10 @@ def test_tokenize_truncates_and_collator_pads_both_sides(glue_dir, tiny_gpt2):
         n = int(m.sum())
         assert r[:n].tolist() == list(range(n)) == lp[-n:].tolist()
     assert right["labels"].tolist() == [r["label"] for r in rows]
+
+
+def test_json_lines_split_at_newlines_only(tmp_path):
+    texts = ["a line\u2028separator inside", "a next-line\x85inside", "a plain one"]  # raw, as ensure_ascii=False
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"sentence": t, "label": "good"}, ensure_ascii=False) + "\r\n" for t in texts))
+    assert [row["sentence"] for _, row in read_rows(str(path))] == texts
