@@ -54,9 +54,9 @@ def check_merge_target(target, base, output_dir):
     """--merge_and_save writes a model folder: never over the base model, another model or another run's files."""
     if os.path.isdir(base) and same_path(target, base):
         fail(f"--merge_and_save {target} is the base model's folder: the merge would replace it; pass a new one")
-    held = [f for f in ("config.json", "model.safetensors", "manifest.json") if os.path.exists(f"{target}/{f}")]
+    held = sorted(os.listdir(target)) if os.path.isdir(target) else []  # (a merge writes config, weights, tokenizer)
     if held and not inside(target, output_dir):
-        fail(f"--merge_and_save {target} already holds {held[0]} (a model, or a run's files); pass a new folder")
+        fail(f"--merge_and_save {target} already holds {held[0]} (a model, a run's or your files); pass a new folder")
     if in_checkpoint(target):
         fail(f"--merge_and_save {target} lies in a run's checkpoint folder; pass a folder of its own")
     if owner(target) not in (None, os.path.realpath(output_dir)):

@@ -42,7 +42,14 @@ def test_merge_and_save_refuses_a_model_or_another_runs_folder(tiny_gpt2, glue_d
     other = finished(tiny_gpt2, glue_dir, tmp_path / "other")  # a full fine-tune: other/model is its output
     model = tmp_path / "some_model"
     shutil.copytree(tiny_gpt2, model)
-    for target, expected in ((model, "already holds config.json"), (other / "model", "already holds config.json")):
+    yours = tmp_path / "yours"
+    yours.mkdir()
+    (yours / "tokenizer.json").write_text("mine")  # (a merge would write its own over it)
+    for target, expected in (
+        (model, "already holds config.json"),
+        (other / "model", "already holds config.json"),
+        (yours, "already holds tokenizer.json"),
+    ):
         message = one_line(*cli("train_lora.py", args_for(tiny_gpt2, glue_dir, tmp_path / "o", merge_and_save=target)))
         assert expected in message, message
     message = one_line(
