@@ -121,7 +121,6 @@ class LoRALinear(nn.Module):
             with torch.no_grad(), whole([base_layer.weight]) as (weight,):
                 squares = weight.float().pow(2).sum(0 if self.conv1d else 1)
             self.lora_magnitude = nn.Parameter(squares[columns].sqrt().to(dtype))  # m = ||W||: the model as it was
-            squares[columns] = self.lora_magnitude.float().pow(2)  # ||W|| as m holds it (bf16: rounded): k = 1
             self.register_buffer("weight_squares", squares, persistent=False)  # [d_out]
 
     def forward(self, x):
@@ -260,9 +259,8 @@ def peft_export(path, layers, trained, head, base_model):
     config = dict(peft_type="LORA", task_type="SEQ_CLS", base_model_name_or_path=base_model, inference_mode=True)
     config.update(r=r, lora_alpha=alpha, lora_dropout=getattr(any_layer.dropout, "p", 0.0), use_rslora=rslora)
     config.update(target_modules=list(ranks), bias="none", modules_to_save=sorted({n.split(".")[0] for n in head}))
-    config.update(rank_pattern={n: r * k for n, k in ranks.items()}, use_dora=dora)
+    config.update(rank_pattern={n: r * k for n, k in ranks.items()}, use_dora=dora, fan_in_fan_out=any_layer.conv1d)
     config.update(alpha_pattern={n: alpha * (math.sqrt(k) if rslora else k) for n, k in ranks.items()})
-    config.update(fan_in_fan_out=any_layer.conv1d)  # GPT-2's Conv1D stores its weight [in, out]
     atomic_write_text(f"{path}/adapter_config.json", json.dumps(config, indent=2) + "\n")
     checkpoint.atomic_save_tensors(f"{path}/adapter_model.safetensors", state)
 

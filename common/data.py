@@ -16,10 +16,9 @@ from common.errors import UsageError, first_line, raise_on_every_rank
 from common.tasks import TSV_FILES, Task, get_task
 
 HELD_OUT = "heldout"  # the validation set's name among the eval loaders (--validation_size, --validation_dev_half)
-# How a label of your own data is written decides what it is (docs/data.md): a whole number (a class id, written
-# plainly: +1 and 01 are text, so no two name one class), a number with a point or an exponent (a score), or text.
-WHOLE = re.compile(r"0|-?[1-9][0-9]*")
-SCORE = re.compile(r"(?![-+]?[0-9]+$)[-+]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][-+]?[0-9]+)?")  # a point or exponent
+# How a label of your own data is written decides what it is (docs/data.md): a whole number (a class id), a number
+# with a point or an exponent (a score: a regression), or text (a class name).
+WHOLE, SCORE = re.compile(r"[-+]?[0-9]+"), re.compile(r"[-+]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][-+]?[0-9]+)?")
 
 
 def bad_line(path, line, why):
@@ -95,7 +94,7 @@ def read_rows(path):
         rows = as_rows(path, lines[0][1] if lines else [], lines[1:])
     else:
         rows = []
-        for n, line in enumerate(read_text(path).split("\n"), 1):  # (not splitlines: U+2028 may stand in a text)
+        for n, line in enumerate(re.split("\r\n?|\n", read_text(path)), 1):  # (not splitlines: U+2028 in a text)
             if not line.strip():
                 continue
             try:
@@ -184,7 +183,7 @@ def file_task(train_file, validation_file, test_file=None, text_columns=None, la
             hint = " (name them with --text_columns and --label_column)" if line == rows[0][0] else ""
             raise bad_line(train_file, line, f"no {missing[0]} column, or it is empty{hint}")
         label = str(row[label_column]).strip()
-        if not label or not label.isprintable():  # (a tab would split the predictions file's columns)
+        if not label or re.search("[\t\r\n]", label):  # (a tab would split the predictions file's columns)
             raise bad_line(train_file, line, "the label is empty, or holds a tab or line break: give each row one")
         kind = "whole number" if WHOLE.fullmatch(label) else "score" if SCORE.fullmatch(label) else "text"
         kinds.setdefault(kind, []).append((line, label))
@@ -202,6 +201,8 @@ def file_task(train_file, validation_file, test_file=None, text_columns=None, la
         names, metric = tuple(sorted(sorted(distinct), key=int if "whole number" in kinds else None)), "accuracy"
         if len(names) < 2:
             raise UsageError(f"{train_file} holds one label only ({names[0]}): a classifier needs two or more")
+        if twins := [f"'{a}' and '{b}'" for a, b in zip(names, names[1:]) if "text" not in kinds and int(a) == int(b)]:
+            raise UsageError(f"{train_file}: the labels {twins[0]} name one number; write each class one way")
     files = [("train", train_file), ("validation", validation_file)] + [("test", test_file)] * bool(test_file)
     return Task("files", texts, names, metric, "test", (), files=tuple(files), label_column=label_column)
 

@@ -171,7 +171,8 @@ def claim(output_dir, outputs, run_id, overwrite=False, resuming_here=False, rea
     paths = [os.path.join(output_dir, name) for name in outputs if name]
     for path in filter(os.path.islink, paths):  # it would take the run's writes (and removals) elsewhere
         raise UsageError(f"{path} is a link ({os.readlink(path)}): a run writes in its own folder; remove the link")
-    outputs = [os.path.relpath(p, output_dir) for p in paths if inside(p, output_dir)]
+    real = os.path.realpath(output_dir)  # (a path named through a link on the way is named as it is reached)
+    outputs = [os.path.relpath(os.path.realpath(p), real) for p in paths if inside(p, output_dir)]
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as e:
@@ -199,7 +200,7 @@ def claim(output_dir, outputs, run_id, overwrite=False, resuming_here=False, rea
             raise UsageError(f"{foreign[0]} exists and no run wrote it; move it away, or pass another --output_dir")
         gone = [os.path.join(output_dir, name) for name in earlier or [] if name not in (LOCK, MANIFEST)]
         held = [p for p in reads if any(inside(p, g) for g in gone)]  # (a model merged there; below: another run)
-        if held := held + [m for g in gone for m in glob.glob(f"{glob.escape(g)}/**/{MANIFEST}", recursive=True)]:
+        if held := held + [d for g in gone for d, _, files in os.walk(g) if MANIFEST in files]:
             raise UsageError(f"{held[0]} lies in an earlier run's output, which this run removes; move it out first")
     except BaseException:
         os.remove(lock)

@@ -65,9 +65,24 @@ def test_overwrite_never_removes_the_model_it_trains_from_or_another_run(tiny_gp
     message = one_line(*cli("train_lora.py", again))  # (its results would point at a model gone)
     assert f"{out}/model lies in an earlier run's output, which this run removes; move it out first" in message
     assert results(out)["method"] == "full" and (out / "model" / "config.json").exists()
-    inner = finished(tiny_gpt2, glue_dir, out / "model" / "inner")  # a run in a folder the earlier run wrote
+    inner = finished(tiny_gpt2, glue_dir, out / "model" / ".inner")  # a run in a folder the earlier run wrote
     message = one_line(*cli("train_full.py", args_for(tiny_gpt2, glue_dir, out, "--overwrite_output_dir")))
-    assert f"{inner}/manifest.json lies in an earlier run's output" in message and results(inner)
+    assert f"{inner} lies in an earlier run's output" in message and results(inner)
+
+
+def test_a_run_named_through_a_link_claims_its_merge_folder_by_its_own_name(tiny_gpt2, glue_dir, tmp_path):
+    (tmp_path / "real" / "run").mkdir(parents=True)
+    (tmp_path / "linked").symlink_to(tmp_path / "real")  # (a home folder reached through a link, say)
+    out = tmp_path / "linked" / "run"
+    merged = tmp_path / "real" / "run" / "merged"  # the same folder, as the working folder names it
+    run_in_process(
+        "train_lora.py", args_for(tiny_gpt2, glue_dir, out, "--max_train_steps", "1", merge_and_save=merged)
+    )
+    assert "merged" in json.load(open(out / "manifest.json"))["outputs"]
+    again = args_for(
+        tiny_gpt2, glue_dir, out, "--overwrite_output_dir", "--max_train_steps", "1", merge_and_save=merged
+    )
+    run_in_process("train_lora.py", again)  # (its manifest names nothing outside: the run can be redone)
 
 
 def test_the_model_folder_is_not_the_output_folder(tiny_gpt2, glue_dir, tmp_path):

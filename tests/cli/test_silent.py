@@ -81,8 +81,8 @@ def own_flags(model, tmp_path, train, dev=None, *extra):
         (["good", "bad", "  ", "bad"], "line 4: the label is empty"),
         (["good", "very\tgood", "bad"], "line 3: the label is empty, or holds a tab"),  # (predictions are TSV)
         (["0", "0", "good", "bad"], "2 written as a text (line 4: 'good', line 5: 'bad')"),  # a tie names the other
-        (["1", "-1", "+1", "-1"], "1 written as a text (line 4: '+1')"),  # not 3 classes: +1 and 1
-        (["0", "1", "01", "1"], "1 written as a text (line 4: '01')"),
+        (["1", "-1", "+1", "-1"], "the labels '+1' and '1' name one number"),  # not 3 classes
+        (["0", "1", "01", "1"], "the labels '01' and '1' name one number"),
     ],
 )
 def test_a_label_column_that_mixes_kinds_is_refused_with_its_rows(labels, expected, tiny_gpt2, tmp_path):
@@ -97,6 +97,8 @@ def test_a_label_column_that_mixes_kinds_is_refused_with_its_rows(labels, expect
         ([".5", "1.25", "2e-1", "3.0", "4.", "0.0"], "regression", []),  # every label a score; .5 is a number
         (["2", "10", "1", "2", "10", "1"], "classification", ["1", "2", "10"]),  # whole numbers: classes, in order
         (["pos", "neg", "pos", "neg"], "classification", ["neg", "pos"]),
+        (["+1", "-1", "+1", "-1"], "classification", ["-1", "+1"]),  # SVM-light's classes
+        (["mi\u200cxaham", "na", "na", "mi\u200cxaham"], "classification", ["mi\u200cxaham", "na"]),  # a ZWNJ: Persian
     ],
 )
 def test_the_run_says_which_kind_it_read(labels, kind, names, tiny_gpt2, tmp_path, capsys):

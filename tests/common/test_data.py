@@ -164,5 +164,6 @@ def test_tokenize_truncates_and_collator_pads_both_sides(glue_dir, tiny_gpt2):
 def test_json_lines_split_at_newlines_only(tmp_path):
     texts = ["a line\u2028separator inside", "a next-line\x85inside", "a plain one"]  # raw, as ensure_ascii=False
     path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps({"sentence": t, "label": "good"}, ensure_ascii=False) + "\r\n" for t in texts))
-    assert [row["sentence"] for _, row in read_rows(str(path))] == texts
+    for end in ("\n", "\r\n", "\r"):
+        path.write_text("".join(json.dumps({"sentence": t, "label": "good"}, ensure_ascii=False) + end for t in texts))
+        assert [row["sentence"] for _, row in read_rows(str(path))] == texts, repr(end)
