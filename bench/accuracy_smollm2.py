@@ -106,7 +106,8 @@ def default_rates(script):
     """The script's default learning rates (head, method's own flag) and clipping, read from its parser."""
     import importlib
 
-    args = importlib.import_module(script[:-3]).parse_args(["--task", "sst2"])
+    # (a model folder that exists, so that no hub is asked for the default gpt2: only the defaults are read)
+    args = importlib.import_module(script[:-3]).parse_args(["--task", "sst2", "--model_name_or_path", ROOT])
     method = getattr(args, "prefix_learning_rate", None) or getattr(args, "prompt_learning_rate", None)
     return args.learning_rate, method, args.max_grad_norm
 
@@ -322,7 +323,10 @@ def main():
         }
         for future in concurrent.futures.as_completed(futures):
             task, name, seed, rate = futures[future]
-            result = future.result()
+            try:
+                result = future.result()
+            except Exception as e:  # saved as a failed run (redone next time); the other runs go on and are saved
+                result = {"error": f"{type(e).__name__}: {e}"[:300]}
             if result is None:
                 continue  # the deadline came first: left for a later call
             runs[task][key(name, seed, rate)] = {"method": name, "seed": seed, "rate": rate, **result}

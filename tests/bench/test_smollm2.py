@@ -1,6 +1,7 @@
 """bench/accuracy_smollm2.py and its report: the command each grid run gets, per task, and the
 README's grid table, which must be the one the committed results render."""
 
+import json
 import os
 
 import pytest
@@ -114,6 +115,32 @@ def test_the_targets_do_not_call_a_method_far_above_full_within_2(tmp_path):
     text = report.grid_targets(grid_file(tmp_path, {"full": 0.86, "pfeiffer": 0.89, "lora": 0.855}))
     assert "pfeiffer against full fine-tuning: +3.00 points (better by more than 2)" in text
     assert "lora against full fine-tuning: -0.50 points (within 2)" in text
+
+
+def test_a_reference_run_asks_no_hub_for_our_defaults(monkeypatch):
+    def asked(name, timeout=3.0):
+        raise AssertionError(f"the hub was asked for {name}")  # (offline, as on this machine: the run failed)
+
+    monkeypatch.setattr("common.args.hub_or_offline", asked)
+    assert flag(grid.command("peft:lora", 0, "/m", "/glue", "/out", "grid", task="rte"), "--max_grad_norm") == "1.0"
+
+
+def test_a_run_that_cannot_start_is_saved_as_failed_and_the_others_are_saved(tmp_path, glue_dir, monkeypatch):
+    def run(name, *args):
+        if name == "lora":
+            raise RuntimeError("no command for it")
+        return {"metrics": {"accuracy": 0.75}, "trainable_params": 1}
+
+    monkeypatch.setattr(grid, "run", run)
+    monkeypatch.setattr("bench.smollm2.smollm2_dir", lambda: "/m")
+    out = tmp_path / "grid.json"
+    argv = ["--part", "grid", "--task", "rte", "--seeds", "0", "--methods", "lora", "full", "--data_dir", glue_dir]
+    monkeypatch.setattr("sys.argv", ["accuracy_smollm2.py", *argv, "--out", str(out)])
+    grid.main()
+    runs = json.load(open(out))["runs"]
+    assert (
+        runs["lora/0"]["error"] == "RuntimeError: no command for it" and runs["full/0"]["metrics"]["accuracy"] == 0.75
+    )
 
 
 def test_the_references_clip_as_our_script_does_by_default():
