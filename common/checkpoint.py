@@ -70,8 +70,7 @@ def transformers_folder(path, state, config, tokenizer):
     """A transformers model folder (from_pretrained, pipeline) of the tensors `state`, each file renamed into it."""
     os.makedirs(path, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path, prefix=".tmp-") as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, f"{tmp}/model.safetensors")
-        os.chmod(f"{tmp}/model.safetensors", 0o666 & ~UMASK)  # (as atomic_save_tensors: not private)
+        atomic_save_tensors(f"{tmp}/model.safetensors", state)
         config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         for name in os.listdir(tmp):

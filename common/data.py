@@ -190,11 +190,9 @@ def file_task(train_file, validation_file, test_file=None, text_columns=None, la
     if len(kinds) > 1:
         most, other = sorted(kinds, key=lambda k: len(kinds[k]), reverse=True)[:2]  # (a tie: the first kind read)
         shown = ", ".join(f"line {line}: '{label}'" for line, label in kinds[other][:5])
-        raise UsageError(
-            f"{train_file}: the {label_column} column mixes {len(kinds[most])} labels written as a {most} with "
-            f"{len(kinds[other])} written as a {other} ({shown}); write every class as a whole number or as text, "
-            "or every score with a point (5 -> 5.0) for a regression (docs/data.md)"
-        )
+        fix = "write every class as a whole number or as text, or every score with a point (5 -> 5.0) for a regression"
+        message = f"{train_file}: the {label_column} column mixes {len(kinds[most])} labels written as a {most} with "
+        raise UsageError(message + f"{len(kinds[other])} written as a {other} ({shown}); {fix} (docs/data.md)")
     names, metric = (), "pearson"  # scores: a regression
     if "score" not in kinds:  # classes, in numeric or sorted order
         distinct = {label for pairs in kinds.values() for _, label in pairs}
@@ -314,11 +312,9 @@ class Collator:
         return batch
 
 
-def load_data(
-    accelerator, task=None, *, data_dir=None, train_file=None, validation_file=None, test_file=None, text_columns=None,
-    label_column="label", max_train_samples=None, max_eval_samples=None, validation_size=None,
-    validation_dev_half=False, seed=42, do_predict=False,
-):  # fmt: skip
+def load_data(accelerator, task=None, *, data_dir=None, train_file=None, validation_file=None, test_file=None,
+              text_columns=None, label_column="label", max_train_samples=None, max_eval_samples=None,
+              validation_size=None, validation_dev_half=False, seed=42, do_predict=False):  # fmt: skip
     """The run's Task and its splits, every file read, cut and checked before the model loads, so that bad data is
     refused in seconds. The keywords are the flags of the same names; the validation set is named HELD_OUT."""
     error = None
@@ -359,11 +355,9 @@ def load_data(
     return task, raw
 
 
-def make_dataloaders(
-    accelerator, tokenizer, splits, *, task, position_ids=True, max_length=128, per_device_train_batch_size=8,
-    per_device_eval_batch_size=32, seed=42, group_by_length=False, pad_to_multiple_of=None, fixed_lengths=False,
-    do_predict=False,
-):  # fmt: skip
+def make_dataloaders(accelerator, tokenizer, splits, *, task, position_ids=True, max_length=128,
+                     per_device_train_batch_size=8, per_device_eval_batch_size=32, seed=42, group_by_length=False,
+                     pad_to_multiple_of=None, fixed_lengths=False, do_predict=False):  # fmt: skip
     """The train loader (shuffled) and {split: loader} for the eval splits of load_data's `splits` (and the test splits
     with `do_predict`). The keywords are the flags of the same names; `position_ids`: the Collator's positions."""
     from torch.utils.data import DataLoader

@@ -5,6 +5,7 @@ import math
 import os
 import time
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -105,8 +106,6 @@ def intervals(logits, loaders, task, draws=1000):
     """(a 95% interval of each metric of an evaluation, keyed as evaluate's; why a metric has none). Accuracy:
     Wilson's; Pearson and Spearman: Fisher's; F1 and Matthews: a seeded bootstrap over the rows, none on fewer than
     BOOTSTRAP_ROWS rows, labels of one value, or resamples that all score the same. Never one that looks certain."""
-    import numpy as np
-
     task, out, why = get_task(task), {}, {}
     for split, key in split_keys(task).items():
         if split not in logits or split == HELD_OUT:
@@ -146,8 +145,6 @@ def selected_metric(task, loaders):
 def constant_metrics(loaders, task):
     """The metrics of always predicting the majority class of each labeled eval split (STS-B: its mean score, whose
     correlations are undefined: nan), keyed as evaluate's: what a model that learned nothing scores."""
-    import numpy as np
-
     task, metrics = get_task(task), {}
     for split, key in split_keys(task).items():
         if split in loaders:

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import shutil
-import uuid
 import warnings
 
 import torch
@@ -23,9 +22,8 @@ OUTPUTS = ("args.json", "results.json", "eval_logits.safetensors", "trainable.sa
 CURVES = ["curves.png"] if importlib.util.find_spec("matplotlib") else []  # drawn only where matplotlib is
 
 
-def make_accelerator(
-    output_dir, max_grad_norm=1.0, ddp_timeout=1800, with_tracking=False, report_to="tensorboard", torch_compile=False
-):
+def make_accelerator(output_dir, max_grad_norm=1.0, ddp_timeout=1800, with_tracking=False, report_to="tensorboard",
+                     torch_compile=False):  # fmt: skip
     """An Accelerator for a run in `output_dir`. DeepSpeed's plugin is built from the yaml's JSON (a shipped one found
     from any folder), clipping at `max_grad_norm` in its own step. A collective waits `ddp_timeout` seconds (NCCL's 10
     minutes are less than rank 0 may need alone to save). Without GPUs: gloo, and a multi-GPU yaml runs DDP on CPU."""
@@ -81,7 +79,7 @@ class OutputDir:
                  predict=False, tracking=False):  # fmt: skip
         from accelerate.utils import broadcast_object_list
 
-        ids = [uuid.uuid4().hex[:12]]
+        ids = [os.urandom(6).hex()]
         if accelerator.num_processes > 1:
             broadcast_object_list(ids)  # the main process's: names the folders every rank writes to
         self.accelerator, self.path, self.tracking = accelerator, output_dir, tracking
@@ -122,10 +120,9 @@ class OutputDir:
         self.data = fingerprint([train_loader.dataset, *labelled])
         saved = read_json(os.path.join(self.resume_from, "trainer_state.json")) if self.resume_from else {}
         if self.resume_from and saved.get("data") != self.data:
-            raise UsageError(
-                f"{self.resume_from} was trained on other rows than this run reads (the training or validation data "
-                "changed, or --data_dir points elsewhere): resume with the same data, or start a new run"
-            )
+            why = "(the training or validation data changed, or --data_dir points elsewhere)"
+            fix = "resume with the same data, or start a new run"
+            raise UsageError(f"{self.resume_from} was trained on other rows than this run reads {why}: {fix}")
         labels = {"task_texts": list(task.text_keys), "task_labels": list(task.label_names)}
         self.args_json = json.dumps({**self.flags, **labels, "models": self.identity["models"]}, indent=2) + "\n"
         if self.accelerator.is_main_process:

@@ -90,10 +90,8 @@ def curves_figure(log_history, metric, majority=None, title=""):
     return fig
 
 
-def write_results(
-    accelerator, state, model, output_dir, *, method, task, model_name, metrics, logits, eval_loaders, start_size,
-    runtime, learning_rates, max_grad_norm=None, extra=None,
-):  # fmt: skip
+def write_results(accelerator, state, model, output_dir, *, method, task, model_name, metrics, logits, eval_loaders,
+                  start_size, runtime, learning_rates, max_grad_norm=None, extra=None):  # fmt: skip
     """results.json (`extra` added), the eval logits and curves.png, the warnings and the final line; then the run ends
     (end_training: trackers, process group). Every rank calls this (collectives). `start_size`: weights_size before
     training; `runtime`: its seconds; `learning_rates` {flag: value} and `max_grad_norm`: named by a warning."""
