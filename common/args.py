@@ -191,8 +191,9 @@ def check_args(parser, argv, script):
     texts = args.text_columns.split(",") if args.text_columns else []
     if args.text_columns is not None and not 1 <= len(texts) <= 2:
         fail(f"--text_columns names one column or two (a pair), got {len(texts)}: {args.text_columns}")
-    if len(set(texts)) < len(texts) or args.label_column in texts:
-        fail(f"--text_columns {args.text_columns} names a column twice (with --label_column {args.label_column}?)")
+    if len(set(texts)) < len(texts) or {args.label_column, "label", "idx", "index"} & set(texts):
+        message = f"names a column twice, the label's ({args.label_column}), or label, idx or index (the run's own)"
+        fail(f"--text_columns {args.text_columns} {message}: name another column")
     if args.train_file and args.data_dir is not None:
         fail("--data_dir holds GLUE's files: with --train_file (your own data) drop it")
     for path in (args.train_file, args.validation_file, args.test_file):
@@ -230,8 +231,9 @@ def check_args(parser, argv, script):
     else:  # a hub id: no network is found out now, in seconds, not after a minute of retries and a DeepSpeed build
         hub_or_offline(args.model_name_or_path)
     args.output_dir = args.output_dir or os.path.join("runs", f"{script}-{args.task or 'files'}")
-    if os.path.isdir(args.model_name_or_path) and same_path(args.model_name_or_path, args.output_dir):
-        fail(f"--output_dir {args.output_dir} is the model's folder: the run's files would change it; pass another")
+    for flag, path in vars(args).items():  # the model's, and IDPG's encoder's: the run's files would change it
+        if flag.endswith("_name_or_path") and path and os.path.isdir(path) and same_path(path, args.output_dir):
+            fail(f"--output_dir {args.output_dir} is the model's folder (--{flag}); pass another")
     if why := why_not_writable(args.output_dir):
         fail(f"cannot write to --output_dir {args.output_dir} ({why}); pass a folder you can write to")
     return args

@@ -153,7 +153,7 @@ def parse_label(task, raw, path, line):
         raw = str(raw).strip()
     if task.is_regression:
         try:
-            score = float(raw)
+            score = float(raw) if not task.files or SCORE.fullmatch(raw) else math.nan  # (float() reads 1_0 as 10)
         except ValueError:
             score = math.nan
         if task.files and not math.isfinite(score):
@@ -182,9 +182,10 @@ def file_task(train_file, validation_file, test_file=None, text_columns=None, la
         if missing := [c for c in (*texts, label_column) if row.get(c) is None]:
             hint = " (name them with --text_columns and --label_column)" if line == rows[0][0] else ""
             raise bad_line(train_file, line, f"no {missing[0]} column, or it is empty{hint}")
-        label = str(row[label_column]).strip()
+        label = "" if isinstance(row[label_column], (list, dict)) else str(row[label_column]).strip()
         if not label or re.search("[\t\r\n]", label):  # (a tab would split the predictions file's columns)
-            raise bad_line(train_file, line, "the label is empty, or holds a tab or line break: give each row one")
+            why = "the label is empty, or holds a tab or line break, or is a JSON list or object"
+            raise bad_line(train_file, line, f"{why}: give each row one label")
         kind = "whole number" if WHOLE.fullmatch(label) else "score" if SCORE.fullmatch(label) else "text"
         kinds.setdefault(kind, []).append((line, label))
     if len(kinds) > 1:

@@ -38,6 +38,19 @@ def test_a_manifest_never_reaches_outside_its_folder(entry, tiny_gpt2, glue_dir,
     assert (precious / "inside" / "keep.txt").read_text() == "mine" and (out / "results.json").exists()
 
 
+@pytest.mark.parametrize("kind", ["folder", "link"])
+def test_a_manifest_that_is_a_folder_or_a_link_is_refused(kind, tiny_gpt2, glue_dir, tmp_path):
+    other = finished(tiny_gpt2, glue_dir, tmp_path / "other")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("{}")  # (a link to another run's manifest named what to remove here)
+    manifest = out / "manifest.json"
+    manifest.mkdir() if kind == "folder" else manifest.symlink_to(other / "manifest.json")
+    message = one_line(*cli("train_full.py", args_for(tiny_gpt2, glue_dir, out, "--overwrite_output_dir")))
+    assert f"{manifest} is not a file (a folder or a link): no run wrote it; move it away" in message
+    assert (out / "results.json").read_text() == "{}" and results(other)
+
+
 def test_merge_and_save_refuses_a_model_or_another_runs_folder(tiny_gpt2, glue_dir, tmp_path):
     other = finished(tiny_gpt2, glue_dir, tmp_path / "other")  # a full fine-tune: other/model is its output
     model = tmp_path / "some_model"
@@ -85,11 +98,22 @@ def test_a_run_named_through_a_link_claims_its_merge_folder_by_its_own_name(tiny
     run_in_process("train_lora.py", again)  # (its manifest names nothing outside: the run can be redone)
 
 
+def test_merge_and_save_is_not_the_output_folder_nor_one_of_the_runs_outputs(tiny_gpt2, glue_dir, tmp_path):
+    out = tmp_path / "out"  # (args.json and results.json ended in a traceback after training; peft/ got both models)
+    for name in (".", "args.json", "results.json", "peft", "best/merged", "checkpoints"):
+        message = one_line(*cli("train_lora.py", args_for(tiny_gpt2, glue_dir, out, merge_and_save=out / name)))
+        assert f"{os.path.normpath(out / name)} is the output folder or one of the run's own outputs" in message
+        assert not os.path.exists(out / "args.json")
+
+
 def test_the_model_folder_is_not_the_output_folder(tiny_gpt2, glue_dir, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_gpt2, model)
     message = one_line(*cli("train_full.py", args_for(str(model), glue_dir, model)))
     assert f"--output_dir {model} is the model's folder" in message and not (model / "manifest.json").exists()
+    message = one_line(*cli("train_idpg.py", args_for(tiny_gpt2, glue_dir, model, encoder_name_or_path=model)))
+    assert f"--output_dir {model} is the model's folder (--encoder_name_or_path)" in message
+    assert not (model / "manifest.json").exists()
 
 
 def test_a_relative_merge_folder_through_a_link_is_refused(tiny_gpt2, glue_dir, tmp_path):

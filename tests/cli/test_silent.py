@@ -112,6 +112,16 @@ def test_the_run_says_which_kind_it_read(labels, kind, names, tiny_gpt2, tmp_pat
     assert res["task_kind"] == kind and json.load(open(tmp_path / "out" / "args.json"))["task_labels"] == names
 
 
+def test_a_json_list_label_and_a_score_with_an_underscore_are_refused(tiny_gpt2, tmp_path):
+    train = tmp_path / "train.jsonl"  # (the list was the class '[1]'; float() read '1_0' as 10.0)
+    train.write_text('{"sentence": "a", "label": "good"}\n{"sentence": "b", "label": [1]}\n')
+    message = one_line(*cli("train_full.py", own_flags(tiny_gpt2, tmp_path, train)))
+    assert f"{train}, line 2: the label is empty, or holds a tab or line break, or is a JSON list" in message
+    scores, dev = own(tmp_path, ["0.5", "1.5", "2.5"]), own(tmp_path, ["0.5", "1_0", "2.5"], name="dev.csv")
+    message = one_line(*cli("train_full.py", own_flags(tiny_gpt2, tmp_path, scores, dev)))
+    assert f"{dev}, line 3: the score must be a number, got '1_0'" in message
+
+
 # 4. A column named twice.
 @pytest.mark.parametrize(
     "name,text,expected",
@@ -142,9 +152,10 @@ def test_a_glue_header_that_names_a_column_twice_is_refused(tiny_gpt2, glue_dir,
     assert "dev.tsv, line 1: the header names the column 'sentence' twice" in message
 
 
-@pytest.mark.parametrize("columns", ["sentence,sentence", "sentence,label"])
+@pytest.mark.parametrize("columns", ["sentence,sentence", "sentence,label", "idx", "sentence,index"])
 def test_text_columns_naming_a_column_twice_are_refused(columns, tiny_gpt2, tmp_path):
-    train = own(tmp_path, ["good", "bad"])
+    train = tmp_path / "train.csv"  # (a text column named idx or index ended in a traceback: the run's own columns)
+    train.write_text("sentence,label,idx,index\na film,good,a text,1\nthe film,bad,the text,2\n")
     message = one_line(*cli("train_full.py", own_flags(tiny_gpt2, tmp_path, train, None, "--text_columns", columns)))
     assert f"--text_columns {columns} names a column twice" in message
 
