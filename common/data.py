@@ -149,8 +149,8 @@ def to_columns(task, path, rows, columns, labeled):
 
 def parse_label(task, raw, path, line):
     """A label in the hub's encoding: the class's id (GLUE's files may write the id, not the name), or the score."""
-    if task.files:  # your own data: the label as text (JSON's 1 is "1")
-        raw = str(raw).strip()
+    if task.files:  # your own data: the label as text (JSON's 1 is "1"; a list is no label)
+        raw = "" if isinstance(raw, (list, dict)) else str(raw).strip()
     if task.is_regression:
         try:
             score = float(raw) if not task.files or SCORE.fullmatch(raw) else math.nan  # (float() reads 1_0 as 10)

@@ -173,10 +173,10 @@ def claim(output_dir, outputs, run_id, overwrite=False, resuming_here=False, rea
         raise UsageError(f"{path} is a link ({os.readlink(path)}): a run writes in its own folder; remove the link")
     real = os.path.realpath(output_dir)  # (a path named through a link on the way is named as it is reached)
     outputs = [os.path.relpath(os.path.realpath(p), real) for p in paths if inside(p, output_dir)]
-    for i, name in enumerate(outputs):  # (a method's folder named as the output folder, or one of the run's outputs)
-        if name == "." or name.split(os.sep)[0] in outputs[:i]:
-            path = os.path.normpath(os.path.join(output_dir, name))
-            raise UsageError(f"{path} is the output folder or one of the run's own outputs; pass a folder of its own")
+    tops = [name.split(os.sep)[0] for name in outputs]  # (a method's folder named as OUTPUT_DIR or in the run's own)
+    if clash := [n for n, top in zip(outputs, tops) if top in (".", LOCK, MANIFEST) or tops.count(top) > 1]:
+        path = os.path.normpath(os.path.join(output_dir, max(clash, key=len)))  # (the deepest: the one you named)
+        raise UsageError(f"{path} is the output folder or one of the run's own outputs; pass a folder of its own")
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as e:

@@ -100,8 +100,10 @@ def test_a_run_named_through_a_link_claims_its_merge_folder_by_its_own_name(tiny
 
 def test_merge_and_save_is_not_the_output_folder_nor_one_of_the_runs_outputs(tiny_gpt2, glue_dir, tmp_path):
     out = tmp_path / "out"  # (args.json and results.json ended in a traceback after training; peft/ got both models)
-    for name in (".", "args.json", "results.json", "peft", "best/merged", "checkpoints"):
-        message = one_line(*cli("train_lora.py", args_for(tiny_gpt2, glue_dir, out, merge_and_save=out / name)))
+    names = (".", "args.json", "results.json", "peft", "best/merged", "checkpoints", ".lock", "manifest.json")
+    for name in (*names, "predictions/test.tsv", "train_lora/merged"):  # (nested in outputs named after it)
+        flags = args_for(tiny_gpt2, glue_dir, out, "--do_predict", "--with_tracking", merge_and_save=out / name)
+        message = one_line(*cli("train_lora.py", flags))
         assert f"{os.path.normpath(out / name)} is the output folder or one of the run's own outputs" in message
         assert not os.path.exists(out / "args.json")
 

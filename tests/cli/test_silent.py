@@ -120,6 +120,12 @@ def test_a_json_list_label_and_a_score_with_an_underscore_are_refused(tiny_gpt2,
     scores, dev = own(tmp_path, ["0.5", "1.5", "2.5"]), own(tmp_path, ["0.5", "1_0", "2.5"], name="dev.csv")
     message = one_line(*cli("train_full.py", own_flags(tiny_gpt2, tmp_path, scores, dev)))
     assert f"{dev}, line 3: the score must be a number, got '1_0'" in message
+    named = tmp_path / "named.jsonl"  # (classes written '[1]' and '[2]': a validation list [1] is still no label)
+    named.write_text('{"sentence": "a", "label": "[1]"}\n{"sentence": "b", "label": "[2]"}\n')
+    listed = tmp_path / "listed.jsonl"
+    listed.write_text('{"sentence": "a", "label": [1]}\n')
+    message = one_line(*cli("train_full.py", own_flags(tiny_gpt2, tmp_path, named, listed)))
+    assert f"{listed}, line 1: label '' is not one of the training file's" in message
 
 
 # 4. A column named twice.
