@@ -10,8 +10,8 @@ front of the token embeddings of the frozen backbone, as in prompt tuning.
 
     x --> encoder (frozen) --> r --> G: d_enc -> 384 -> t x d --> [G(r)][x] --> frozen model
 
-The default is the original experiments' "IDPG (Original)": a separate frozen encoder (by default a copy of the
-backbone, where the backbone is, reading its tokens; the original's GPT-2 small is --encoder_name_or_path gpt2)
+The default is "IDPG (Original)" of the original experiments (docs/original.md: GPT-2 on GLUE): a separate frozen
+encoder (by default a second copy of the backbone, loaded from its path; theirs: --encoder_name_or_path gpt2)
 and an MLP generator. Variants:
   --train_encoder              their "IDPG (Trained)": the encoder trains too
   --prompt_only                their "PG": t learned encoder inputs replace the instance
@@ -19,12 +19,14 @@ and an MLP generator. Variants:
   --generator phm              the paper's PHM generator, W = sum_i S_i kron A_i (--phm_n)
   --prompt_layers all          the paper's M-IDPG: before every later layer, G (shared) plus a per-layer
                                bias turns the last token's state into a prompt, added at the prompt positions
-  --generator_init original    the original's generator as it was; the default starts as prompt tuning
-                               (G's last layer zero, embedding rows as its bias) from r at unit scale
+  --generator_init original    the original's generator (raw r, torch's init); the default feeds G r / RMS(r) and
+                               starts as prompt tuning (G's last layer 0, its bias t embedding rows; M-IDPG adds G's
+                               output before every later layer too, so it starts near prompt tuning, not at it)
 
 A frozen encoder gives each input the same r every epoch: r of every training row is computed
 once before training and kept on the device (--no_cache: every step). The original ran its frozen
-encoder with dropout on while training (r changes every step): --encoder_dropout, without cache.
+encoder with dropout on while training (r changes every step): --encoder_dropout, without cache. PG runs the
+encoder every step, with its dropout on in training (as the original), whatever the flag.
 
     python train_idpg.py --task rte      # read it beside train_prompt.py: diff the two
     accelerate launch --config_file accelerate_configs/zero3.yaml train_idpg.py --task rte
@@ -38,7 +40,7 @@ from common.errors import fail, parse_command_line
 
 def parse_args(argv=None):
     parser = base_parser(__doc__)
-    parser.set_defaults(learning_rate=1e-3)
+    parser.set_defaults(learning_rate=1e-3)  # the head's; G, PG's inputs, a trained encoder: --prompt_learning_rate
     add = parser.add_argument
     add("--num_virtual_tokens", type=int, default=20, help="prompt length t")
     add("--encoder_name_or_path", default=None, help="the encoder (the backbone's tokenizer), or self; none: a copy")
@@ -51,12 +53,12 @@ def parse_args(argv=None):
     add("--prompt_layers", choices=["input", "all"], default="input", help="all: M-IDPG")
     add("--no_cache", action="store_true", help="run the frozen encoder every step")
     add("--encoder_dropout", action="store_true", help="the frozen encoder's dropout on in training")
-    add("--prompt_learning_rate", type=float, default=1e-4, help="the generator's (and PG's inputs')")
+    add("--prompt_learning_rate", type=float, default=1e-4, help="G's (and PG's inputs', a trained encoder's)")
     args = check_args(parser, argv, "idpg")
     require(parser, args, "at least 1", "num_virtual_tokens", "generator_hidden", "phm_n")
     require(parser, args, "positive", "prompt_learning_rate")
     args.encoder_name_or_path = args.encoder_name_or_path or args.model_name_or_path  # (a copy: offline, same tokens)
-    if os.path.isdir(args.encoder_name_or_path):  # (an absolute path, as the model's)
+    if args.encoder_name_or_path != "self" and os.path.isdir(args.encoder_name_or_path):  # (absolute, as the model's)
         args.encoder_name_or_path = os.path.abspath(args.encoder_name_or_path)
     if args.encoder_name_or_path == "self" and (args.train_encoder or args.prompt_only):
         fail("--encoder_name_or_path self goes with neither --train_encoder nor --prompt_only")

@@ -357,10 +357,10 @@ def test_m_idpg_changes_later_layers_only_through_the_hooks():
         assert (m_idpg(input_ids=ids, attention_mask=torch.ones_like(ids)).logits - a).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("encoder_dropout", [True, False])
-def test_encoder_dropout_changes_r_every_training_forward(encoder_dropout):
+@pytest.mark.parametrize("encoder_dropout,prompt_only", [(True, False), (False, False), (False, True)])
+def test_encoder_dropout_changes_r_every_training_forward(encoder_dropout, prompt_only):
     """The backbone has no dropout here, the encoder has: two training-mode forwards of the same
-    batch differ only when the encoder runs in train mode."""
+    batch differ only when the encoder runs in train mode (PG's always does, as the original's)."""
     encoder = GPT2Model(
         GPT2Config(
             n_layer=2,
@@ -373,17 +373,23 @@ def test_encoder_dropout_changes_r_every_training_forward(encoder_dropout):
             attn_pdrop=0.1,
         )
     )
-    model = IDPG(
-        tiny(), encoder, num_tokens=4, hidden=8, encoder_dropout=encoder_dropout, init="original"
-    ).train()  # (the default's last layer starts at zero: r has no effect yet)
-    assert model.cache == (not encoder_dropout)
+    kw = dict(encoder_dropout=encoder_dropout, init="original", prompt_only=prompt_only)
+    model = IDPG(tiny(), encoder, num_tokens=4, hidden=8, **kw).train()  # (the default G ignores r at first)
+    assert model.cache == (not encoder_dropout and not prompt_only)
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
     with torch.no_grad():
         a, b = (model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits for _ in range(2))
-        assert (not torch.equal(a, b)) == encoder_dropout
+        assert (not torch.equal(a, b)) == (encoder_dropout or prompt_only)
         model.eval()  # evaluation: dropout off, the same r every time
         c, d = (model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits for _ in range(2))
         assert torch.equal(c, d)
+
+
+def test_encoder_self_is_the_backbone_even_beside_a_folder_named_self(tiny_gpt2, tmp_path, monkeypatch):
+    (tmp_path / "self").mkdir()  # (it was read as a folder, made absolute, and loaded as the encoder)
+    monkeypatch.chdir(tmp_path)
+    flags = ["--task", "rte", "--model_name_or_path", tiny_gpt2, "--output_dir", str(tmp_path / "out")]
+    assert idpg_args([*flags, "--encoder_name_or_path", "self"]).encoder_name_or_path == "self"
 
 
 def test_idpg_encodes_only_the_rows_its_steps_use(tiny_gpt2, glue_dir, tmp_path, monkeypatch):
