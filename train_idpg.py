@@ -109,8 +109,8 @@ def load_encoder(name, tokenizer, dtype=torch.float32):
 
 
 class PHMLinear(nn.Module):
-    """x W + b with W = sum_i S_i kron A_i, a parameterized hypercomplex multiplication layer
-    (Zhang et al. 2021): n^3 + d_in d_out / n weights instead of d_in d_out."""
+    """x W + b with W = sum_i S_i kron A_i, a parameterized hypercomplex multiplication layer (Zhang et al. 2021, who
+    write A_i kron S_i: their A is our n x n S): n^3 + d_in d_out / n weights instead of d_in d_out."""
 
     def __init__(self, d_in, d_out, n):
         super().__init__()
