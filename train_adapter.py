@@ -251,9 +251,9 @@ def main(args):
                 )
         results.write_results(
             accelerator, state, model, args.output_dir, method="adapter", task=task,
-            model_name=args.model_name_or_path, metrics=metrics, logits=logits, eval_loaders=eval_loaders,
-            start_size=start_size, runtime=runtime, learning_rates={"learning_rate": args.learning_rate},
-            max_grad_norm=args.max_grad_norm,
+            model_name=args.model_name_or_path, metrics=metrics, logits=logits, train_loader=train_loader,
+            eval_loaders=eval_loaders, start_size=start_size, runtime=runtime,
+            learning_rates={"learning_rate": args.learning_rate}, max_grad_norm=args.max_grad_norm,
             extra={"precision": models.precision(accelerator, model, optimizer), "variant": args.variant},
         )  # fmt: skip
 

@@ -121,9 +121,9 @@ def main(args):
             checkpoint.transformers_folder(f"{args.output_dir}/model", trained, config, tokenizer)
         results.write_results(
             accelerator, state, model, args.output_dir, method="full", task=task, model_name=args.model_name_or_path,
-            metrics=metrics, logits=logits, eval_loaders=eval_loaders, start_size=start_size, runtime=runtime,
+            metrics=metrics, logits=logits, train_loader=train_loader, eval_loaders=eval_loaders, runtime=runtime,
             learning_rates={"learning_rate": args.learning_rate}, max_grad_norm=args.max_grad_norm,
-            extra={"precision": models.precision(accelerator, model, optimizer)},
+            start_size=start_size, extra={"precision": models.precision(accelerator, model, optimizer)},
         )  # fmt: skip
 
 

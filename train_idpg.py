@@ -192,11 +192,9 @@ class IDPG(nn.Module):
         if prompt_layers == "all":  # M-IDPG: one bias per layer after the first
             layers = model.config.num_hidden_layers - 1
             self.layer_bias = nn.Parameter(torch.zeros(layers, num_tokens * d, dtype=dtype))
-        self.train_encoder = train_encoder
-        self.encoder_dropout = encoder_dropout
+        self.train_encoder, self.encoder_dropout = train_encoder, encoder_dropout
         self.cache = cache and not (train_encoder or prompt_only or encoder_dropout)
-        self.keys = None  # the table of cache_states: the rows' idx (sorted) and their r
-        self.states = None
+        self.keys = self.states = None  # the table of cache_states: the rows' idx (sorted) and their r
         # True only in the prompted pass: M-IDPG's hooks must not fire in the first pass of
         # --encoder_name_or_path self, which runs the same layers to compute r.
         self.prompting = False
@@ -380,7 +378,8 @@ def main(args):
             evaluation.write_predictions(model, eval_loaders, accelerator, task, args.output_dir)
         results.write_results(
             accelerator, state, model, args.output_dir, method="idpg", task=task, model_name=args.model_name_or_path,
-            metrics=metrics, logits=logits, eval_loaders=eval_loaders, start_size=start_size, runtime=runtime,
+            metrics=metrics, logits=logits, train_loader=train_loader, eval_loaders=eval_loaders, runtime=runtime,
+            start_size=start_size,
             learning_rates={"learning_rate": args.learning_rate, "prompt_learning_rate": args.prompt_learning_rate},
             max_grad_norm=args.max_grad_norm, extra={"precision": models.precision(accelerator, model, optimizer)},
         )  # fmt: skip

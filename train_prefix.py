@@ -310,7 +310,8 @@ def main(args):
             peft_export(f"{args.output_dir}/peft", pairs, head, args.model_name_or_path)
         results.write_results(
             accelerator, state, model, args.output_dir, method="prefix", task=task, model_name=args.model_name_or_path,
-            metrics=metrics, logits=logits, eval_loaders=eval_loaders, start_size=start_size, runtime=runtime,
+            metrics=metrics, logits=logits, train_loader=train_loader, eval_loaders=eval_loaders, runtime=runtime,
+            start_size=start_size,
             learning_rates={"learning_rate": args.learning_rate, "prefix_learning_rate": args.prefix_learning_rate},
             max_grad_norm=args.max_grad_norm, extra={"precision": models.precision(accelerator, model, optimizer)},
         )  # fmt: skip

@@ -90,8 +90,8 @@ def curves_figure(log_history, metric, majority=None, title=""):
     return fig
 
 
-def write_results(accelerator, state, model, output_dir, *, method, task, model_name, metrics, logits, eval_loaders,
-                  start_size, runtime, learning_rates, max_grad_norm=None, extra=None):  # fmt: skip
+def write_results(accelerator, state, model, output_dir, *, method, task, model_name, metrics, logits, train_loader,
+                  eval_loaders, start_size, runtime, learning_rates, max_grad_norm=None, extra=None):  # fmt: skip
     """results.json (`extra` added), the eval logits and curves.png, the warnings and the final line; then the run ends
     (end_training: trackers, process group). Every rank calls this (collectives). `start_size`: weights_size before
     training; `runtime`: its seconds; `learning_rates` {flag: value} and `max_grad_norm`: named by a warning."""
@@ -114,6 +114,12 @@ def write_results(accelerator, state, model, output_dir, *, method, task, model_
     if low is not None and (high - low > 0.2 or len(labels) < 100):  # (SST-2's 872 rows: about 5 points)
         too_few = f"the eval split's {len(labels)} rows know {metric} only to within [{low:.2f}, {high:.2f}] (95%)"
         warnings.append(f"{too_few}: too few to tell this run from another; evaluate on more rows")
+    trained = {hash(tuple(ids)) for ids in train_loader.dataset["input_ids"]}  # (hashes: MNLI's rows in a few MB)
+    for split in (s for s in eval_loaders if s not in task.test_splits):  # (CoLA's dev: 16 of 1,043 repeat, unnamed)
+        ids = eval_loaders[split].dataset["input_ids"]
+        if (seen := sum(hash(tuple(row)) in trained for row in ids)) > len(ids) / 20:
+            why = "its scores overstate what the model does on new text; remove them from one of the two splits"
+            warnings.append(f"{seen} of the {split} split's {len(ids)} rows are training rows too: {why}")
     for line in warnings:
         accelerator.print(f"warning: {line}")
     if accelerator.is_main_process:
