@@ -1,7 +1,6 @@
 """IDPG: instance-dependent prompt generation, a prompt per input from a small generator.
 
-Wu et al. 2022, "IDPG: An Instance-Dependent Prompt Generation Method", NAACL,
-https://arxiv.org/abs/2204.04497
+Wu et al. 2022, "IDPG: An Instance-Dependent Prompt Generation Method", NAACL, https://arxiv.org/abs/2204.04497
 
 Prompt tuning (train_prompt.py) learns one prompt for the whole task. IDPG learns a generator
 that writes a prompt for each input: an encoder reads the input, its representation r (the final
@@ -95,8 +94,7 @@ def load_encoder(name, tokenizer, dtype=torch.float32):
     if not os.path.isdir(name):
         hub_or_offline(name)  # (no network: offline at once, or a one-line error)
     try:
-        encoder = AutoModel.from_pretrained(name, dtype=dtype)
-        theirs = AutoTokenizer.from_pretrained(name)
+        encoder, theirs = AutoModel.from_pretrained(name, dtype=dtype), AutoTokenizer.from_pretrained(name)
     except OSError as e:
         fix = "pass a local folder or --encoder_name_or_path self"
         raise ValueError(f"cannot load encoder '{name}' with its tokenizer ({first_line(e)}); {fix}") from None
@@ -161,18 +159,14 @@ class IDPG(nn.Module):
         models.freeze_backbone(model)
         if encoder is not None:
             encoder.requires_grad_(train_encoder)
-        d_enc = (encoder or model).config.hidden_size
-        d = model.config.hidden_size
+        d_enc, d = (encoder or model).config.hidden_size, model.config.hidden_size
         dtype = param_dtype(model)
         if prompt_layers == "all" and d_enc != d:
-            raise ValueError(
-                f"--prompt_layers all gives the generator the backbone's states: the encoder's width ({d_enc}) must "
-                f"be the backbone's ({d}); try --encoder_name_or_path self"
-            )
+            message = f"--prompt_layers all gives the generator the backbone's states: the encoder's width ({d_enc}) "
+            raise ValueError(message + f"must be the backbone's ({d}); try --encoder_name_or_path self")
         self.model = model
         self.config = model.config  # DeepSpeed sizes its buckets from it
-        self.encoder = encoder
-        self.t = num_tokens
+        self.encoder, self.t = encoder, num_tokens
         # IDPG: G, d_enc -> hidden -> t x d: an MLP with ReLU (the original) or PHM layers with GELU (the paper)
         if generator == "mlp":
             layers = [nn.Linear(d_enc, hidden), nn.ReLU(), nn.Linear(hidden, num_tokens * d)]
@@ -210,8 +204,7 @@ class IDPG(nn.Module):
             if not self.prompting:
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
-            prompt = self.generator(hidden[:, -1]) + self.layer_bias[i]
-            prompt = prompt.view(len(hidden), self.t, -1)
+            prompt = (self.generator(hidden[:, -1]) + self.layer_bias[i]).view(len(hidden), self.t, -1)
             hidden = torch.cat([hidden[:, : self.t] + prompt, hidden[:, self.t :]], 1)
             if args:
                 return (hidden, *args[1:]), kwargs
@@ -223,8 +216,7 @@ class IDPG(nn.Module):
         """r, one vector per row, as the variant computes it (from the table, by the rows' idx)."""
         encoder = self.encoder if self.encoder is not None else self.model.base_model
         if self.instance is not None:  # PG: the same learned inputs for every row
-            r = last_token_state(encoder, inputs_embeds=self.instance[None])
-            return r.expand(len(input_ids), -1)
+            return last_token_state(encoder, inputs_embeds=self.instance[None]).expand(len(input_ids), -1)
         if self.train_encoder:
             return last_token_state(encoder, input_ids, attention_mask)
         if self.training and self.keys is not None and idx is not None:
@@ -255,9 +247,7 @@ class IDPG(nn.Module):
             idx, r = gather((batch["idx"], self.represent(input_ids, attention_mask)))
             keys.append(idx)
             states.append(r)
-        keys = torch.cat(keys)
-        order = keys.argsort()  # (a row twice, from the even split of the last batch: r twice)
-        self.keys = keys[order]
+        self.keys, order = torch.cat(keys).sort()  # (a row twice, from the even split of the last batch: r twice)
         self.states = torch.cat(states)[order]
 
     def forward(self, input_ids, attention_mask, labels=None, token_type_ids=None, position_ids=None, idx=None):
@@ -339,10 +329,8 @@ def main(args):
             fixed_lengths=args.torch_compile, do_predict=args.do_predict,
         )  # fmt: skip
         generator, head = split_params(model, model.model)  # IDPG: G (PG's inputs, a trained encoder) has its rate
-        groups = [
-            *models.optimizer_groups(generator, args.weight_decay, lr=args.prompt_learning_rate),
-            *models.optimizer_groups(head, args.weight_decay),
-        ]
+        groups = models.optimizer_groups(generator, args.weight_decay, lr=args.prompt_learning_rate)
+        groups += models.optimizer_groups(head, args.weight_decay)
         optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
         state = loop.TrainState(  # what the loop carries: the step, the log, the best evaluation, ...
             accelerator.device,

@@ -273,10 +273,8 @@ def main(args):
             fixed_lengths=args.torch_compile, do_predict=args.do_predict,
         )  # fmt: skip
         prefix, head = split_params(model, model.model)  # Prefix tuning: the prefix (embedding, MLP) has its rate
-        groups = [
-            *models.optimizer_groups(prefix, args.weight_decay, lr=args.prefix_learning_rate),
-            *models.optimizer_groups(head, args.weight_decay),
-        ]
+        groups = models.optimizer_groups(prefix, args.weight_decay, lr=args.prefix_learning_rate)
+        groups += models.optimizer_groups(head, args.weight_decay)
         optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
         state = loop.TrainState(  # what the loop carries: the step, the log, the best evaluation, ...
             accelerator.device,

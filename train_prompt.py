@@ -177,10 +177,8 @@ def main(args):
             fixed_lengths=args.torch_compile, do_predict=args.do_predict,
         )  # fmt: skip
         _, head = split_params(model, model.model)  # Prompt tuning: the prompt has its own rate
-        groups = [
-            {"params": [model.prompt], "lr": args.prompt_learning_rate, "weight_decay": 0.0},
-            *models.optimizer_groups(head, args.weight_decay),
-        ]
+        groups = [{"params": [model.prompt], "lr": args.prompt_learning_rate, "weight_decay": 0.0}]
+        groups += models.optimizer_groups(head, args.weight_decay)
         optimizer = models.adamw(groups, args.learning_rate, args.adam_epsilon, accelerator)
         state = loop.TrainState(  # what the loop carries: the step, the log, the best evaluation, ...
             accelerator.device,

@@ -49,8 +49,7 @@ def local_part(param):
 def save_trainable(accelerator, model, names, path, run_args=None):
     """Write the parameters `names`, gathered one at a time (every rank calls it), to a safetensors file with the run's
     args.json (`run_args`) in its metadata: predict.py refuses one edited since. The main process gets the tensors."""
-    params = dict(accelerator.unwrap_model(model, keep_torch_compile=False).named_parameters())
-    state = {}
+    params, state = dict(accelerator.unwrap_model(model, keep_torch_compile=False).named_parameters()), {}
     for name in names:
         with whole([params[name]]) as (tensor,):
             if accelerator.is_main_process:

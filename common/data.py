@@ -63,8 +63,7 @@ def as_rows(path, header, lines, hint=""):
 
 def read_tsv(task, path, labeled=True):
     """One GLUE TSV file as hub-style columns (to_columns); a test file (`labeled` False) holds no label."""
-    task = get_task(task)
-    lines = read_lines(path, tsv=True)
+    task, lines = get_task(task), read_lines(path, tsv=True)
     if not lines:
         raise UsageError(f"{path} is empty; it must hold GLUE's {task.tsv_dir} rows")
     header = [name.strip() for name in lines[0][1]]

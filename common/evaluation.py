@@ -39,9 +39,8 @@ def predict(model, loader, accelerator):
         all_logits.append(logits.cpu())
         all_idx.append(idx.cpu())
     model.train(was_training)
-    idx = torch.cat(all_idx)
-    order = idx.argsort()
-    return torch.cat(all_logits)[order], idx[order]
+    idx, order = torch.cat(all_idx).sort()
+    return torch.cat(all_logits)[order], idx
 
 
 @torch.no_grad()

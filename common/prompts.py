@@ -32,8 +32,7 @@ def run_with_prompt(model, prompt, input_ids, attention_mask, token_type_ids=Non
 def split_params(model, inner):
     """The parameters of `model` outside its submodule `inner` (a wrapper's own: a prompt, a generator) and inside it
     (the wrapped model's: its trainable head)."""
-    inside = {id(p) for p in inner.parameters()}
-    params = list(model.parameters())
+    inside, params = {id(p) for p in inner.parameters()}, list(model.parameters())
     return [p for p in params if id(p) not in inside], [p for p in params if id(p) in inside]
 
 
