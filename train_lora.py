@@ -98,8 +98,7 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base_layer, r, alpha, dropout=0.0, n_parts=1, slices=(0,), rslora=False, dora=False):
         super().__init__()
-        self.base_layer = base_layer
-        self.conv1d = isinstance(base_layer, Conv1D)
+        self.base_layer, self.conv1d = base_layer, isinstance(base_layer, Conv1D)
         sizes = (base_layer.nx, base_layer.nf) if self.conv1d else (base_layer.in_features, base_layer.out_features)
         self.d_in, d_out = sizes
         self.r, self.alpha, self.rslora, self.scale = r, alpha, rslora, alpha / (math.sqrt(r) if rslora else r)

@@ -129,20 +129,33 @@ def test_a_json_list_label_and_a_score_with_an_underscore_are_refused(tiny_gpt2,
 
 
 def test_a_validation_file_of_training_rows_says_so(tiny_gpt2, tmp_path):
-    """A validation split whose rows are training rows too overstates what the model does on new text: more than 1 in
-    20 of them is named in results.json (CoLA's dev repeats 16 of its 1,043 training sentences: no word)."""
+    """An eval split whose rows are training rows too scores memory, not new text: more than 1 in 20 of them is named in
+    results.json, with the metric it feeds (CoLA's dev repeats 16 of its 1,043 training sentences: no word)."""
+
+    def repeats():
+        return [w for w in results(tmp_path / "out")["warnings"] if "are training rows too" in w]
+
     labels = ["good", "bad"] * 10
     train = own(tmp_path, labels)  # (own_flags' validation file is the training file unless told)
     code, _ = cli("train_full.py", own_flags(tiny_gpt2, tmp_path, train))
-    said = "20 of the validation split's 20 rows are training rows too: its scores overstate what the model does"
-    assert code == 0 and any(said in w for w in results(tmp_path / "out")["warnings"])
+    said = (
+        "20 of the 20 validation rows (scored as accuracy) are training rows too, the same tokens after --max_length"
+    )
+    assert code == 0 and [w for w in repeats() if said in w and w.endswith("remove them from a file")] == repeats()
     one = own(tmp_path, labels, ["review number 0", *(f"another review {i}" for i in range(19))], name="dev.csv")
     code, _ = cli("train_full.py", [*own_flags(tiny_gpt2, tmp_path, train, one), "--overwrite_output_dir"])
-    assert code == 0 and not any("training rows too" in w for w in results(tmp_path / "out")["warnings"])
+    assert code == 0 and repeats() == []
     two = own(tmp_path, labels, ["review number 0", "review number 1", *(f"a review {i}" for i in range(18))], "d.csv")
     code, _ = cli("train_full.py", [*own_flags(tiny_gpt2, tmp_path, train, two), "--overwrite_output_dir"])
-    said = "2 of the validation split's 20 rows are training rows too"
-    assert code == 0 and any(said in w for w in results(tmp_path / "out")["warnings"])
+    assert code == 0 and len(repeats()) == 1 and "2 of the 20 validation rows (scored as accuracy)" in repeats()[0]
+    # A training file of duplicates: the rows held out (--validation_size) repeat those trained on, and the test
+    # split (--do_predict: no labels, no score) is never named, even when it is the training file.
+    twice = own(tmp_path, labels * 2, [f"review number {i % 20}" for i in range(40)], name="twice.csv")
+    flags = ["--validation_size", "10", "--test_file", twice, "--do_predict", "--overwrite_output_dir"]
+    code, _ = cli("train_full.py", [*own_flags(tiny_gpt2, tmp_path, twice, one), *flags])
+    named = repeats()
+    assert code == 0 and len(named) == 1 and "10 of the 10 heldout rows (scored as val_accuracy)" in named[0], named
+    assert "drop the training file's duplicates" in named[0]
 
 
 # 4. A column named twice.
