@@ -116,7 +116,7 @@ def write_results(accelerator, state, model, output_dir, *, method, task, model_
         too_few = f"the eval split's {len(labels)} rows know {metric} only to within [{low:.2f}, {high:.2f}] (95%)"
         warnings.append(f"{too_few}: too few to tell this run from another; evaluate on more rows")
     if accelerator.is_main_process:  # eval rows that are training rows too (hashes: MNLI's 392,702 in about 30 MB)
-        trained = {hash(tuple(ids)) for rows in train_loader.dataset.iter(4096) for ids in rows["input_ids"]}
+        trained = {hash(tuple(ids)) for batch in train_loader.dataset.iter(4096) for ids in batch["input_ids"]}
         for split, key in split_keys(task).items():  # (CoLA's dev repeats 16 of 1,043: under 1 in 20, unnamed)
             ids = eval_loaders[split].dataset["input_ids"] if split in eval_loaders else []
             if (seen := sum(hash(tuple(row)) in trained for row in ids)) > len(ids) / 20:
